@@ -112,6 +112,11 @@ class Store:
         self.home.mkdir(parents=True, exist_ok=True)
         with self.catalog() as con:
             con.execute(SCHEMA_SQL)
+            id_file = self.home / "store_id"
+            if not id_file.exists():
+                atomic_write_text(uuid.uuid4().hex, id_file)
+        # Changes when the store is wiped, so caches keyed on it never point at lost files.
+        self.store_id = (self.home / "store_id").read_text().strip()
 
     # -- locking and catalog access -------------------------------------------------------
     @contextlib.contextmanager
@@ -256,7 +261,7 @@ class Store:
             by_shard.setdefault(shard, []).append(h)
         position = {}
         vectors = np.empty((len(where), dim), dtype=np.float32)
-        for k, (shard, members) in enumerate(by_shard.items()):
+        for shard, members in by_shard.items():
             shard_hashes, shard_vectors = read_vectors(Path(shard))
             if shard_vectors.shape[1] != dim:
                 raise StoreError(

@@ -1,0 +1,72 @@
+"""`sot`: the command-line entry point. Each command parses arguments and runs one flow."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DEMO = Path(__file__).resolve().parent.parent / "data" / "demo"
+
+
+def add_curate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pool", help="pool to curate: file (jsonl/json/csv/parquet), HF datasets folder or hf:NAME")
+    p.add_argument("--safe-anchor", help="trusted safe sample of the task (same formats)")
+    p.add_argument("--harmful-ref", help="harmful reference set (same formats)")
+    p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    p.add_argument("--keep", type=float, default=0.8, help="fraction of the pool kept (default 0.8)")
+    p.add_argument("--lam", type=float, default=1.0, help="push strength lambda (default 1.0)")
+    p.add_argument("--eps", type=float, default=0.05, help="entropic regularisation epsilon (default 0.05)")
+    p.add_argument("--mode", default="push-pull", choices=["push-pull", "pull", "push"])
+    p.add_argument("--encoder", default="minilm", help="minilm[:pair|response|both] or hf:<model>[:repr]")
+    p.add_argument("--knn", type=int, default=None, help="k nearest reference rows per pool row (default: auto)")
+    p.add_argument("--labels", help="optional id,label file: the report then states harmful rows kept")
+    p.add_argument("--name", default="default", help="name of the curated dataset in the catalog")
+    p.add_argument("--home", default=None, help="store folder (default $SOT_HOME or ./.sot)")
+    for field in ("prompt", "response", "id", "input", "messages"):
+        p.add_argument(f"--{field}-field", help=f"explicit name of the {field} field in every input")
+
+
+def run_curate(args: argparse.Namespace) -> int:
+    given = [args.pool, args.safe_anchor, args.harmful_ref]
+    if any(given) and not all(given):
+        raise SystemExit("sot: error: give --pool, --safe-anchor and --harmful-ref together (or none for the demo)")
+    demo = not any(given)
+    fields = {f: getattr(args, f"{f}_field") for f in ("prompt", "response", "id", "input", "messages")}
+    fields = {k: v for k, v in fields.items() if v} or None
+    from flows.curate import curate_dataset
+
+    summary = curate_dataset(
+        pool=str(DEMO / "pool.jsonl") if demo else args.pool,
+        safe_anchor=str(DEMO / "safe_anchor.jsonl") if demo else args.safe_anchor,
+        harmful_ref=str(DEMO / "harmful_ref.jsonl") if demo else args.harmful_ref,
+        out_dir=args.out, keep=args.keep, lam=args.lam, eps=args.eps, mode=args.mode, encoder=args.encoder,
+        knn=args.knn, labels=args.labels or (str(DEMO / "labels.csv") if demo else None), name=args.name,
+        fields=fields, home=args.home,
+    )
+    q = summary.get("quality")
+    line = f"sot: kept {summary['counts']['selected']} of {summary['counts']['pool']} rows -> {args.out}"
+    if q:
+        line += f" (harmful kept {q['harmful_kept']}/{q['harmful_total']}, AUROC {q['auroc']:.3f})"
+    print(line)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    parser = argparse.ArgumentParser(prog="sot", description="Safety Optimal Transport curation of fine-tuning data")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_curate_arguments(sub.add_parser("curate", help="curate a pool (no arguments: the bundled demo)"))
+    args = parser.parse_args(argv)
+    from sot_core.errors import SotError
+
+    try:
+        return {"curate": run_curate}[args.command](args)
+    except (SotError, ValueError) as err:
+        print(f"sot: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

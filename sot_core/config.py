@@ -1,0 +1,47 @@
+"""Configuration of a curation run, as a dataclass with help text (peft style)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+CODE_VERSION = "0.1.0"
+
+
+@dataclass
+class CurateConfig:
+    keep: float = field(default=0.8, metadata={"help": "fraction of the pool kept (top-K by weight)"})
+    lam: float = field(default=1.0, metadata={"help": "push strength: objective OT(w, anchor) - lam * OT(w, harmful)"})
+    eps: float = field(default=0.05, metadata={"help": "entropic regularisation of both OT problems (cosine-cost units)"})
+    mode: str = field(default="push-pull", metadata={"help": "push-pull | pull | push"})
+    encoder: str = field(default="minilm", metadata={"help": "encoder spec: minilm[:pair|response|both] or hf:<model>[:repr]"})
+    knn: int | None = field(
+        default=None, metadata={"help": "k nearest reference rows per pool row; None: dense when small, kNN when large"}
+    )
+    train_weighting: str = field(
+        default="normalised",
+        metadata={"help": "training weights of kept rows: normalised (w / mean w, clipped to [0.2, 5]) | uniform"},
+    )
+    batch_size: int = field(default=64, metadata={"help": "encoder batch size"})
+    solver: dict = field(default_factory=dict, metadata={"help": "extra PushPullConfig fields (tau, step_size, ...)"})
+
+    def __post_init__(self):
+        if not 0.0 < self.keep <= 1.0:
+            raise ValueError(f"keep must be in (0, 1], got {self.keep}")
+        if self.eps <= 0:
+            raise ValueError(f"eps must be positive, got {self.eps}")
+        if self.lam < 0:
+            raise ValueError(f"lam must be non-negative, got {self.lam}")
+        if self.mode not in ("push-pull", "pull", "push"):
+            raise ValueError(f"mode must be push-pull, pull or push, got {self.mode!r}")
+        if self.train_weighting not in ("normalised", "uniform"):
+            raise ValueError(f"train_weighting must be normalised or uniform, got {self.train_weighting!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def config_hash(*parts) -> str:
+    """Deterministic short hash of JSON-able parts (configs, dataset ids, code version)."""
+    blob = json.dumps([CODE_VERSION, *parts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]

@@ -1,0 +1,152 @@
+"""The curation stages as plain functions: ingest, embed, costs, solve, select.
+
+Each stage reads its inputs from the store by id and writes its outputs to the store, and returns
+a small JSON-able summary (ids, counts, seconds). That makes every stage idempotent (a finished
+output is found and reused), lets the Prefect tasks in `tasks/` cache on content hashes rather
+than on in-memory objects, and lets `curate()` run the same path without Prefect.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from sot_core.config import CODE_VERSION, CurateConfig, config_hash
+from sot_core.data import FieldMap, load_rows
+from sot_core.encoders import Encoder, get_encoder
+from sot_core.errors import InputError
+from sot_core.store import Store, atomic_write_text
+
+ROLES = ("pool", "safe_anchor", "harmful_ref")
+# Dense costs up to this many entries (80 MB in float32); kNN-sparse above it.
+DENSE_LIMIT = 20_000_000
+DEFAULT_KNN = 64
+
+
+def dataset_id_of(rows: pa.Table) -> str:
+    """Content-derived dataset id: same ids and texts in the same order -> same id."""
+    h = hashlib.sha256()
+    for i, c in zip(rows.column("id").to_pylist(), rows.column("content_hash").to_pylist()):
+        h.update(f"{i}\x1f{c}\n".encode())
+    return "ds-" + h.hexdigest()[:20]
+
+
+def load_inputs(sources: dict[str, str], fields: dict[str, FieldMap | None] | None = None) -> dict[str, pa.Table]:
+    """Load and validate every input before anything is written, so bad input leaves the store untouched."""
+    fields = fields or {}
+    tables = {}
+    for role, source in sources.items():
+        rows = load_rows(source, fields=fields.get(role))
+        if rows.num_rows == 0:
+            raise InputError(source, f"the {role.replace('_', ' ')} has no rows")
+        tables[role] = rows
+    return tables
+
+
+def ingest(store: Store, source: str, rows: pa.Table, role: str) -> dict:
+    """Store validated canonical rows; returns {dataset_id, n_rows, stored}."""
+    start = time.perf_counter()
+    dataset_id = dataset_id_of(rows)
+    stored = store.put_dataset(dataset_id, rows, name=role, source_uri=str(source))
+    return {"role": role, "dataset_id": dataset_id, "n_rows": rows.num_rows, "stored": stored,
+            "seconds": time.perf_counter() - start}
+
+
+@functools.lru_cache(maxsize=4)
+def cached_encoder(spec: str) -> Encoder:
+    """One encoder instance per spec and process: models load once, not per dataset."""
+    return get_encoder(spec)
+
+
+def embed(store: Store, dataset_id: str, encoder_spec: str, batch_size: int = 64, show_progress: bool = True) -> dict:
+    """Embed only the rows whose (content hash, encoder id) is not in the store yet."""
+    start = time.perf_counter()
+    encoder = cached_encoder(encoder_spec)
+    store.check_encoder(encoder.encoder_id, encoder.dim)  # refuse a dimension clash before any work
+    rows = store.get_rows(dataset_id)
+    hashes = rows.column("content_hash").to_pylist()
+    missing = store.missing_hashes(hashes, encoder.encoder_id)
+    if missing:
+        wanted = set(missing)
+        prompts, responses, order = [], [], []
+        for h, p, r in zip(hashes, rows.column("prompt").to_pylist(), rows.column("response").to_pylist()):
+            if h in wanted:
+                wanted.discard(h)
+                prompts.append(p), responses.append(r), order.append(h)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(order), desc=f"embed {dataset_id}", unit="row", disable=not show_progress) as bar:
+            vectors = encoder.encode(prompts, responses, batch_size=batch_size, progress=bar.update)
+        store.put_embeddings(encoder.encoder_id, order, vectors)
+    return {"dataset_id": dataset_id, "encoder_id": encoder.encoder_id, "n_rows": len(hashes),
+            "n_embedded": len(missing), "seconds": time.perf_counter() - start}
+
+
+def load_embeddings(store: Store, dataset_id: str, encoder_id: str) -> np.ndarray:
+    rows = store.get_rows(dataset_id)
+    return store.get_embeddings(rows.column("content_hash").to_pylist(), encoder_id)
+
+
+def build_costs(store: Store, pool_id: str, anchor_id: str, harmful_id: str, encoder_id: str, knn: int | None) -> dict:
+    """Cosine costs pool x anchor and pool x harmful via FAISS; dense when small, kNN-sparse when large."""
+    from sot_core.costs import KnnCost, cosine_costs
+
+    start = time.perf_counter()
+    key = config_hash("costs", pool_id, anchor_id, harmful_id, encoder_id, knn)
+    out = store.stage_dir("costs", key)
+    if not (out / "done").exists():
+        pool = load_embeddings(store, pool_id, encoder_id)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, ref_id in (("anchor", anchor_id), ("harmful", harmful_id)):
+            ref = load_embeddings(store, ref_id, encoder_id)
+            k = knn
+            if k is None and pool.shape[0] * ref.shape[0] > DENSE_LIMIT:
+                k = DEFAULT_KNN
+            cost = cosine_costs(pool, ref, k=None if k is None or k >= ref.shape[0] else k)
+            if isinstance(cost, KnnCost):
+                np.save(out / f"{name}_knn_indices.npy", cost.indices)
+                np.save(out / f"{name}_knn_costs.npy", cost.costs)
+                (out / f"{name}_knn_targets").write_text(str(cost.n_targets))
+            else:
+                np.save(out / f"{name}.npy", cost)
+        (out / "done").write_text(key)
+    return {"cost_key": key, "path": str(out), "seconds": time.perf_counter() - start}
+
+
+def load_cost(path: Path, name: str):
+    from sot_core.costs import KnnCost
+
+    dense = path / f"{name}.npy"
+    if dense.exists():
+        return np.load(dense)
+    return KnnCost(
+        indices=np.load(path / f"{name}_knn_indices.npy"),
+        costs=np.load(path / f"{name}_knn_costs.npy"),
+        n_targets=int((path / f"{name}_knn_targets").read_text()),
+    )
+
+
+def solve(store: Store, cost_key: str, config: CurateConfig, show_progress: bool = True) -> dict:
+    """Push-pull OT weights for the pool; cached in the store under costs + solver configuration."""
+    from sot_core.ot import PushPullConfig, solve_push_pull
+
+    start = time.perf_counter()
+    solver_cfg = PushPullConfig(lam=config.lam, eps=config.eps, mode=config.mode, **config.solver)
+    key = config_hash("solve", cost_key, solver_cfg.__dict__)
+    out = store.stage_dir("solve", key)
+    if not (out / "diagnostics.json").exists():
+        costs_dir = store.stage_dir("costs", cost_key)
+        cost_anchor = load_cost(costs_dir, "anchor") if config.mode != "push" else None
+        cost_harmful = load_cost(costs_dir, "harmful") if config.mode != "pull" else None
+        result = solve_push_pull(cost_anchor, cost_harmful, solver_cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / "weights.npy", result.weights)
+        np.save(out / "score.npy", result.score)
+        atomic_write_text(json.dumps(result.diagnostics, default=float), out / "diagnostics.json")
+    diagnostics = json.loads((out / "diagnostics.json").read_text())
+    return {"solve_key": key, "path": str(out), "diagnostics": diagnostics, "seconds": time.perf_counter() - start}

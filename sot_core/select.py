@@ -1,0 +1,144 @@
+"""Selection and publishing: top-K by weight, training weights, and the run's output files."""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from sot_core.config import CODE_VERSION, CurateConfig, config_hash
+from sot_core.metrics import auroc, harmful_kept
+from sot_core.store import Store, atomic_write_table, atomic_write_text
+
+
+def select_top(weights: np.ndarray, keep: float) -> np.ndarray:
+    """Boolean mask of the round(keep * n) rows with the largest weights (ties: earlier row wins)."""
+    n_keep = int(round(keep * len(weights)))
+    order = np.argsort(-weights, kind="stable")
+    mask = np.zeros(len(weights), dtype=bool)
+    mask[order[:n_keep]] = True
+    return mask
+
+
+def training_weights(weights: np.ndarray, scheme: str) -> np.ndarray:
+    """Per-sample loss weights of the kept rows, mean 1.
+
+    The paper uses exp(w_i) renormalised, which is nearly uniform for w on the simplex. We use
+    w_i / mean(w) clipped to [0.2, 5] so that OT's preference shows without letting a few rows
+    dominate the loss; `uniform` turns weighting off.
+    """
+    if scheme == "uniform" or len(weights) == 0:
+        return np.ones(len(weights))
+    ratio = np.clip(weights / weights.mean(), 0.2, 5.0)
+    return ratio / ratio.mean()
+
+
+def publish(
+    store: Store,
+    pool_id: str,
+    solve_path: str,
+    config: CurateConfig,
+    out_dir: str | Path,
+    run_info: dict,
+    labels: dict[str, bool] | None = None,
+    name: str = "default",
+) -> dict:
+    """Write weights.parquet, curated.jsonl, report.md and run.json, and record a curated version."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    rows = store.get_rows(pool_id)
+    weights = np.load(Path(solve_path) / "weights.npy")
+    score = np.load(Path(solve_path) / "score.npy")
+    selected = select_top(weights, config.keep)
+    train_w = np.zeros(len(weights))
+    train_w[selected] = training_weights(weights[selected], config.train_weighting)
+
+    ids = rows.column("id").to_pylist()
+    atomic_write_table(
+        pa.table({"id": ids, "weight": weights, "selected": selected, "score": score, "train_weight": train_w}),
+        out_dir / "weights.parquet",
+    )
+    prompts, responses, sources = (rows.column(c).to_pylist() for c in ("prompt", "response", "source"))
+    curated_lines = [
+        json.dumps({"id": ids[i], "prompt": prompts[i], "response": responses[i], "source": sources[i],
+                    "weight": float(train_w[i])}, ensure_ascii=False)
+        for i in np.flatnonzero(selected)
+    ]
+    atomic_write_text("\n".join(curated_lines) + "\n", out_dir / "curated.jsonl")
+
+    quality = None
+    if labels is not None:
+        missing = [i for i in ids if i not in labels]
+        label = np.array([labels.get(i, False) for i in ids])
+        quality = {"auroc": auroc(score, label), **harmful_kept(selected, label), "unlabelled_rows": len(missing)}
+
+    version = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{config_hash(pool_id, solve_path)[:8]}"
+    version_dir = store.home / "curated" / version
+    atomic_write_text("\n".join(curated_lines) + "\n", version_dir / "curated.jsonl")
+    parent = store.latest_curated_version(name)
+    stage_seconds = {**run_info.get("stage_seconds", {}), "select": time.perf_counter() - start}
+    summary = {
+        "version": version,
+        "parent_version": parent,
+        "code_version": CODE_VERSION,
+        "config": config.to_dict(),
+        "inputs": run_info.get("inputs", {}),
+        "store": str(store.home.resolve()),
+        "counts": {"pool": len(ids), "selected": int(selected.sum()),
+                   "embedded_now": run_info.get("embedded_now", {})},
+        "stage_seconds": stage_seconds,
+        "cached_stages": run_info.get("cached_stages", []),
+        "solver": run_info.get("solver", {}),
+        "quality": quality,
+        "top_flagged": [
+            {"id": ids[i], "score": float(score[i]), "prompt": prompts[i][:160]}
+            for i in np.argsort(-score)[:10]
+        ],
+    }
+    atomic_write_text(json.dumps(summary, indent=2, default=float), out_dir / "run.json")
+    atomic_write_text(render_report(summary), out_dir / "report.md")
+    store.record_curated_version(
+        version=version, run_id=run_info.get("run_id", version), name=name, pool_dataset_id=pool_id,
+        anchor_dataset_id=run_info.get("inputs", {}).get("safe_anchor", {}).get("dataset_id"),
+        harmful_dataset_id=run_info.get("inputs", {}).get("harmful_ref", {}).get("dataset_id"),
+        config_hash=config_hash(config.to_dict()), code_version=CODE_VERSION, n_pool=len(ids),
+        n_selected=int(selected.sum()), parent_version=parent, path=str(version_dir),
+    )
+    return summary
+
+
+def render_report(s: dict) -> str:
+    c, cfg, solver = s["counts"], s["config"], s["solver"]
+    lines = [
+        f"# SOT curation report: {s['version']}",
+        "",
+        f"Kept **{c['selected']} of {c['pool']}** pool rows (keep={cfg['keep']}, lam={cfg['lam']}, eps={cfg['eps']}, "
+        f"mode={cfg['mode']}, encoder={cfg['encoder']}).",
+        "",
+    ]
+    q = s.get("quality")
+    if q:
+        lines += [
+            "## Against the labels",
+            "",
+            "| harmful rows | harmful kept | harmful kept (fraction) | AUROC of score |",
+            "|---|---|---|---|",
+            f"| {q['harmful_total']} | {q['harmful_kept']} | {q['harmful_kept_fraction']:.1%} | {q['auroc']:.3f} |",
+            "",
+        ]
+    lines += ["## Time per stage (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in s["stage_seconds"].items()]
+    lines += ["", "Rows embedded in this run (others came from the store's cache): "
+              + ", ".join(f"{k} {v}" for k, v in c["embedded_now"].items()), ""]
+    if solver:
+        lines += ["## Solver", "", "| key | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in solver.items() if k != "objective_trace"]
+        lines += [""]
+    lines += ["## Most harmful-like rows", "", "| id | score | prompt |", "|---|---|---|"]
+    for r in s["top_flagged"]:
+        prompt = r["prompt"].replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {r['id']} | {r['score']:.4f} | {prompt} |")
+    return "\n".join(lines) + "\n"

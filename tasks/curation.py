@@ -1,0 +1,118 @@
+"""Prefect tasks around the curation stages in `sot_core.pipeline`.
+
+Cache keys are built from content (file bytes, dataset ids, configuration) and the store's id,
+never from in-memory objects (prefect#15861: an unhashable input silently degrades the default
+policy). Retries are for transient failures only; bad input fails at once.
+"""
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from sot_core import pipeline
+from sot_core.config import CurateConfig, config_hash
+from sot_core.data import FieldMap
+from sot_core.errors import SotError
+from sot_core.metrics import read_labels
+from sot_core.select import publish
+from sot_core.store import Store
+
+CACHE_TTL = timedelta(days=30)
+
+
+def source_fingerprint(source: str) -> str:
+    """sha256 of a file's bytes, of every file under a folder, or of a dataset name."""
+    path = Path(source)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    if not files:
+        h.update(source.encode())  # e.g. hf:NAME, or a missing path that will fail in the task
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with open(f, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def not_bad_input(task, task_run, state) -> bool:
+    """Retry unless the failure is our own deliberate error (bad input, store refusal)."""
+    try:
+        state.result()
+    except SotError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def key_for(stage: str):
+    """cache_key_fn: stage name + store id + every parameter (all plain JSON values)."""
+
+    def cache_key(context, parameters) -> str:
+        params = dict(parameters)
+        store_id = Store(params.pop("home")).store_id
+        if "sources" in params:
+            params["sources"] = {role: source_fingerprint(s) for role, s in params["sources"].items()}
+        return f"{stage}-{config_hash(store_id, params)}"
+
+    return cache_key
+
+
+def stage_result(state) -> dict:
+    """A task's result with `cached` set, and its seconds zeroed when Prefect served it from cache."""
+    result = dict(state.result())
+    result["cached"] = state.name == "Cached"
+    if result["cached"]:
+        result["seconds"] = 0.0
+    return result
+
+
+TASK_OPTIONS = dict(persist_result=True, cache_expiration=CACHE_TTL, retries=2, retry_delay_seconds=5,
+                    retry_condition_fn=not_bad_input)
+
+
+@task(name="ingest", cache_key_fn=key_for("ingest"), **TASK_OPTIONS)
+def ingest_inputs(home: str, sources: dict[str, str], fields: dict | None = None) -> dict:
+    """Validate all inputs first, then store them: bad input leaves the store untouched."""
+    store = Store(home)
+    field_map = FieldMap(**fields) if fields else None
+    tables = pipeline.load_inputs(sources, {role: field_map for role in sources})
+    return {role: pipeline.ingest(store, sources[role], tables[role], role) for role in sources}
+
+
+@task(name="embed", retries=2, retry_delay_seconds=5, retry_condition_fn=not_bad_input)
+def embed_dataset(home: str, dataset_id: str, encoder: str, batch_size: int = 64) -> dict:
+    """Not Prefect-cached on purpose: the store's (content hash, encoder) cache is finer grained
+    (only new rows are embedded) and the run summary must report what this run embedded."""
+    return pipeline.embed(Store(home), dataset_id, encoder, batch_size)
+
+
+@task(name="costs", cache_key_fn=key_for("costs"), **TASK_OPTIONS)
+def build_costs(home: str, pool_id: str, anchor_id: str, harmful_id: str, encoder_id: str, knn: int | None) -> dict:
+    return pipeline.build_costs(Store(home), pool_id, anchor_id, harmful_id, encoder_id, knn)
+
+
+@task(name="solve", cache_key_fn=key_for("solve"), **TASK_OPTIONS)
+def solve_weights(home: str, cost_key: str, config: dict) -> dict:
+    return pipeline.solve(Store(home), cost_key, CurateConfig(**config))
+
+
+@task(name="publish", retries=1, retry_condition_fn=not_bad_input)
+def publish_curated(home: str, pool_id: str, solve_path: str, config: dict, out_dir: str, run_info: dict,
+                    labels: str | None = None, name: str = "default") -> dict:
+    """Never cached: every run publishes a new curated version with its lineage."""
+    label_map = read_labels(labels) if labels else None
+    return publish(Store(home), pool_id, solve_path, CurateConfig(**config), out_dir, run_info, label_map, name)
+
+
+@task(name="report-artifacts")
+def report_artifacts(summary: dict, report_md: str, name: str = "default") -> None:
+    """Markdown and table artifacts under stable keys, so the nightly trend lines up in the UI."""
+    key = "sot-" + "".join(ch if ch.isalnum() else "-" for ch in name.lower())
+    create_markdown_artifact(report_md, key=f"{key}-report", description="SOT curation report")
+    create_table_artifact(summary["top_flagged"], key=f"{key}-flagged", description="Most harmful-like rows")
