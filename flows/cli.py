@@ -54,11 +54,15 @@ def run_curate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     parser = argparse.ArgumentParser(prog="sot", description="Safety Optimal Transport curation of fine-tuning data")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's run logs on the console")
     sub = parser.add_subparsers(dest="command", required=True)
     add_curate_arguments(sub.add_parser("curate", help="curate a pool (no arguments: the bundled demo)"))
     args = parser.parse_args(argv)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not args.verbose:
+        # Errors must read as one line; run logs still reach the Prefect API and UI.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     from sot_core.errors import SotError
 
     try:

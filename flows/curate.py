@@ -36,7 +36,7 @@ def curate_dataset(
     home = str(Path(home or default_home()).resolve())
     config = CurateConfig(keep=keep, lam=lam, eps=eps, mode=mode, encoder=encoder, knn=knn, solver=solver or {})
     sources = {"pool": pool, "safe_anchor": safe_anchor, "harmful_ref": harmful_ref}
-    ingest_state = ingest_inputs(home, sources, fields, return_state=True)
+    ingest_state = ingest_inputs(home, sources, encoder, fields, return_state=True)
     inputs = {role: {**r, "seconds": 0.0} if ingest_state.name == "Cached" else r
               for role, r in ingest_state.result().items()}
     embedded = {role: embed_dataset(home, inputs[role]["dataset_id"], encoder) for role in sources}

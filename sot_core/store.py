@@ -189,17 +189,18 @@ class Store:
         return pq.read_table(path)
 
     # -- embeddings -------------------------------------------------------------------------
-    def check_encoder(self, encoder_id: str, dim: int) -> None:
-        """Register an encoder's dimension, or refuse a clash with what is stored under its id."""
+    def check_encoder(self, encoder_id: str, dim: int, register: bool = True) -> None:
+        """Refuse a dimension clash with what is stored under this encoder id; else register it."""
         with self.catalog() as con:
             row = con.execute("SELECT dim FROM encoders WHERE encoder_id = ?", [encoder_id]).fetchone()
-            if row is None:
-                con.execute("INSERT INTO encoders VALUES (?, ?)", [encoder_id, dim])
-            elif row[0] != dim:
+            if row is not None and row[0] != dim:
                 raise StoreError(
-                    f"{self.home / 'catalog.duckdb'}: encoder '{encoder_id}' field 'dim' is {row[0]} in the store "
-                    f"but the encoder produces {dim}-dimensional vectors; use a new encoder id or a new SOT_HOME"
+                    f"{self.home / 'catalog.duckdb'}, table 'encoders', row '{encoder_id}', field 'dim': the store "
+                    f"holds {row[0]}-dimensional vectors for this encoder but it now produces {dim}; "
+                    "use a new encoder id or a new SOT_HOME"
                 )
+            if row is None and register:
+                con.execute("INSERT INTO encoders VALUES (?, ?)", [encoder_id, dim])
 
     def missing_hashes(self, hashes: list[str], encoder_id: str) -> list[str]:
         """Content hashes (deduplicated, order kept) with no stored vector for this encoder."""

@@ -77,11 +77,14 @@ TASK_OPTIONS = dict(persist_result=True, cache_expiration=CACHE_TTL, retries=2, 
 
 
 @task(name="ingest", cache_key_fn=key_for("ingest"), **TASK_OPTIONS)
-def ingest_inputs(home: str, sources: dict[str, str], fields: dict | None = None) -> dict:
-    """Validate all inputs first, then store them: bad input leaves the store untouched."""
+def ingest_inputs(home: str, sources: dict[str, str], encoder: str, fields: dict | None = None) -> dict:
+    """Validate all inputs and the encoder's fit with the store first, then store the inputs:
+    bad input leaves the store untouched."""
     store = Store(home)
     field_map = FieldMap(**fields) if fields else None
     tables = pipeline.load_inputs(sources, {role: field_map for role in sources})
+    spec = pipeline.cached_encoder(encoder)
+    store.check_encoder(spec.encoder_id, spec.dim, register=False)
     return {role: pipeline.ingest(store, sources[role], tables[role], role) for role in sources}
 
 

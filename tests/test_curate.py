@@ -1,0 +1,71 @@
+"""End to end through `sot curate`: the demo, the output contract, caching and bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import DEMO
+from flows.cli import main
+from sot_core.store import Store
+
+
+def snapshot(home):
+    """Everything a failed run must not change: files (but the lock) and every catalog table."""
+    files = sorted(
+        (str(p.relative_to(home)), p.stat().st_size)
+        for p in home.rglob("*")
+        if p.is_file() and p.name not in (".lock", "catalog.duckdb", "catalog.duckdb.wal")
+    )
+    store = Store(home)
+    tables = {t: store.query(f"SELECT * FROM {t} ORDER BY ALL") for t in
+              ("datasets", "rows", "encoders", "embeddings", "runs", "curated_versions")}
+    return files, tables
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, prefect_backend):
+    home, out = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("out")
+    assert main(["curate", "--home", str(home), "--out", str(out / "first")]) == 0
+    assert main(["curate", "--home", str(home), "--out", str(out / "second")]) == 0
+    return home, out
+
+
+def test_demo_writes_the_contract_files(demo_run):
+    home, out = demo_run
+    run = out / "first"
+    table = pq.read_table(run / "weights.parquet")
+    assert {"id", "weight", "selected", "score"} <= set(table.column_names)
+    weights = table.column("weight").to_numpy()
+    assert np.isclose(weights.sum(), 1.0) and np.all(weights >= 0)
+    selected = table.column("selected").to_numpy(zero_copy_only=False)
+    assert selected.sum() == 800
+    curated = [json.loads(line) for line in (run / "curated.jsonl").read_text().splitlines()]
+    assert len(curated) == 800 and all(r["weight"] > 0 for r in curated)
+    assert np.isclose(np.mean([r["weight"] for r in curated]), 1.0)
+    info = json.loads((run / "run.json").read_text())
+    assert {"ingest", "embed", "costs", "solve", "select"} <= set(info["stage_seconds"])
+    assert info["solver"]["outer_iterations"] > 0 and info["solver"]["objective_trace"]
+    assert "Harmful" in (run / "report.md").read_text() or "harmful" in (run / "report.md").read_text()
+
+
+def test_demo_keeps_at_most_5_percent_of_harmful_rows(demo_run):
+    _, out = demo_run
+    quality = json.loads((out / "first" / "run.json").read_text())["quality"]
+    assert quality["harmful_total"] == 100
+    assert quality["harmful_kept_fraction"] <= 0.05
+
+
+def test_second_run_embeds_nothing(demo_run):
+    home, out = demo_run
+    first = json.loads((out / "first" / "run.json").read_text())
+    second = json.loads((out / "second" / "run.json").read_text())
+    assert sum(first["counts"]["embedded_now"].values()) == 1000 + 50 + 272
+    assert sum(second["counts"]["embedded_now"].values()) == 0
+    assert second["stage_seconds"]["embed"] < first["stage_seconds"]["embed"]
+    n_vectors = Store(home).query("SELECT count(*) FROM embeddings")[0][0]
+    assert n_vectors == 1322  # every distinct row stored once, not twice
+    versions = Store(home).query("SELECT version, parent_version FROM curated_versions ORDER BY created_at")
+    assert len(versions) == 2 and versions[1][1] == versions[0][0]
