@@ -1,0 +1,73 @@
+"""Cosine cost construction: dense FAISS path, kNN-sparse path, input validation."""
+import numpy as np
+import pytest
+
+from sot_core import costs as costs_mod
+from sot_core.costs import KnnCost, cosine_costs
+
+
+def unit_rows(rng, n, d):
+    v = rng.normal(size=(n, d))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def xy():
+    rng = np.random.default_rng(0)
+    return unit_rows(rng, 37, 16), unit_rows(rng, 23, 16)
+
+
+def test_dense_equals_one_minus_inner_product(xy, monkeypatch):
+    x, y = xy
+    monkeypatch.setattr(costs_mod, "_ROW_BLOCK", 8)  # exercise block boundaries
+    C = cosine_costs(x, y)
+    assert C.dtype == np.float32 and C.shape == (37, 23)
+    np.testing.assert_allclose(C, 1.0 - x.astype(np.float64) @ y.T.astype(np.float64), atol=1e-6)
+
+
+def test_knn_matches_dense_top_k(xy, monkeypatch):
+    x, y = xy
+    monkeypatch.setattr(costs_mod, "_ROW_BLOCK", 10)
+    dense = cosine_costs(x, y)
+    knn = cosine_costs(x, y, k=5)
+    assert isinstance(knn, KnnCost) and knn.indices.dtype == np.int64
+    assert knn.indices.shape == knn.costs.shape == (37, 5) and knn.n_targets == 23
+    np.testing.assert_allclose(np.sort(dense, axis=1)[:, :5], knn.costs, atol=1e-6)
+    np.testing.assert_allclose(np.take_along_axis(dense, knn.indices, axis=1), knn.costs, atol=1e-6)
+    assert (np.diff(knn.costs, axis=1) >= -1e-7).all()  # ascending
+
+
+def test_knn_full_k_covers_every_column(xy):
+    x, y = xy
+    knn = cosine_costs(x, y, k=23)
+    assert all(sorted(row) == list(range(23)) for row in knn.indices)
+
+
+@pytest.mark.parametrize("bad", ["nan", "norm", "dim", "k0", "kbig", "1d"])
+def test_invalid_inputs_raise(xy, bad):
+    x, y = xy
+    kwargs = {}
+    if bad == "nan":
+        x = x.copy(); x[3, 2] = np.nan
+    elif bad == "norm":
+        x = x * 2.0
+    elif bad == "dim":
+        y = y[:, :8]
+    elif bad == "k0":
+        kwargs["k"] = 0
+    elif bad == "kbig":
+        kwargs["k"] = 24
+    elif bad == "1d":
+        x = x[0]
+    with pytest.raises(ValueError):
+        cosine_costs(x, y, **kwargs)
+
+
+def test_knncost_validation():
+    with pytest.raises(ValueError):
+        KnnCost(indices=np.zeros((3, 2), np.int64), costs=np.zeros((3, 3), np.float32), n_targets=4)
+    with pytest.raises(ValueError):
+        KnnCost(indices=np.zeros((3, 2), np.int64), costs=np.zeros((3, 2), np.float32),
+                n_targets=4, missing="zero")
+    knn = KnnCost(indices=np.zeros((3, 2), np.int64), costs=np.zeros((3, 2), np.float32), n_targets=4)
+    assert knn.shape == (3, 4)
