@@ -53,11 +53,49 @@ def run_curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_nightly_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--incoming", default="data/incoming", help="folder where new data files arrive ('' for none)")
+    p.add_argument("--incoming-table", help="DuckDB table of new rows, as PATH.duckdb:TABLE")
+    p.add_argument("--watermark-column", default="seq", help="increasing column of the incoming table (default seq)")
+    p.add_argument("--base-pool", help="pool the accumulated data starts from")
+    p.add_argument("--safe-anchor", default=str(DEMO / "safe_anchor.jsonl"), help="trusted safe sample")
+    p.add_argument("--harmful-ref", default=str(DEMO / "harmful_ref.jsonl"), help="harmful reference set")
+    p.add_argument("--out", default="out/nightly", help="output folder of the latest version (default out/nightly)")
+    p.add_argument("--keep", type=float, default=0.8)
+    p.add_argument("--lam", type=float, default=1.0)
+    p.add_argument("--eps", type=float, default=0.05)
+    p.add_argument("--encoder", default="minilm")
+    p.add_argument("--window", type=int, default=None, help="keep only the most recent N rows of the pool")
+    p.add_argument("--name", default="nightly", help="curated dataset name: its watermark and versions")
+    p.add_argument("--home", default=None, help="store folder (default $SOT_HOME or ./.sot)")
+
+
+def run_nightly(args: argparse.Namespace) -> int:
+    from flows.nightly import nightly_recuration
+
+    result = nightly_recuration(
+        incoming=args.incoming or None, incoming_table=args.incoming_table, watermark_column=args.watermark_column,
+        base_pool=args.base_pool, safe_anchor=args.safe_anchor, harmful_ref=args.harmful_ref, out_dir=args.out,
+        keep=args.keep, lam=args.lam, eps=args.eps, encoder=args.encoder, window=args.window, name=args.name,
+        home=args.home,
+    )
+    if result["status"] == "no-op":
+        print(f"sot: nightly '{args.name}': nothing new since batch {result['batch']}; no version published")
+    else:
+        drift = result["drift"]
+        print(f"sot: nightly '{args.name}' batch {result['batch']}: {result['n_new']} new rows, embedded "
+              f"{result['counts']['embedded_now']['pool']}, kept {result['counts']['selected']} of "
+              f"{result['counts']['pool']} -> {result['version']} (drift to anchor {drift['to_anchor']:.4f}, "
+              f"to harmful {drift['to_harmful']:.4f})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sot", description="Safety Optimal Transport curation of fine-tuning data")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's run logs on the console")
     sub = parser.add_subparsers(dest="command", required=True)
     add_curate_arguments(sub.add_parser("curate", help="curate a pool (no arguments: the bundled demo)"))
+    add_nightly_arguments(sub.add_parser("nightly", help="re-curate after new rows arrived (incremental)"))
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.verbose:
@@ -66,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from sot_core.errors import SotError
 
     try:
-        return {"curate": run_curate}[args.command](args)
+        return {"curate": run_curate, "nightly": run_nightly}[args.command](args)
     except (SotError, ValueError) as err:
         print(f"sot: error: {err}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from sot_core.config import CurateConfig
 from sot_core.store import default_home
 from tasks.curation import (
     build_costs, embed_dataset, ingest_inputs, publish_curated, report_artifacts, solve_weights, stage_result,
+    visual_artifacts,
 )
 
 DEMO = Path(__file__).resolve().parent.parent / "data" / "demo"
@@ -32,7 +33,27 @@ def curate_dataset(
     solver: dict | None = None,
     home: str | None = None,
 ) -> dict:
-    """Curate one pool against a safe anchor and a harmful reference; returns the run summary."""
+    """Curate one pool against a safe anchor and a harmful reference; returns the run summary.
+
+    Google style on purpose: Prefect reads only that style into the deployment's run form.
+
+    Args:
+        pool: Pool to curate: jsonl/json/csv/parquet file, HF datasets folder or hf:NAME.
+        safe_anchor: Trusted safe sample of the task (same formats).
+        harmful_ref: Harmful reference set (same formats).
+        out_dir: Output folder (relative to the working directory).
+        keep: Fraction of the pool kept, in (0, 1].
+        lam: Push strength lambda.
+        eps: Entropic regularisation epsilon, in cosine-cost units.
+        mode: push-pull, pull or push.
+        encoder: minilm[:pair|response|both] or hf:<model>[:repr].
+        knn: k nearest reference rows per pool row (empty: dense when small, kNN when large).
+        labels: Optional id,label file; the report then states harmful rows kept.
+        name: Name of the curated dataset in the catalog; also prefixes the artifact keys.
+        fields: Explicit field names (prompt, response, id, input, messages).
+        solver: Extra PushPullConfig fields (tau, step_size, ...).
+        home: Store folder (empty: $SOT_HOME, else ./.sot under the working directory).
+    """
     home = str(Path(home or default_home()).resolve())
     config = CurateConfig(keep=keep, lam=lam, eps=eps, mode=mode, encoder=encoder, knn=knn, solver=solver or {})
     sources = {"pool": pool, "safe_anchor": safe_anchor, "harmful_ref": harmful_ref}
@@ -60,6 +81,7 @@ def curate_dataset(
     summary = publish_curated(home, inputs["pool"]["dataset_id"], solved["path"], config.to_dict(), out_dir,
                               run_info, labels, name)
     report_artifacts(summary, (Path(out_dir) / "report.md").read_text(), name)
+    visual_artifacts(home, summary, out_dir, embedded["pool"]["encoder_id"], name)
     return summary
 
 

@@ -79,8 +79,9 @@ class PushPullConfig:
                 "spread over ~0.3-1.0, so 0.05 resolves neighbourhoods while Sinkhorn stays fast."})
     mode: str = field(default="push-pull", metadata={
         "help": "'push-pull' (anchor and harmful), 'pull' (anchor only), 'push' (harmful only)."})
-    tau: float = field(default=0.1, metadata={
-        "help": "Strength of the prior tau*KL(w|uniform); stationary w is softmax(-score/tau). "
+    tau: float | None = field(default=None, metadata={
+        "help": "Strength of the prior tau*KL(w|uniform); None: 2 * eps * max(1, lam), which keeps "
+                "the 2x margin below at any eps and lam. Stationary w is softmax(-score/tau). "
                 "Must exceed eps (anchor modes) and should exceed lam*eps (against collapse); "
                 "2x margin at the defaults. Smaller tau gives sharper weights."})
     step_size: float = field(default=1.0, metadata={
@@ -100,11 +101,14 @@ class PushPullConfig:
     device: str = field(default="auto", metadata={
         "help": "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."})
 
+    def effective_tau(self) -> float:
+        return self.tau if self.tau is not None else 2.0 * self.eps * max(1.0, self.lam)
+
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         for name in ("eps", "tau", "outer_tol", "sinkhorn_tol"):
-            value = getattr(self, name)
+            value = self.effective_tau() if name == "tau" else getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if not (math.isfinite(self.lam) and self.lam >= 0):
@@ -115,11 +119,12 @@ class PushPullConfig:
             raise ValueError("max_outer and max_sinkhorn_iter must be >= 1")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
-        if self.mode != "push" and self.tau <= self.eps:
-            raise ValueError(f"tau={self.tau} must exceed eps={self.eps} when the anchor term is "
+        tau = self.effective_tau()
+        if self.mode != "push" and tau <= self.eps:
+            raise ValueError(f"tau={tau} must exceed eps={self.eps} when the anchor term is "
                              "used (the anchor step is semi-relaxed OT with rho = tau - eps > 0)")
-        if self.mode != "pull" and self.lam * self.eps >= self.tau:
-            warnings.warn(f"tau={self.tau} <= lam*eps={self.lam * self.eps}: the push term can "
+        if self.mode != "pull" and self.lam * self.eps >= tau:
+            warnings.warn(f"tau={tau} <= lam*eps={self.lam * self.eps}: the push term can "
                           "collapse the weights onto a few rows; raise tau", stacklevel=3)
 
 
@@ -186,6 +191,7 @@ def solve_push_pull(cost_anchor, cost_harmful, config: PushPullConfig = PushPull
     Memory is linear in n beyond the costs themselves.
     """
     config.validate()
+    tau = config.effective_tau()
     started = time.perf_counter()
     use_anchor = config.mode in ("push-pull", "pull")
     use_harmful = config.mode in ("push-pull", "push")
@@ -223,7 +229,7 @@ def solve_push_pull(cost_anchor, cost_harmful, config: PushPullConfig = PushPull
     def solve_anchor(push_term: torch.Tensor):
         # argmin_w OT(w, anchor) - <push_term, w> + tau KL(w|u), as semi-relaxed OT
         prob = problems["anchor"]
-        rho = config.tau - config.eps
+        rho = tau - config.eps
         log_p = torch.log_softmax(push_term / rho, dim=0).to(dtype)
         state = semi_relaxed_potentials(
             prob["op"], log_p, prob["log_b"], config.eps, rho, g_init=prob["g"],
@@ -251,9 +257,9 @@ def solve_push_pull(cost_anchor, cost_harmful, config: PushPullConfig = PushPull
                 config.step_size * fresh
             # residual of the current iterate, known once its harmful potential is
             if step > 1:
-                target = torch.log_softmax(-(f_anchor - fresh) / config.tau, dim=0)
+                target = torch.log_softmax(-(f_anchor - fresh) / tau, dim=0)
                 residual = float((torch.exp(target) - torch.exp(log_w)).abs().sum())
-                trace.append(value["anchor"] - config.lam * value["harmful"] + config.tau *
+                trace.append(value["anchor"] - config.lam * value["harmful"] + tau *
                              float((torch.exp(log_w) * (log_w + math.log(n))).sum()))
                 if progress is not None:
                     progress(step - 1, config.max_outer)
@@ -267,12 +273,12 @@ def solve_push_pull(cost_anchor, cost_harmful, config: PushPullConfig = PushPull
             total_sinkhorn += state.n_iter
             errors["anchor"], value["anchor"] = state.marginal_error, state.value
             f_anchor = state.f.double()
-        log_w = torch.log_softmax(-(f_anchor - push_lin) / config.tau, dim=0)
+        log_w = torch.log_softmax(-(f_anchor - push_lin) / tau, dim=0)
         if not bool(torch.isfinite(log_w).all()):
             raise FloatingPointError("non-finite weights; try dtype='float64' or a larger eps")
         if not use_harmful:  # pull: the convex problem is the whole problem
             residual, converged = 0.0, True
-            trace.append(value["anchor"] + config.tau *
+            trace.append(value["anchor"] + tau *
                          float((torch.exp(log_w) * (log_w + math.log(n))).sum()))
             break
     else:
@@ -281,7 +287,7 @@ def solve_push_pull(cost_anchor, cost_harmful, config: PushPullConfig = PushPull
 
     score = f_anchor - push_lin
     # weights and score agree exactly: w = softmax(-score / tau)
-    weights = torch.softmax(-score / config.tau, dim=0).cpu().numpy()
+    weights = torch.softmax(-score / tau, dim=0).cpu().numpy()
     weights /= weights.sum()
     diagnostics = {
         "outer_iterations": step,
@@ -297,7 +303,7 @@ def solve_push_pull(cost_anchor, cost_harmful, config: PushPullConfig = PushPull
         "mode": config.mode,
         "lam": config.lam,
         "eps": config.eps,
-        "tau": config.tau,
+        "tau": tau,
         "step_size": config.step_size,
     }
     return PushPullResult(weights=weights, score=score.cpu().numpy(), diagnostics=diagnostics)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -75,7 +76,8 @@ def publish(
         label = np.array([labels.get(i, False) for i in ids])
         quality = {"auroc": auroc(score, label), **harmful_kept(selected, label), "unlabelled_rows": len(missing)}
 
-    version = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{config_hash(pool_id, solve_path)[:8]}"
+    # The random part keeps two identical runs in the same second apart.
+    version = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     version_dir = store.home / "curated" / version
     atomic_write_text("\n".join(curated_lines) + "\n", version_dir / "curated.jsonl")
     parent = store.latest_curated_version(name)

@@ -49,6 +49,9 @@ _BLOCK_ELEMS = 1 << 21
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Epsilon scaling divides eps by this factor per annealing step (one Sinkhorn iteration each).
 _EPS_SCALING_FACTOR = 0.5
+# Gibbs-kernel fast path: largest (hi - lo) / eps per dtype with no underflow, and memory cap.
+_KERNEL_SPAN = {torch.float32: 40.0, torch.float64: 600.0}
+_KERNEL_MAX_BYTES = 1 << 30
 
 
 def resolve_device(device: str) -> torch.device:
@@ -70,11 +73,43 @@ class DenseCostOperator:
         self.n, self.m = cost.shape
         self.rows_per_block = max(1, _BLOCK_ELEMS // max(self.m, 1))
         self.col_support = None
+        self.lo = self.hi = None  # cost range, set by check_finite
+        self._kernel = None  # (eps, K) with K = exp((lo - C) / eps)
+        self._eps_calls: dict[float, int] = {}
 
     def _blocks(self):
         for start in range(0, self.n, self.rows_per_block):
             stop = min(start + self.rows_per_block, self.n)
             yield start, stop, self.cost[start:stop].to(self.dtype)
+
+    def kernel(self, eps: float) -> torch.Tensor | None:
+        """The Gibbs kernel exp((lo - C)/eps) when it is safe and worth it, else None.
+
+        With it, each soft-min is one matrix-vector product instead of an exp per entry (about
+        10x faster on CPU). Safe because every kernel entry is >= exp(-span) with
+        span = (hi - lo) / eps, and each sum has a term with weight 1 (the shifted maximum), so
+        no sum can underflow: float32 while span <= 40, float64 while span <= 600; beyond
+        that (small eps) the log-domain path is used. Built on the second call with the same
+        eps, so the one-iteration levels of epsilon scaling do not pay for it.
+        """
+        if self._kernel is not None and self._kernel[0] == eps:
+            return self._kernel[1]
+        self._eps_calls[eps] = self._eps_calls.get(eps, 0) + 1
+        if self._eps_calls[eps] < 2:
+            return None
+        if self.lo is None:
+            self.check_finite("cost")
+        span = (self.hi - self.lo) / eps
+        candidates = (torch.float32, torch.float64) if self.dtype == torch.float32 else (torch.float64,)
+        for kdtype in candidates:
+            itemsize = torch.finfo(kdtype).bits // 8
+            if span <= _KERNEL_SPAN[kdtype] and self.n * self.m * itemsize <= _KERNEL_MAX_BYTES:
+                K = torch.empty((self.n, self.m), dtype=kdtype, device=self.device)
+                for start, stop, block in self._blocks():
+                    K[start:stop] = torch.exp((self.lo - block.to(kdtype)) / eps)
+                self._kernel = (eps, K)
+                return K
+        return None
 
     def check_finite(self, name: str) -> tuple[float, float]:
         """Raise on NaN/Inf; return (min, max) of the cost (for epsilon scaling)."""
@@ -85,10 +120,16 @@ class DenseCostOperator:
             if not (math.isfinite(bmin) and math.isfinite(bmax)):
                 raise ValueError(f"{name} contains NaN or Inf (rows {start}..{stop - 1})")
             lo, hi = min(lo, bmin), max(hi, bmax)
+        self.lo, self.hi = lo, hi
         return lo, hi
 
     def row_lse(self, beta: torch.Tensor, eps: float) -> torch.Tensor:
         """out_i = log sum_j exp(beta_j - C_ij / eps), shape (n,)."""
+        K = self.kernel(eps)
+        if K is not None:
+            shift = beta.max()
+            sums = torch.mv(K, torch.exp(beta - shift).to(K.dtype))
+            return torch.log(sums).to(self.dtype) + (shift - self.lo / eps)
         out = torch.empty(self.n, dtype=self.dtype, device=self.device)
         for start, stop, block in self._blocks():
             out[start:stop] = torch.logsumexp(torch.sub(beta, block, alpha=1.0 / eps), dim=1)
@@ -96,6 +137,11 @@ class DenseCostOperator:
 
     def col_lse(self, alpha: torch.Tensor, eps: float) -> torch.Tensor:
         """out_j = log sum_i exp(alpha_i - C_ij / eps), shape (m,)."""
+        K = self.kernel(eps)
+        if K is not None:
+            shift = alpha.max()
+            sums = torch.mv(K.t(), torch.exp(alpha - shift).to(K.dtype))
+            return torch.log(sums).to(self.dtype) + (shift - self.lo / eps)
         acc = torch.full((self.m,), -math.inf, dtype=self.dtype, device=self.device)
         for start, stop, block in self._blocks():
             part = torch.sub(alpha[start:stop, None], block, alpha=1.0 / eps)

@@ -11,9 +11,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
-from sot_core import pipeline
+from sot_core import pipeline, plots
 from sot_core.config import CurateConfig, config_hash
 from sot_core.data import FieldMap
 from sot_core.errors import SotError
@@ -116,6 +116,44 @@ def publish_curated(home: str, pool_id: str, solve_path: str, config: dict, out_
 @task(name="report-artifacts")
 def report_artifacts(summary: dict, report_md: str, name: str = "default") -> None:
     """Markdown and table artifacts under stable keys, so the nightly trend lines up in the UI."""
-    key = "sot-" + "".join(ch if ch.isalnum() else "-" for ch in name.lower())
+    key = artifact_key(name)
     create_markdown_artifact(report_md, key=f"{key}-report", description="SOT curation report")
     create_table_artifact(summary["top_flagged"], key=f"{key}-flagged", description="Most harmful-like rows")
+
+
+def artifact_key(name: str) -> str:
+    """Stable artifact key prefix of a curated dataset name (lowercase letters, digits, dashes)."""
+    return "sot-" + "".join(ch if ch.isalnum() else "-" for ch in name.lower())
+
+
+@task(name="visual-artifacts", retries=1, retry_condition_fn=not_bad_input)
+def visual_artifacts(home: str, summary: dict, out_dir: str, encoder_id: str, name: str = "default") -> dict:
+    """Counts, harmful-likeness distribution, flagged rows with nearest harmful neighbours, solver
+    diagnostics and a plot, as artifacts under stable keys (one series per key across runs)."""
+    import pyarrow.parquet as pq
+
+    store, key, inputs = Store(home), artifact_key(name), summary["inputs"]
+    pool_id, harmful_id = inputs["pool"]["dataset_id"], inputs["harmful_ref"]["dataset_id"]
+    anchor_id = inputs["safe_anchor"]["dataset_id"]
+    table = pq.read_table(Path(out_dir) / "weights.parquet")
+    weights, score = table.column("weight").to_numpy(), table.column("score").to_numpy()
+    selected = table.column("selected").to_numpy(zero_copy_only=False).astype(bool)
+    emb = {d: pipeline.load_embeddings(store, d, encoder_id) for d in (pool_id, anchor_id, harmful_id)}
+    counts = [{"version": summary["version"], "pool": summary["counts"]["pool"],
+               "selected": summary["counts"]["selected"],
+               **{f"embedded_{role}": n for role, n in summary["counts"]["embedded_now"].items()}}]
+    create_table_artifact(counts, key=f"{key}-counts", description="Rows in the pool, kept, embedded by this run")
+    create_table_artifact(plots.score_distribution(score, selected), key=f"{key}-scores",
+                          description="Distribution of harmful-likeness (OT score; higher = more harmful-like)")
+    neighbours = plots.flagged_neighbours(store.get_rows(pool_id), emb[pool_id], score, store.get_rows(harmful_id),
+                                          emb[harmful_id])
+    create_table_artifact(neighbours, key=f"{key}-neighbours",
+                          description="Most flagged rows with their nearest harmful reference row")
+    solver = [{"key": k, "value": str(v)} for k, v in summary["solver"].items() if k != "objective_trace"]
+    create_table_artifact(solver, key=f"{key}-solver", description="Push-pull OT solver diagnostics")
+    png = plots.curation_figure(weights, selected, emb[pool_id], emb[anchor_id], emb[harmful_id],
+                                title=summary["version"])
+    (Path(out_dir) / "curation.png").write_bytes(png)
+    create_image_artifact(plots.data_uri(png), key=f"{key}-plot",
+                          description="Weight histogram and PCA map of pool, anchor and harmful reference")
+    return {"plot": str(Path(out_dir) / "curation.png"), "neighbours": neighbours}

@@ -228,3 +228,36 @@ def test_knn_push_pull_runs(synthetic):
                              cosine_costs(pool, harmful, k=20))
     assert result.weights[180:].max() < result.weights[:180].min()
     assert result.diagnostics["converged"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("eps", [0.05, 0.02])
+def test_gibbs_kernel_path_matches_log_domain(dtype, eps):
+    """The matrix-vector fast path gives the same soft-mins as the blockwise log-sum-exp."""
+    from sot_core.sinkhorn import DenseCostOperator
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 16)); x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = rng.normal(size=(70, 16)); y /= np.linalg.norm(y, axis=1, keepdims=True)
+    C = (1 - x @ y.T).astype(np.float32)
+    fast = DenseCostOperator(C, torch.device("cpu"), dtype)
+    fast.check_finite("C")
+    slow = DenseCostOperator(C, torch.device("cpu"), dtype)
+    slow.kernel = lambda eps: None  # force the log-domain path
+    beta = torch.from_numpy(rng.normal(size=70) * 3).to(dtype)
+    alpha = torch.from_numpy(rng.normal(size=300) * 3).to(dtype)
+    fast.row_lse(beta, eps)  # first call with this eps: log domain; the second builds the kernel
+    assert fast.kernel(eps) is not None
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(fast.row_lse(beta, eps), slow.row_lse(beta, eps), rtol=tol, atol=tol)
+    torch.testing.assert_close(fast.col_lse(alpha, eps), slow.col_lse(alpha, eps), rtol=tol, atol=tol)
+
+
+def test_gibbs_kernel_refused_when_it_could_underflow():
+    from sot_core.sinkhorn import DenseCostOperator
+
+    C = np.linspace(0, 2, 40 * 30, dtype=np.float32).reshape(40, 30)
+    op = DenseCostOperator(C, torch.device("cpu"), torch.float64)
+    op.check_finite("C")
+    op.kernel(1e-3), op.kernel(1e-3)
+    assert op.kernel(1e-3) is None  # span 2000 > 600: log domain only

@@ -1,0 +1,288 @@
+"""Incremental (nightly) re-curation: an incoming location with a watermark, and drift per batch.
+
+The incoming location is a folder of files (JSONL, JSON, CSV, Parquet; any `load_rows` format)
+and/or a DuckDB table. The watermark of a curated dataset `name` is what its committed batches
+have consumed:
+
+- folder: the set of (relative path, sha256) of every file already consumed. A new file, or a
+  file whose bytes changed, is new; files are expected to be appended, never edited in place.
+- table: the largest value of a monotonically increasing column (`watermark_column`, e.g. an
+  arrival sequence number or timestamp) already consumed.
+
+A batch is staged (its rows stored as a content-addressed dataset), the pool is re-solved, and
+only then is the batch committed in the catalog table `incoming_batches`, in one transaction that
+checks no other run committed a batch for the same name in between (optimistic concurrency).
+A run that fails part-way therefore leaves the watermark where it was, and the next run picks
+the same rows up again; the content-addressed store makes that repeat cheap (nothing is embedded
+twice).
+
+Windowing policy (there is no warm start of the OT weights across nights: `solve_push_pull` takes
+no initial weights or potentials): the accumulated pool is the base pool followed by every batch in
+arrival order, de-duplicated by row id (a later row with the same id replaces the earlier one),
+optionally limited to the most recent `window` rows. Costs and weights are recomputed over that
+pool each night; embedding, the dominant cost, touches only the new rows.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from sot_core.data import FieldMap, load_rows
+from sot_core.errors import InputError, StoreError
+from sot_core.pipeline import ingest, load_embeddings
+from sot_core.schema import ROW_SCHEMA
+from sot_core.store import Store
+
+INCOMING_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+
+BATCHES_SQL = """
+CREATE TABLE IF NOT EXISTS incoming_batches (
+    batch_id VARCHAR PRIMARY KEY, name VARCHAR, seq INTEGER, dataset_id VARCHAR, n_rows BIGINT,
+    files VARCHAR, table_watermark VARCHAR, pool_dataset_id VARCHAR, version VARCHAR,
+    n_embedded BIGINT, drift_anchor DOUBLE, drift_harmful DOUBLE,
+    created_at TIMESTAMP DEFAULT current_timestamp, UNIQUE (name, seq));
+"""
+
+
+@dataclass
+class Watermark:
+    """What the committed batches of one curated dataset have consumed."""
+
+    seq: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+    table_value: object = None
+    batch_dataset_ids: list[str] = field(default_factory=list)
+
+
+def ensure_tables(store: Store) -> None:
+    with store.catalog() as con:
+        con.execute(BATCHES_SQL)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_watermark(store: Store, name: str) -> Watermark:
+    """The watermark of `name`: consumed files, the table high-water value and batch datasets."""
+    ensure_tables(store)
+    rows = store.query(
+        "SELECT seq, dataset_id, files, table_watermark FROM incoming_batches WHERE name = ? ORDER BY seq", [name])
+    mark = Watermark()
+    for seq, dataset_id, files, table_value in rows:
+        mark.seq = seq
+        mark.batch_dataset_ids.append(dataset_id)
+        mark.files.update(json.loads(files or "{}"))
+        value = json.loads(table_value) if table_value else None
+        if value is not None:
+            mark.table_value = value
+    return mark
+
+
+def new_files(folder: str | Path, mark: Watermark) -> dict[str, str]:
+    """Files under `folder` not consumed yet (or changed since), as {relative path: sha256}, sorted."""
+    folder = Path(folder)
+    if not folder.exists():
+        return {}
+    if not folder.is_dir():
+        raise InputError(str(folder), "the incoming location must be a folder")
+    found = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in INCOMING_SUFFIXES):
+        if path.name.startswith("."):  # a producer's temp file, not finished yet
+            continue
+        rel, digest = str(path.relative_to(folder)), file_sha256(path)
+        if mark.files.get(rel) != digest:
+            found[rel] = digest
+    return found
+
+
+def parse_table_spec(spec: str) -> tuple[str, str]:
+    """`path/to/db.duckdb:table` -> (path, table)."""
+    path, sep, table = spec.rpartition(":")
+    if not sep or not path or not table.replace("_", "").replace(".", "").isalnum():
+        raise InputError(spec, "an incoming table is given as PATH.duckdb:TABLE")
+    return path, table
+
+
+def read_table_rows(spec: str, column: str, after) -> tuple[list[dict], object]:
+    """Rows of a DuckDB table with `column` > `after` (all rows when None), and the new maximum.
+
+    Opened read-only, so the producer must not hold the database open for writing meanwhile
+    (DuckDB allows one writing process per file).
+    """
+    import duckdb
+
+    path, table = parse_table_spec(spec)
+    if not Path(path).exists():
+        raise InputError(path, "the incoming DuckDB database does not exist")
+    try:
+        con = duckdb.connect(path, read_only=True)
+    except duckdb.Error as err:
+        raise StoreError(f"{path}: cannot open the incoming database read-only ({err}); "
+                         "is a producer holding it open for writing?") from None
+    try:
+        cols = [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
+        if column not in cols:
+            raise InputError(spec, f"the table has no watermark column (has {', '.join(cols)})", field=column)
+        where, params = (f'WHERE "{column}" > ?', [after]) if after is not None else ("", [])
+        result = con.execute(f'SELECT * FROM "{table}" {where} ORDER BY "{column}"', params)
+        names = [d[0] for d in result.description]
+        records = [dict(zip(names, r)) for r in result.fetchall()]
+    finally:
+        con.close()
+    high = records[-1][column] if records else after
+    if hasattr(high, "isoformat"):
+        high = high.isoformat()
+    return records, high
+
+
+def _rows_from_records(records: list[dict], column: str, spec: str, fields: FieldMap | None) -> pa.Table:
+    """Canonical rows of table records, through `load_rows` so validation and ids match files."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "incoming.jsonl"
+        with open(path, "w", encoding="utf-8") as out:
+            for r in records:
+                out.write(json.dumps({k: v for k, v in r.items() if k != column}, default=str) + "\n")
+        return load_rows(str(path), fields=fields, source_name=parse_table_spec(spec)[1])
+
+
+def stage_batch(store: Store, name: str, incoming: str | None, incoming_table: str | None = None,
+                watermark_column: str = "seq", fields: FieldMap | None = None) -> dict:
+    """Read everything past the watermark, validate it and store it as one batch dataset.
+
+    Returns
+    -------
+    dict
+        ``n_new`` (0 means nothing arrived), and when rows arrived ``dataset_id``, ``files``,
+        ``table_watermark``, ``prev_seq`` and ``batch_dataset_ids`` (earlier batches, in order).
+    """
+    mark = read_watermark(store, name)
+    files = new_files(incoming, mark) if incoming else {}
+    tables = [load_rows(str(Path(incoming) / rel), fields=fields) for rel in files]
+    table_high = mark.table_value
+    if incoming_table:
+        records, table_high = read_table_rows(incoming_table, watermark_column, mark.table_value)
+        if records:
+            tables.append(_rows_from_records(records, watermark_column, incoming_table, fields))
+    base = {"name": name, "prev_seq": mark.seq, "batch_dataset_ids": mark.batch_dataset_ids}
+    if not tables or sum(t.num_rows for t in tables) == 0:
+        return {**base, "n_new": 0, "files": {}, "table_watermark": mark.table_value}
+    rows = dedupe_last(pa.concat_tables(tables))
+    info = ingest(store, f"incoming:{name}#{mark.seq + 1}", rows, "incoming")
+    return {**base, "n_new": rows.num_rows, "dataset_id": info["dataset_id"], "files": files,
+            "table_watermark": table_high, "seconds": info["seconds"]}
+
+
+def dedupe_last(rows: pa.Table) -> pa.Table:
+    """Keep the last row of every id (a re-sent row replaces the earlier one), in arrival order."""
+    ids = rows.column("id").to_pylist()
+    last = {row_id: i for i, row_id in enumerate(ids)}
+    if len(last) == len(ids):
+        return rows
+    return rows.take(pa.array(sorted(last.values()), pa.int64()))
+
+
+def accumulate_pool(store: Store, name: str, base_dataset_id: str | None, batch_dataset_ids: list[str],
+                    window: int | None = None) -> dict:
+    """Store the accumulated pool (base, then batches in arrival order; see the module docstring)."""
+    parts = ([base_dataset_id] if base_dataset_id else []) + list(batch_dataset_ids)
+    if not parts:
+        raise StoreError(f"nightly '{name}': nothing to curate (no base pool and no batches)")
+    rows = dedupe_last(pa.concat_tables([store.get_rows(d).cast(ROW_SCHEMA) for d in parts]))
+    if window is not None and rows.num_rows > window:
+        rows = rows.slice(rows.num_rows - window)
+    info = ingest(store, f"accumulated:{name}", rows, "pool")
+    return {**info, "parts": parts}
+
+
+def sinkhorn_divergence(x: np.ndarray, y: np.ndarray, eps: float) -> float:
+    """Debiased entropic OT between uniform clouds of unit vectors under the cosine cost.
+
+    S(a, b) = OT(a, b) - (OT(a, a) + OT(b, b)) / 2: zero when the clouds coincide, so a batch
+    that looks like the anchor scores near zero against it (Feydy et al. 2019).
+    """
+    from sot_core.sinkhorn import sinkhorn_log
+
+    def ot(p, q):
+        cost = np.clip(1.0 - p.astype(np.float64) @ q.astype(np.float64).T, 0.0, 2.0)
+        return sinkhorn_log(np.full(len(p), 1 / len(p)), np.full(len(q), 1 / len(q)), cost, eps,
+                            dtype="float64", device="cpu").value
+
+    return float(ot(x, y) - 0.5 * (ot(x, x) + ot(y, y)))
+
+
+def batch_drift(store: Store, batch_id: str, anchor_id: str, harmful_id: str, encoder_id: str,
+                eps: float = 0.05, max_rows: int = 2000, seed: int = 0) -> dict:
+    """Drift of one batch: its Sinkhorn divergence to the safe anchor and to the harmful reference.
+
+    Rising distance to the anchor or falling distance to the harmful reference, night over night,
+    means the incoming data moves away from the task or towards harmful content. Clouds larger
+    than `max_rows` are subsampled with a fixed seed, so the cost stays bounded and repeatable.
+    """
+    rng = np.random.default_rng(seed)
+
+    def cloud(dataset_id):
+        x = load_embeddings(store, dataset_id, encoder_id)
+        return x[np.sort(rng.choice(len(x), max_rows, replace=False))] if len(x) > max_rows else x
+
+    batch = cloud(batch_id)
+    return {"to_anchor": sinkhorn_divergence(batch, cloud(anchor_id), eps),
+            "to_harmful": sinkhorn_divergence(batch, cloud(harmful_id), eps), "eps": eps,
+            "n_batch": int(len(batch))}
+
+
+def commit_batch(store: Store, staged: dict, pool_dataset_id: str, version: str, n_embedded: int,
+                 drift: dict | None) -> dict:
+    """Record the batch and so move the watermark; refuses if another run committed meanwhile."""
+    ensure_tables(store)
+    seq = staged["prev_seq"] + 1
+    batch_id = f"{staged['name']}#{seq}-{uuid.uuid4().hex[:8]}"
+    drift = drift or {}
+    with store.catalog() as con:
+        con.execute("BEGIN")
+        try:
+            (current,) = con.execute("SELECT coalesce(max(seq), 0) FROM incoming_batches WHERE name = ?",
+                                     [staged["name"]]).fetchone()
+            if current != staged["prev_seq"]:
+                raise StoreError(
+                    f"nightly '{staged['name']}': another run committed batch {current} while this run was "
+                    f"working from batch {staged['prev_seq']}; this run's version {version} stays in the catalog "
+                    "but its rows will be picked up again by the next run")
+            con.execute(
+                "INSERT INTO incoming_batches (batch_id, name, seq, dataset_id, n_rows, files, table_watermark, "
+                "pool_dataset_id, version, n_embedded, drift_anchor, drift_harmful) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [batch_id, staged["name"], seq, staged["dataset_id"], staged["n_new"], json.dumps(staged["files"]),
+                 json.dumps(staged["table_watermark"]), pool_dataset_id, version, n_embedded,
+                 _finite(drift.get("to_anchor")), _finite(drift.get("to_harmful"))])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+    return {"batch_id": batch_id, "seq": seq}
+
+
+def _finite(x):
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def drift_history(store: Store, name: str) -> list[dict]:
+    """Every committed batch of `name`, oldest first, with its drift figures."""
+    ensure_tables(store)
+    rows = store.query(
+        "SELECT seq, strftime(created_at, '%Y-%m-%d %H:%M:%S'), n_rows, n_embedded, drift_anchor, drift_harmful, "
+        "version FROM incoming_batches WHERE name = ? ORDER BY seq", [name])
+    keys = ("batch", "committed_utc", "rows", "embedded", "drift_to_anchor", "drift_to_harmful", "version")
+    return [dict(zip(keys, r)) for r in rows]

@@ -1,0 +1,78 @@
+"""Prefect tasks of the nightly incremental re-curation (`sot_core.incremental` does the work).
+
+None of these is Prefect-cached: each reads or moves the watermark, which changes between runs.
+The heavy stages (ingest of the references, embed, costs, solve) reuse the tasks of
+`tasks.curation` and their content-hash caches.
+"""
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
+
+from sot_core import incremental, plots
+from sot_core.data import FieldMap
+from sot_core.store import Store
+from tasks.curation import artifact_key, not_bad_input
+
+
+@task(name="collect-incoming", retries=2, retry_delay_seconds=5, retry_condition_fn=not_bad_input)
+def collect_incoming(home: str, name: str, incoming: str | None, incoming_table: str | None = None,
+                     watermark_column: str = "seq", fields: dict | None = None) -> dict:
+    """Stage everything past the watermark as one batch dataset (n_new == 0: nothing arrived)."""
+    return incremental.stage_batch(Store(home), name, incoming, incoming_table, watermark_column,
+                                   FieldMap(**fields) if fields else None)
+
+
+@task(name="accumulate-pool", retries=1, retry_condition_fn=not_bad_input)
+def accumulate_pool(home: str, name: str, base_dataset_id: str | None, batch: dict, window: int | None) -> dict:
+    """The pool to re-solve: base pool + committed batches + this batch (windowed)."""
+    return incremental.accumulate_pool(Store(home), name, base_dataset_id,
+                                       batch["batch_dataset_ids"] + [batch["dataset_id"]], window)
+
+
+@task(name="batch-drift", retries=1, retry_condition_fn=not_bad_input)
+def batch_drift(home: str, batch_id: str, anchor_id: str, harmful_id: str, encoder_id: str, eps: float) -> dict:
+    return incremental.batch_drift(Store(home), batch_id, anchor_id, harmful_id, encoder_id, eps)
+
+
+@task(name="commit-batch", retry_condition_fn=not_bad_input)
+def commit_batch(home: str, batch: dict, pool_dataset_id: str, version: str, n_embedded: int, drift: dict) -> dict:
+    """Move the watermark; last step, so a failed run leaves the rows for the next one."""
+    return incremental.commit_batch(Store(home), batch, pool_dataset_id, version, n_embedded, drift)
+
+
+@task(name="drift-artifacts")
+def drift_artifacts(home: str, name: str) -> list[dict]:
+    """The drift history of `name` as a table and a plot, under stable keys (the nightly trend)."""
+    history = incremental.drift_history(Store(home), name)
+    key = artifact_key(name)
+    create_table_artifact(history, key=f"{key}-drift",
+                          description="Per batch: Sinkhorn divergence to the safe anchor and to the harmful reference")
+    if history:
+        create_image_artifact(plots.data_uri(plots.drift_figure(history)), key=f"{key}-drift-plot",
+                              description="Drift of incoming batches over time")
+    return history
+
+
+@task(name="noop-artifact")
+def noop_artifact(name: str, batch: dict) -> None:
+    """Say so in the UI when nothing arrived, so a quiet night is visibly a no-op, not a failure."""
+    create_markdown_artifact(
+        f"# Nightly re-curation `{name}`: nothing new\n\nNo new rows past the watermark (batch "
+        f"{batch['prev_seq']} is the latest); no version was published.\n",
+        key=f"{artifact_key(name)}-nightly", description="Nightly re-curation status")
+
+
+@task(name="nightly-summary-artifact")
+def nightly_artifact(name: str, batch: dict, summary: dict, drift: dict, committed: dict) -> None:
+    embedded = summary["counts"]["embedded_now"]
+    create_markdown_artifact(
+        f"# Nightly re-curation `{name}`: batch {committed['seq']}\n\n"
+        f"- new rows: **{batch['n_new']}** (files: {', '.join(batch['files']) or 'none'}; "
+        f"table watermark: {batch['table_watermark']})\n"
+        f"- embedded now: {', '.join(f'{k} {v}' for k, v in embedded.items())}\n"
+        f"- accumulated pool: {summary['counts']['pool']} rows, kept {summary['counts']['selected']}\n"
+        f"- drift (Sinkhorn divergence, eps {drift['eps']}): to anchor **{drift['to_anchor']:.4f}**, "
+        f"to harmful reference **{drift['to_harmful']:.4f}**\n"
+        f"- published version `{summary['version']}` (parent `{summary['parent_version']}`)\n",
+        key=f"{artifact_key(name)}-nightly", description="Nightly re-curation status")

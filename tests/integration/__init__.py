@@ -1,0 +1,1 @@
+"""Integration tests against a real Prefect server (a package, so its conftest does not shadow tests/conftest)."""

@@ -1,0 +1,146 @@
+"""Incremental re-curation: watermark over a folder and a DuckDB table, batches, drift, the nightly flow."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import duckdb
+import numpy as np
+import pytest
+
+from conftest import DEMO
+from sot_core import incremental
+from sot_core.encoders import ENCODERS, Encoder
+from sot_core.errors import StoreError
+from sot_core.store import Store
+
+
+class HashEncoder(Encoder):
+    """Deterministic, model-free vectors: the nightly tests are about bookkeeping, not embeddings."""
+
+    dim = 32
+    encoder_id = "test-hash:v1"
+
+    def _embed_texts(self, texts, batch_size, progress):
+        out = np.stack([np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8).astype(np.float32) - 127.5
+                        for t in texts])
+        if progress is not None:
+            progress(len(texts))
+        return out
+
+
+ENCODERS["testhash"] = HashEncoder
+
+
+def write_rows(path, start, n, tag="row"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"prompt": f"{tag} question {i}", "response": f"answer {i}"}) + "\n"
+                            for i in range(start, start + n)))
+
+
+def test_folder_watermark_consumes_each_file_once(tmp_path):
+    store, incoming = Store(tmp_path / "home"), tmp_path / "incoming"
+    assert incremental.stage_batch(store, "n", str(incoming))["n_new"] == 0  # missing folder: nothing arrived
+    write_rows(incoming / "a.jsonl", 0, 5)
+    first = incremental.stage_batch(store, "n", str(incoming))
+    assert first["n_new"] == 5 and list(first["files"]) == ["a.jsonl"] and first["prev_seq"] == 0
+    # not committed yet: a rerun sees the same rows again (a failed night loses nothing)
+    assert incremental.stage_batch(store, "n", str(incoming))["dataset_id"] == first["dataset_id"]
+    incremental.commit_batch(store, first, first["dataset_id"], "v1", 5, None)
+    assert incremental.stage_batch(store, "n", str(incoming))["n_new"] == 0
+    write_rows(incoming / "b.jsonl", 5, 3)
+    (incoming / ".c.jsonl.tmp").write_text("half written")
+    second = incremental.stage_batch(store, "n", str(incoming))
+    assert second["n_new"] == 3 and list(second["files"]) == ["b.jsonl"]
+    assert second["batch_dataset_ids"] == [first["dataset_id"]]
+    # another name has its own watermark
+    assert incremental.stage_batch(store, "other", str(incoming))["n_new"] == 8
+
+
+def test_duckdb_table_watermark(tmp_path):
+    store, db = Store(tmp_path / "home"), tmp_path / "incoming.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE rows (seq INTEGER, prompt VARCHAR, response VARCHAR)")
+    con.execute("INSERT INTO rows SELECT i, 'q ' || i, 'a ' || i FROM range(1, 7) t(i)")
+    con.close()
+    spec = f"{db}:rows"
+    first = incremental.stage_batch(store, "t", None, spec)
+    assert first["n_new"] == 6 and first["table_watermark"] == 6
+    incremental.commit_batch(store, first, first["dataset_id"], "v1", 6, {"to_anchor": 0.1, "to_harmful": 0.2})
+    assert incremental.stage_batch(store, "t", None, spec)["n_new"] == 0
+    con = duckdb.connect(str(db))
+    con.execute("INSERT INTO rows VALUES (7, 'q 7', 'a 7'), (8, 'q 8', 'a 8')")
+    con.close()
+    second = incremental.stage_batch(store, "t", None, spec)
+    assert second["n_new"] == 2 and second["table_watermark"] == 8
+    with pytest.raises(Exception, match="watermark column"):
+        incremental.stage_batch(store, "t", None, spec, watermark_column="arrived")
+
+
+def test_concurrent_commit_is_refused_clearly(tmp_path):
+    store, incoming = Store(tmp_path / "home"), tmp_path / "incoming"
+    write_rows(incoming / "a.jsonl", 0, 4)
+    one = incremental.stage_batch(store, "n", str(incoming))
+    two = incremental.stage_batch(store, "n", str(incoming))
+    incremental.commit_batch(store, one, one["dataset_id"], "v1", 4, None)
+    with pytest.raises(StoreError, match="another run committed batch 1"):
+        incremental.commit_batch(store, two, two["dataset_id"], "v2", 0, None)
+    assert [h["batch"] for h in incremental.drift_history(store, "n")] == [1]
+
+
+def test_accumulate_dedupes_ids_and_windows(tmp_path):
+    store, incoming = Store(tmp_path / "home"), tmp_path / "incoming"
+    write_rows(incoming / "a.jsonl", 0, 6)
+    a = incremental.stage_batch(store, "n", str(incoming))
+    incremental.commit_batch(store, a, a["dataset_id"], "v1", 6, None)
+    write_rows(incoming / "b.jsonl", 4, 4)  # rows 4, 5 again (same content, same ids) + 6, 7
+    b = incremental.stage_batch(store, "n", str(incoming))
+    pool = incremental.accumulate_pool(store, "n", None, [a["dataset_id"], b["dataset_id"]])
+    assert pool["n_rows"] == 8
+    windowed = incremental.accumulate_pool(store, "n", None, [a["dataset_id"], b["dataset_id"]], window=3)
+    prompts = store.get_rows(windowed["dataset_id"]).column("prompt").to_pylist()
+    assert prompts == ["row question 5", "row question 6", "row question 7"]
+
+
+def test_sinkhorn_divergence_is_zero_on_itself_and_grows_with_distance():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    shifted = x + 0.8 * np.eye(8)[0]
+    shifted /= np.linalg.norm(shifted, axis=1, keepdims=True)
+    assert abs(incremental.sinkhorn_divergence(x, x, 0.05)) < 1e-3
+    assert incremental.sinkhorn_divergence(x, shifted, 0.05) > 0.05
+
+
+@pytest.fixture
+def nightly_env(tmp_path, prefect_backend):
+    return tmp_path / "home", tmp_path / "incoming", tmp_path / "out"
+
+
+def run(home, incoming, out):
+    from flows.nightly import nightly_recuration
+
+    return nightly_recuration(incoming=str(incoming), home=str(home), out_dir=str(out), encoder="testhash",
+                              name="nightly-test")
+
+
+def test_nightly_flow_embeds_only_new_rows_and_noops_when_quiet(nightly_env):
+    home, incoming, out = nightly_env
+    assert run(home, incoming, out)["status"] == "no-op"
+    write_rows(incoming / "day1.jsonl", 0, 40)
+    first = run(home, incoming, out)
+    assert first["status"] == "published" and first["batch"] == 1
+    assert first["counts"]["embedded_now"] == {"pool": 40, "safe_anchor": 50, "harmful_ref": 272}
+    write_rows(incoming / "day2.jsonl", 40, 4)
+    second = run(home, incoming, out)
+    assert second["counts"]["embedded_now"] == {"pool": 4, "safe_anchor": 0, "harmful_ref": 0}
+    assert second["counts"]["pool"] == 44 and second["parent_version"] == first["version"]
+    assert run(home, incoming, out)["status"] == "no-op"
+    store = Store(home)
+    history = incremental.drift_history(store, "nightly-test")
+    assert [h["rows"] for h in history] == [40, 4]
+    assert all(h["drift_to_anchor"] is not None and h["drift_to_harmful"] is not None for h in history)
+    versions = store.query("SELECT version, n_pool FROM curated_versions WHERE name = 'nightly-test' ORDER BY created_at")
+    assert [v[1] for v in versions] == [40, 44]
+    assert (out / "curation.png").stat().st_size > 1000
+    assert DEMO.exists()
