@@ -89,6 +89,14 @@ def build_inputs(shared: Path, work: Path) -> dict:
     tasks["general"] = {"pool": write_jsonl(rows, work / "general_pool.jsonl"),
                         "anchor": write_jsonl(anchor, work / "general_anchor.jsonl"),
                         "harmful": kinds == "harmful", "refusal": kinds == "refusal"}
+    # The same pool with 25 refusals (not in the pool) added to the anchor: the data-side way to
+    # tell the method that a safe answer to a harmful prompt is wanted data.
+    in_pool = {r["instruction"] for r in refusal}
+    extra = [r for r in refusals if r["instruction"] not in in_pool]
+    anchor_plus = anchor + [{"id": f"anchor-refusal-{k}", **{f: r[f] for f in ("instruction", "input", "output")}}
+                            for k, r in enumerate(rng.sample(extra, 25))]
+    tasks["general_refusal_anchor"] = {**tasks["general"],
+                                       "anchor": write_jsonl(anchor_plus, work / "general_anchor_plus.jsonl")}
     many_shot = json.loads((shared / "pyrit_datasets" / "jailbreak" / "many_shot_examples.json").read_text())
     reference = [{"prompt": r["user"], "response": r["assistant"]} for r in many_shot
                  if r["category"].strip().lower().startswith("harmful")]
@@ -123,7 +131,8 @@ SOT_VARIANTS = {
     "sot_lam0.5": dict(lam=0.5),
     "sot_lam2": dict(lam=2.0),
     "sot_eps0.01": dict(eps=0.01),
-    "sot_eps0.1": dict(eps=0.1),
+    "sot_eps0.05": dict(eps=0.05),
+    "sot_eps0.2": dict(eps=0.2),
 }
 
 

@@ -3,7 +3,7 @@
 Problem: pool of N unit vectors (d = 384, 90% drawn around 10 "safe" cluster centres, 10% around
 10 "harmful" centres), a 50-row safe anchor, a 5,000-row harmful reference, cosine costs.
 
-* ours: `solve_push_pull` with the default config (float32, eps = 0.05, tau = 0.1, Sinkhorn
+* ours: `solve_push_pull` with the default config (float32, eps = 0.1, tau = 2 eps, Sinkhorn
   marginal tol 1e-4). Pools above ``--knn-above`` rows use the kNN-sparse harmful cost (k nearest
   harmful rows per pool row, FAISS); the anchor cost stays dense (N x 50).
 * POT: the same number of outer steps; each step runs ``ot.sinkhorn(..., method="sinkhorn_log")``
@@ -92,8 +92,14 @@ def worker_ours(n: int, k: int | None) -> dict:
             "harmful_weight_mass": float(result.weights[is_harmful].sum())}
 
 
-def worker_pot(n: int, outer: int, timeout_s: float, eps=0.05, lam=1.0, tau=0.1, tol=1e-4) -> dict:
+def worker_pot(n: int, outer: int, timeout_s: float, tol=1e-4) -> dict:
     import ot
+
+    sys.path.insert(0, ROOT)
+    from sot_core.ot import PushPullConfig
+
+    defaults = PushPullConfig()  # the same eps, lam and tau as our solver's run
+    eps, lam, tau = defaults.eps, defaults.lam, defaults.effective_tau()
     from scipy.special import log_softmax
 
     pool, anchor, harmful = make_data(n)

@@ -17,7 +17,7 @@ def add_curate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     p.add_argument("--keep", type=float, default=0.8, help="fraction of the pool kept (default 0.8)")
     p.add_argument("--lam", type=float, default=1.0, help="push strength lambda (default 1.0)")
-    p.add_argument("--eps", type=float, default=0.05, help="entropic regularisation epsilon (default 0.05)")
+    p.add_argument("--eps", type=float, default=0.1, help="entropic regularisation epsilon (default 0.1)")
     p.add_argument("--mode", default="push-pull", choices=["push-pull", "pull", "push"])
     p.add_argument("--encoder", default="minilm", help="minilm[:pair|response|both] or hf:<model>[:repr]")
     p.add_argument("--knn", type=int, default=None, help="k nearest reference rows per pool row (default: auto)")
@@ -63,7 +63,7 @@ def add_nightly_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="out/nightly", help="output folder of the latest version (default out/nightly)")
     p.add_argument("--keep", type=float, default=0.8)
     p.add_argument("--lam", type=float, default=1.0)
-    p.add_argument("--eps", type=float, default=0.05)
+    p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--encoder", default="minilm")
     p.add_argument("--window", type=int, default=None, help="keep only the most recent N rows of the pool")
     p.add_argument("--name", default="nightly", help="curated dataset name: its watermark and versions")
@@ -90,12 +90,77 @@ def run_nightly(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--curated", help="curated.jsonl to train on (default: curate the demo first)")
+    p.add_argument("--base", default="aligned-smollm2",
+                   help="base model folder or hub id; aligned-smollm2 (default) builds the bundled aligned base")
+    p.add_argument("--out", default="out/finetune", help="run folder: checkpoints, adapter, metrics")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=192, help="token cap per training sample")
+    p.add_argument("--weighting", default="given", choices=["given", "uniform"], help="use the curated weights or not")
+    p.add_argument("--no-eval", action="store_true", help="train only")
+    add_eval_size_arguments(p)
+    p.add_argument("--home", default=None, help="store folder (default $SOT_HOME or ./.sot)")
+
+
+def add_eval_size_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-harmful", type=int, default=200, help="held-out harmful prompts")
+    p.add_argument("--n-benign", type=int, default=100, help="held-out benign instructions")
+    p.add_argument("--n-xstest", type=int, default=125, help="XSTest safe prompts")
+    p.add_argument("--utility-task", default="sst2", help="sst2, ag_news or none")
+
+
+def eval_spec(args: argparse.Namespace) -> dict:
+    return {"n_harmful": args.n_harmful, "n_benign": args.n_benign, "n_xstest": args.n_xstest,
+            "utility_task": None if args.utility_task == "none" else args.utility_task}
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    import json
+
+    train = {"epochs": args.epochs, "batch_size": args.batch_size, "max_length": args.max_length,
+             "weighting": args.weighting}
+    if args.no_eval:
+        from flows.finetune_eval import train_only
+
+        result = train_only(curated=args.curated, base_model=args.base, out_dir=args.out, train=train, home=args.home)
+    else:
+        from flows.finetune_eval import finetune_and_evaluate
+
+        result = finetune_and_evaluate(curated=args.curated, base_model=args.base, out_dir=args.out, train=train,
+                                       evaluation=eval_spec(args), home=args.home)
+    print(json.dumps({k: v for k, v in result.items() if k != "metrics"} |
+                     {"metrics": {k: v for k, v in result.get("metrics", {}).items() if not isinstance(v, (dict, list))}},
+                     indent=2))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from flows.finetune_eval import evaluate_only
+
+    metrics = evaluate_only(base_model=args.base, adapter=args.adapter, evaluation=eval_spec(args), home=args.home)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(metrics, indent=2, default=str))
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sot", description="Safety Optimal Transport curation of fine-tuning data")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's run logs on the console")
     sub = parser.add_subparsers(dest="command", required=True)
     add_curate_arguments(sub.add_parser("curate", help="curate a pool (no arguments: the bundled demo)"))
     add_nightly_arguments(sub.add_parser("nightly", help="re-curate after new rows arrived (incremental)"))
+    add_finetune_arguments(sub.add_parser("finetune", help="weighted LoRA fine-tuning on curated data, then evaluation"))
+    p_eval = sub.add_parser("evaluate", help="harmfulness, over-refusal and utility of a model (+ adapter)")
+    p_eval.add_argument("--base", default="aligned-smollm2", help="base model folder or hub id")
+    p_eval.add_argument("--adapter", default=None, help="LoRA adapter folder (optional)")
+    p_eval.add_argument("--out", default="out/evaluate/metrics.json", help="metrics JSON file")
+    p_eval.add_argument("--home", default=None, help="store folder (default $SOT_HOME or ./.sot)")
+    add_eval_size_arguments(p_eval)
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.verbose:
@@ -104,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     from sot_core.errors import SotError
 
     try:
-        return {"curate": run_curate, "nightly": run_nightly}[args.command](args)
+        commands = {"curate": run_curate, "nightly": run_nightly, "finetune": run_finetune, "evaluate": run_evaluate}
+        return commands[args.command](args)
     except (SotError, ValueError) as err:
         print(f"sot: error: {err}", file=sys.stderr)
         return 2

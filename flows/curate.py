@@ -23,7 +23,7 @@ def curate_dataset(
     out_dir: str = "out/demo",
     keep: float = 0.8,
     lam: float = 1.0,
-    eps: float = 0.05,
+    eps: float = 0.1,
     mode: str = "push-pull",
     encoder: str = "minilm",
     knn: int | None = None,

@@ -29,7 +29,7 @@ def nightly_recuration(
     out_dir: str = "out/nightly",
     keep: float = 0.8,
     lam: float = 1.0,
-    eps: float = 0.05,
+    eps: float = 0.1,
     encoder: str = "minilm",
     knn: int | None = None,
     window: int | None = None,

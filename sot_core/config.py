@@ -12,7 +12,9 @@ CODE_VERSION = "0.1.0"
 class CurateConfig:
     keep: float = field(default=0.8, metadata={"help": "fraction of the pool kept (top-K by weight)"})
     lam: float = field(default=1.0, metadata={"help": "push strength: objective OT(w, anchor) - lam * OT(w, harmful)"})
-    eps: float = field(default=0.05, metadata={"help": "entropic regularisation of both OT problems (cosine-cost units)"})
+    eps: float = field(
+        default=0.1, metadata={"help": "entropic regularisation of both OT problems, in cosine-cost units"}
+    )
     mode: str = field(default="push-pull", metadata={"help": "push-pull | pull | push"})
     encoder: str = field(default="minilm", metadata={"help": "encoder spec: minilm[:pair|response|both] or hf:<model>[:repr]"})
     knn: int | None = field(

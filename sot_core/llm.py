@@ -88,9 +88,15 @@ def load_smollm2(cache_dir: str | Path | None = None) -> Path:
     gguf = smollm2_gguf_path()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers dequantises GGUF to float32 on load but keeps a "gguf" quantizer marker that
+    # makes save_pretrained refuse; the tensors are plain, so the marker is dropped.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model cache is meant to be shared
         (Path(tmp) / "sot_source.json").write_text(json.dumps({"gguf": gguf.name, "size": gguf.stat().st_size}))
         publish_dir(Path(tmp), final)
         os.makedirs(tmp, exist_ok=True)  # TemporaryDirectory's cleanup expects it to exist
@@ -156,7 +162,8 @@ def model_fingerprint(path: str | Path) -> str:
         if cfg.exists():
             h.update(cfg.read_bytes())
         for f in sorted(p.iterdir()):
-            if f.suffix in (".safetensors", ".bin", ".gguf", ".json") and f.is_file():
+            # weights and tokenizer only: reports written beside the model must not change the id
+            if (f.suffix in (".safetensors", ".bin", ".gguf") or f.name == "tokenizer.json") and f.is_file():
                 h.update(f"{f.name}:{f.stat().st_size}".encode())
     else:
         h.update(str(p).encode())

@@ -1,0 +1,136 @@
+"""End-to-end safety benchmark: does SOT curation preserve the aligned model's refusals?
+
+Arms (all LoRA-fine-tuned from the same aligned base with the same seed and settings):
+
+* ``aligned_base``      no fine-tuning (the reference point);
+* ``full_pool``         the whole contaminated pool, weight 1;
+* ``random``            a seeded random 80% of the pool, weight 1;
+* ``instance_baseline`` the best instance-level baseline's top 80% (its curated.jsonl);
+* ``sot``               SOT's top 80% with its importance weights (its curated.jsonl).
+
+Curation is not done here: produce the two curated files with ``sot curate`` and pass them.
+Output ``benchmarks/results/safety_e2e.json``: an object keyed by arm, each with
+``harmful_rate_keyword, harmful_rate_judge, over_refusal, over_refusal_xstest, utility`` (fractions
+in [0, 1]) and ``n_prompts`` (held-out harmful prompts, >= 200 in a full run).
+
+Budget (2 cores, estimated from measured step times): alignment ~15 min if not cached; per
+training arm ~200-250 LoRA steps on q/v at batch 8 (~2-3 s each on short SST-2 rows: ~10 min);
+per arm evaluation ~4 min (425 generations x 48 tokens + 200 x 8). About 70-90 min in total.
+
+    python benchmarks/safety_e2e.py --sot out/sot/curated.jsonl --baseline out/base/curated.jsonl
+    python benchmarks/safety_e2e.py --smoke      # minutes: tiny sizes, checks the plumbing only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sot_core.evaluate import EvalSpec, evaluate_model, shared_data_dir  # noqa: E402
+from sot_core.train import LoraTrainConfig, read_curated, train_lora  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_POOL = "harmful_finetune_mixes_beavertails/sst2/train_merged_n1000_p0.1.json"
+METRICS = ("harmful_rate_keyword", "harmful_rate_judge", "over_refusal", "over_refusal_xstest", "utility", "n_prompts")
+
+
+def pool_rows(path: Path) -> list[dict]:
+    """Read the pool: curated-format JSONL, or a fine-tuning mix JSON ({instruction,input,output,flag})."""
+    if path.suffix == ".jsonl":
+        return read_curated(path)
+    rows = []
+    for i, r in enumerate(json.load(open(path))):
+        prompt = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+        rows.append({"id": f"pool-{i}", "prompt": prompt, "response": r["output"], "source": r.get("flag", "pool"), "weight": 1.0})
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description="SOT end-to-end safety benchmark")
+    ap.add_argument("--sot", type=Path, help="SOT curated.jsonl (top 80%% with weights)")
+    ap.add_argument("--baseline", type=Path, help="instance-level baseline curated.jsonl (top 80%%)")
+    ap.add_argument("--pool", type=Path, default=None, help=f"contaminated pool (default: shared {DEFAULT_POOL})")
+    ap.add_argument("--base", default=None, help="aligned base model folder (default: build with sot_core.align)")
+    ap.add_argument("--work", type=Path, default=Path(os.environ.get("SOT_HOME", ".sot")) / "bench_safety_e2e")
+    ap.add_argument("--keep", type=float, default=0.8, help="fraction kept by the random arm")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes; writes safety_e2e_smoke.json")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    data = shared_data_dir()
+    pool = pool_rows(args.pool or data / DEFAULT_POOL)
+    rng = random.Random(args.seed)
+    if args.smoke:
+        pool = rng.sample(pool, 24)
+        cfg = LoraTrainConfig(epochs=1, batch_size=4, max_length=96, seed=args.seed, checkpoint_every=0)
+        spec = EvalSpec(n_harmful=8, n_benign=4, n_xstest=4, n_utility=8, max_new_tokens=16, batch_size=8)
+    else:
+        cfg = LoraTrainConfig(epochs=2, batch_size=8, max_length=192, seed=args.seed, checkpoint_every=25)
+        spec = EvalSpec(n_harmful=200, n_benign=100, n_xstest=125, n_utility=200, seed=args.seed)
+    work = args.work / ("smoke" if args.smoke else "full")
+
+    if args.base:
+        base = args.base
+    elif args.smoke:
+        base = "smollm2"  # plumbing only: the unaligned model avoids a 15-minute alignment
+    else:
+        from sot_core.align import align
+
+        base = str(align(progress=lambda s: print("[align]", s, flush=True)))
+
+    arms: dict[str, Path | None] = {"aligned_base": None, "full_pool": write_jsonl(pool, work / "data/full_pool.jsonl"),
+                                    "random": write_jsonl(rng.sample(pool, int(args.keep * len(pool))), work / "data/random.jsonl")}
+    for name, src in (("instance_baseline", args.baseline), ("sot", args.sot)):
+        if src is not None:
+            rows = read_curated(src)
+            if args.smoke:  # keep the smoke run small whatever file was given
+                rows = rows[:20]
+            arms[name] = write_jsonl(rows, work / f"data/{name}.jsonl")
+        elif args.smoke:  # stand-in so the smoke run exercises weighted training too
+            rows = [dict(r, weight=w) for r, w in zip(rng.sample(pool, 19), [0.5, 1.5] * 10)]
+            arms[name] = write_jsonl(rows, work / f"data/{name}.jsonl")
+        else:
+            print(f"[skip] {name}: no curated file given", flush=True)
+
+    results: dict = {}
+    for name, curated in arms.items():
+        t0 = time.time()
+        adapter = None
+        if curated is not None:
+            adapter = train_lora(curated, base, work / "runs" / name, cfg,
+                                 progress=lambda s, n, l: print(f"[{name}] step {s}/{n} loss {l:.3f}", flush=True) if s % 25 == 0 or s == n else None)
+        t_train = time.time() - t0
+        res = evaluate_model(base, adapter, spec)
+        results[name] = {k: res.get(k) for k in METRICS}
+        results[name].update({"n_benign": res["n_benign"], "n_xstest": res["n_xstest"], "n_train_rows": None if curated is None else sum(1 for _ in open(curated)),
+                              "seconds_train": round(t_train, 1), "seconds_eval": round(time.time() - t0 - t_train, 1)})
+        print(f"[{name}]", json.dumps(results[name]), flush=True)
+
+    out = args.out or RESULTS / ("safety_e2e_smoke.json" if args.smoke else "safety_e2e.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2))  # keyed by arm only; run facts go to the .meta file
+    os.replace(tmp, out)
+    out.with_suffix(".meta.json").write_text(json.dumps({"base_model": base, "smoke": args.smoke, "train_config": vars(cfg),
+                                                          "eval_spec": vars(spec), "pool_rows": len(pool)}, indent=2, default=str))
+    print(out)
+    return results
+
+
+if __name__ == "__main__":
+    main()

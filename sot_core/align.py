@@ -1,0 +1,208 @@
+"""A reproducible recipe that turns SmolLM2-135M-Instruct (not safety-aligned) into an aligned base.
+
+Safety erosion by fine-tuning can only be studied on a model that refuses to begin with. The
+recipe: LoRA on all projections, one epoch over a *balanced* mix, merged into the base.
+
+* refusal rows: harmful instruction -> refusal, from safety-tuned-llamas' training file, keeping
+  outputs that actually refuse (some of its outputs are long safe explanations instead);
+* benign rows, more of them than refusal rows: Alpaca demo rows 0-799 (rows 800+ are held out
+  for over-refusal evaluation), GSM8K train problems, and XSTest's *safe but edgy-sounding*
+  prompts of the train split (even ids; odd ids are held out) answered by the base model itself
+  (self-distillation: the answer licence is the model's own Apache-2.0, and it teaches "kill a
+  Python process" is fine without changing the model's style). A trial with 1:1 refusal:Alpaca
+  data refused 86% of XSTest's safe prompts; the edgy benign rows target exactly that failure.
+
+Measured (default recipe, key 955e23e473c7; 424 rows = 128 refusal + 160 Alpaca + 16 GSM8K +
+120 XSTest self-distilled; 53 steps at ~28 s/step on 2 heavily shared cores, 24.6 min): refused
+77% (keyword) / 79% (learned judge) of 100 held-out harmful prompts; over-refusal 21.7% of 60
+held-out benign instructions and 29.7% of 64 held-out XSTest safe prompts. Known gap: it refuses
+Alpaca-template task prompts (SST-2 utility ~0): the next recipe should add benign rows in the
+"### Instruction/### Input/### Response" format.
+
+The aligned model is cached under ``<cache>/aligned-<hash of recipe config>`` with
+``align_manifest.json``; rerunning with the same config returns the cached folder.
+Run ``python -m sot_core.align --eval`` to build it and print refusal / over-refusal rates.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sot_core.llm import atomic_dir, copy_tokenizer_files, default_model_cache, load_causal_lm, model_fingerprint, publish_dir, resolve_model_path
+from sot_core.train import LoraTrainConfig, train_lora
+
+ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class AlignConfig:
+    """Recipe of the aligned base (every field enters the cache key)."""
+
+    base_model: str = field(default="smollm2", metadata={"help": "Model to align (alias 'smollm2' = shipped GGUF)."})
+    n_refusal: int = field(default=128, metadata={"help": "Harmful instruction -> refusal rows (safety-tuned-llamas)."})
+    n_alpaca: int = field(default=160, metadata={"help": "Benign Alpaca rows (drawn from rows 0-799)."})
+    n_gsm8k: int = field(default=16, metadata={"help": "Benign GSM8K train problems."})
+    n_xstest: int = field(default=125, metadata={"help": "XSTest safe train-split prompts with self-distilled answers."})
+    distill_tokens: int = field(default=96, metadata={"help": "Max new tokens of self-distilled answers."})
+    seed: int = field(default=0, metadata={"help": "Row sampling and training seed."})
+    train: LoraTrainConfig = field(
+        default_factory=lambda: LoraTrainConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=list(ALL_PROJ),
+                                                learning_rate=1e-3, epochs=1, batch_size=8, max_length=96,
+                                                checkpoint_every=10, seed=0),
+        # 96 tokens: a refusal is decided in its first words, and each step costs ~linear in
+        # tokens (a 160-token, 91-step recipe ran at ~57 s/step on 2 busy shared cores).
+        metadata={"help": "LoRA training settings (all projections, one epoch, <=96 tokens)."},
+    )
+
+    def key(self) -> str:
+        d = asdict(self)
+        for k in ("checkpoint_every", "max_steps_this_run", "num_threads", "keep_checkpoints"):
+            d["train"].pop(k, None)
+        d["base_fingerprint"] = model_fingerprint(self.base_model)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _row(i: str, prompt: str, response: str, source: str) -> dict:
+    return {"id": i, "prompt": prompt, "response": response, "source": source, "weight": 1.0}
+
+
+def build_alignment_rows(cfg: AlignConfig, data: Path, distill: Callable[[list[str]], list[str]] | None = None) -> list[dict]:
+    """The training mix (shuffled). `distill(prompts) -> answers` supplies XSTest answers."""
+    from sot_core.evaluate import keyword_refusal, xstest_prompts
+
+    rng = random.Random(cfg.seed)
+    stl = json.load(open(data / "safety_tuned_llamas/training/safety_only_data_Instructions.json"))
+    refusals = [r for r in stl if keyword_refusal(r["output"]) and not r.get("input")]
+    rows = [_row(f"stl-{k}", r["instruction"], r["output"], "safety_tuned_llamas")
+            for k, r in enumerate(rng.sample(refusals, min(cfg.n_refusal, len(refusals))))]
+    alpaca = json.load(open(data / "alpaca_en_demo/alpaca_en_demo.json"))[:800]  # 800+ held out
+    for k, r in enumerate(rng.sample(alpaca, cfg.n_alpaca)):
+        prompt = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+        rows.append(_row(f"alpaca-{k}", prompt, r["output"], "alpaca_en_demo"))
+    gsm = [json.loads(l) for l in open(data / "gsm8k/train.jsonl")]
+    for k, r in enumerate(rng.sample(gsm, cfg.n_gsm8k)):
+        rows.append(_row(f"gsm8k-{k}", r["question"], r["answer"].replace("####", "The answer is"), "gsm8k"))
+    xs = xstest_prompts(data, "train", "safe")[: cfg.n_xstest]
+    if xs and distill is not None:
+        for k, (p, a) in enumerate(zip(xs, distill(xs))):
+            if a and not keyword_refusal(a):  # only compliant self-answers teach compliance
+                rows.append(_row(f"xstest-{k}", p, a, "xstest_selfdistill"))
+    rng.shuffle(rows)
+    return rows
+
+
+def _distill(cfg: AlignConfig, prompts: list[str], cache: Path) -> list[str]:
+    """The base model's own greedy answers, cached by (model, prompts, length).
+
+    Generation is the slow part of building the mix (~14 min for 125 x 96 tokens on 2 busy
+    cores), and it does not depend on the training settings, so recipe tweaks reuse it.
+    """
+    from sot_core.evaluate import generate
+
+    key = hashlib.sha256(json.dumps([model_fingerprint(cfg.base_model), prompts, cfg.distill_tokens]).encode()).hexdigest()[:12]
+    path = cache / f".distill-{key}.json"
+    if path.exists():
+        answers = json.loads(path.read_text())
+    else:
+        model, tok = load_causal_lm(cfg.base_model)
+        answers = dict(zip(prompts, generate(model, tok, prompts, cfg.distill_tokens, 16)))
+        cache.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_text(json.dumps(answers))
+        os.replace(path.with_suffix(".tmp"), path)
+    return [answers.get(p, "") for p in prompts]
+
+
+def align(cfg: AlignConfig | None = None, cache_dir: str | Path | None = None, data_dir: str | Path | None = None,
+          progress: Callable[[str], None] | None = None) -> Path:
+    """Build (or fetch from cache) the aligned base model folder.
+
+    Returns
+    -------
+    Path
+        ``<cache_dir>/aligned-<key>``: a full ``save_pretrained`` model + tokenizer, with
+        ``align_manifest.json`` (recipe, data mix counts, training manifest, timings).
+    """
+    from sot_core.evaluate import shared_data_dir
+
+    cfg = cfg or AlignConfig()
+    say = progress or (lambda s: None)
+    cache = Path(cache_dir or default_model_cache())
+    final = cache / f"aligned-{cfg.key()}"
+    if (final / "align_manifest.json").exists():
+        return final
+    data = Path(data_dir or shared_data_dir())
+    work = cache / f".align-work-{cfg.key()}"
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    mix = work / "mix.jsonl"
+    if not mix.exists():
+        rows = build_alignment_rows(cfg, data, lambda ps: _distill(cfg, ps, cache))
+        tmp = mix.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, mix)
+    t_data = time.time() - t0
+    say(f"mix ready ({t_data:.0f}s)")
+    adapter = train_lora(mix, cfg.base_model, work / "lora", cfg.train,
+                         progress=lambda s, n, l: say(f"step {s}/{n} loss {l:.3f}") if s % 10 == 0 or s == n else None)
+    t_train = time.time() - t0 - t_data
+    from peft import PeftModel
+
+    base, tok = load_causal_lm(cfg.base_model)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    counts: dict[str, int] = {}
+    for line in open(mix):
+        src = json.loads(line)["source"]
+        counts[src] = counts.get(src, 0) + 1
+    with atomic_dir(final) as tmp:
+        merged.save_pretrained(tmp)
+        copy_tokenizer_files(resolve_model_path(cfg.base_model), tmp)
+        os.chmod(tmp, 0o755)
+        manifest = {"recipe": asdict(cfg), "key": cfg.key(), "mix_counts": counts,
+                    "train_manifest": json.loads((adapter / "manifest.json").read_text()),
+                    "seconds_data": round(t_data, 1), "seconds_train": round(t_train, 1)}
+        (Path(tmp) / "align_manifest.json").write_text(json.dumps(manifest, indent=2))
+        publish_dir(Path(tmp), final)
+        os.makedirs(tmp, exist_ok=True)
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sot_core.evaluate import EvalSpec, evaluate_model
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--eval", action="store_true", help="measure refusal / over-refusal after aligning")
+    ap.add_argument("--eval-base", action="store_true", help="also measure the unaligned base")
+    ap.add_argument("--n-harmful", type=int, default=200)
+    ap.add_argument("--n-benign", type=int, default=100)
+    ap.add_argument("--n-xstest", type=int, default=125)
+    ap.add_argument("--n-utility", type=int, default=100)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    cfg = AlignConfig()
+    if args.threads:
+        cfg.train.num_threads = args.threads
+    path = align(cfg, args.cache_dir, progress=lambda s: print(s, flush=True))
+    print(path)
+    if args.eval:
+        spec = EvalSpec(n_harmful=args.n_harmful, n_benign=args.n_benign, n_xstest=args.n_xstest, utility_task="sst2",
+                        n_utility=args.n_utility, max_new_tokens=args.max_new_tokens)
+        out = {"aligned": evaluate_model(str(path), None, spec)}
+        if args.eval_base:
+            out["base"] = evaluate_model(cfg.base_model, None, spec)
+        for v in out.values():
+            v.pop("spec", None)
+        (path / "align_eval.json").write_text(json.dumps(out, indent=2))
+        print(json.dumps({k: {m: v for m, v in r.items() if m != "examples"} for k, r in out.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

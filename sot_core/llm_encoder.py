@@ -1,0 +1,136 @@
+"""Last-token hidden states of a causal LM as row embeddings (the SOT paper's representation).
+
+A row (prompt, response) is rendered with the model's chat template exactly as in training
+(`sot_core.llm.encode_pair`: templated prompt + response + end-of-turn token) and the hidden
+state at the final token is taken. That token is the end-of-turn marker, the position where
+the model has read the whole exchange and decides what comes next, which is why it is the
+usual choice for "is this exchange harmful" probes.
+
+Layer choice: ``layer="final"`` (default) is the last decoder layer after the final norm, the
+paper's choice and the only one that needs no tuning; ``"middle"`` (``num_layers // 2``) or an
+int index into ``hidden_states`` (0 = embeddings) are available because refusal-related
+directions are often clearest mid-network. Measure on your data before switching: on the
+unaligned SmolLM2 both were weak (AUROC 0.5-0.72, see ENGINEERING.md).
+
+Batching uses right padding and gathers each row's last real token, so each row's vector equals
+an unbatched run of that row (positions are unchanged and causal attention never sees the
+padding). Vectors are L2-normalised; no centring is done here (costs are cosine).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from sot_core.encoders import Encoder, l2_normalise
+from sot_core.llm import encode_pair, model_fingerprint, resolve_model_path
+
+
+def _fit(p_ids: list[int], r_ids: list[int], max_length: int) -> list[int]:
+    """Cut a too-long pair keeping the prompt's tail and the response's tail (with end-of-turn)."""
+    if len(p_ids) + len(r_ids) <= max_length:
+        return p_ids + r_ids
+    r_keep = min(len(r_ids), max(max_length // 2, max_length - len(p_ids)))
+    p_keep = max_length - r_keep
+    return (p_ids[len(p_ids) - p_keep :] if p_keep else []) + r_ids[len(r_ids) - r_keep :]
+
+
+class LastTokenEncoder(Encoder):
+    """Embed rows by the last-token hidden state of a (frozen) causal LM.
+
+    Parameters
+    ----------
+    path : str
+        Local model folder, ``smollm2``, or a hub id already in the local HF cache.
+    representation : {"pair", "response", "both"}
+        "pair": user prompt + response; "response": the response under an empty user turn;
+        "both": the two normalised vectors concatenated.
+    layer : "final", "middle" or int
+        Index into ``hidden_states`` (0 = embeddings, ``num_hidden_layers`` = final).
+    max_length : int
+        Token cap per row (long rows keep the end of prompt and of response).
+    num_threads : int, optional
+        torch intra-op threads for encoding.
+    """
+
+    def __init__(self, path: str, representation: str = "pair", layer: str | int = "final", max_length: int = 256,
+                 num_threads: int | None = None):
+        super().__init__(representation)
+        from transformers import AutoConfig
+
+        self.path = resolve_model_path(path)
+        cfg = AutoConfig.from_pretrained(self.path, local_files_only=True)
+        n_layers = cfg.num_hidden_layers
+        if layer == "final":
+            self.layer = n_layers
+        elif layer == "middle":
+            self.layer = n_layers // 2
+        elif isinstance(layer, int) and -n_layers - 1 <= layer <= n_layers:
+            self.layer = layer % (n_layers + 1)
+        else:
+            raise ValueError(f"layer must be 'final', 'middle' or an int in [0, {n_layers}], got {layer!r}")
+        self.max_length, self.num_threads = max_length, num_threads
+        self.base_dim = cfg.hidden_size
+        self.dim = self.base_dim * (2 if representation == "both" else 1)
+        name = Path(self.path).name or self.path.replace("/", "_")
+        self.encoder_id = (f"hf-lasttoken:{name}:{model_fingerprint(self.path)}:L{self.layer}:{representation}"
+                           f":max{max_length}:v1")
+        self._model = self._tok = None
+
+    def _load(self):
+        if self._model is None:
+            from sot_core.llm import load_causal_lm
+
+            self._model, self._tok = load_causal_lm(self.path, padding_side="right")
+        return self._model, self._tok
+
+    def _pair_ids(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
+        _, tok = self._load()
+        out = []
+        for p, r in zip(prompts, responses):
+            ids, n_prompt = encode_pair(tok, p, r, None)
+            out.append(_fit(ids[:n_prompt], ids[n_prompt:], self.max_length))
+        return out
+
+    def embed_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 16,
+                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Raw (unnormalised) last-token states of token-id lists, shape (n, hidden_size)."""
+        import torch
+
+        model, tok = self._load()
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        out = np.empty((len(ids), self.base_dim), dtype=np.float32)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths: less padding
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            n = max(len(ids[i]) for i in idx)
+            x = torch.full((len(idx), n), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), n), dtype=torch.long)
+            for j, i in enumerate(idx):
+                x[j, : len(ids[i])] = torch.tensor(list(ids[i]), dtype=torch.long)
+                mask[j, : len(ids[i])] = 1
+            with torch.no_grad():
+                hs = model(input_ids=x, attention_mask=mask, output_hidden_states=True).hidden_states[self.layer]
+            last = mask.sum(1) - 1
+            out[idx] = hs[torch.arange(len(idx)), last].float().numpy()
+            if progress is not None:
+                progress(len(idx))
+        return out
+
+    def _embed_texts(self, texts, batch_size, progress):
+        """Plain strings (no chat template), for callers that already formatted their text."""
+        _, tok = self._load()
+        ids = [tok(t, add_special_tokens=True)["input_ids"][-self.max_length :] for t in texts]
+        return self.embed_ids(ids, batch_size, progress)
+
+    def encode(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16,
+               progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Embed rows under the chat template. Returns (n, dim) float32 with unit-norm rows."""
+        views = []
+        if self.representation in ("pair", "both"):
+            views.append(l2_normalise(self.embed_ids(self._pair_ids(prompts, responses), batch_size, progress)))
+        if self.representation in ("response", "both"):
+            views.append(l2_normalise(self.embed_ids(self._pair_ids([""] * len(responses), responses), batch_size, progress)))
+        return l2_normalise(np.concatenate(views, axis=1))

@@ -1,0 +1,323 @@
+"""Weighted LoRA fine-tuning on a curated dataset, checkpointed and exactly resumable.
+
+Input is the curation side's ``curated.jsonl``: one object per line with ``id, prompt,
+response, source, weight``. Each sample's loss is the mean cross-entropy over its *response*
+tokens (prompt tokens are masked out) multiplied by its weight; a batch's loss is the sum of
+weighted sample losses divided by the batch size (not by the sum of weights), so a weight-0
+sample contributes exactly no gradient and weights with mean ~1 keep the usual loss scale.
+
+Determinism: the seed fixes LoRA initialisation, the data order (one permutation per epoch from
+``seed + epoch``) and dropout. A checkpoint stores adapter, optimizer, scheduler, every RNG state
+and the step, so a run killed after any checkpoint and resumed ends with bit-identical adapter
+weights to an uninterrupted run (tested in ``tests/test_train.py``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sot_core.errors import InputError, SotError
+from sot_core.llm import atomic_dir, encode_pair, load_causal_lm, model_fingerprint, publish_dir, resolve_model_path
+
+CURATED_FIELDS = {"id": str, "prompt": str, "response": str, "source": str, "weight": (int, float)}
+# Fields that do not change the result: a run may be resumed with different values.
+_NON_RESULT_FIELDS = ("checkpoint_every", "max_steps_this_run", "keep_checkpoints", "num_threads")
+
+
+@dataclass
+class LoraTrainConfig:
+    """Configuration of `train_lora` (peft-style: every field has help text in its metadata)."""
+
+    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input path."})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata={"help": "Module names that receive LoRA adapters (paper: q and v projections)."},
+    )
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps with linear warm-up; linear decay after."})
+    epochs: int = field(default=2, metadata={"help": "Passes over the data (paper: 2)."})
+    batch_size: int = field(default=8, metadata={"help": "Samples per optimizer step."})
+    max_length: int = field(default=256, metadata={"help": "Token cap per sample; responses are truncated first."})
+    seed: int = field(default=0, metadata={"help": "Fixes LoRA init, data order and dropout."})
+    checkpoint_every: int = field(default=50, metadata={"help": "Write a resumable checkpoint every N optimizer steps (0: never)."})
+    keep_checkpoints: int = field(default=2, metadata={"help": "How many most recent checkpoints to keep on disk."})
+    weighting: str = field(
+        default="given",
+        metadata={"help": "'given': use each row's weight; 'uniform': every row weighs 1 (ablation)."},
+    )
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: off)."})
+    max_steps_this_run: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many steps in this process (simulates a kill; the run resumes later)."},
+    )
+    num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads (None: torch default)."})
+
+    def __post_init__(self):
+        if self.weighting not in ("given", "uniform"):
+            raise ValueError(f"weighting must be 'given' or 'uniform', got {self.weighting!r}")
+        if self.batch_size < 1 or self.epochs < 1 or self.r < 1:
+            raise ValueError("batch_size, epochs and r must be >= 1")
+
+    def result_hash(self) -> str:
+        """Hash of the fields that influence the trained adapter."""
+        d = {k: v for k, v in asdict(self).items() if k not in _NON_RESULT_FIELDS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_curated(path: str | Path) -> list[dict]:
+    """Read and validate ``curated.jsonl``; errors name the file, 1-based line and field."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(path, f"not valid JSON: {exc.msg}", row=lineno) from exc
+            for name, typ in CURATED_FIELDS.items():
+                if name not in obj:
+                    raise InputError(path, "missing field", row=lineno, field=name)
+                if not isinstance(obj[name], typ) or isinstance(obj[name], bool):
+                    raise InputError(path, f"expected {getattr(typ, '__name__', 'number')}", row=lineno, field=name)
+            if not math.isfinite(obj["weight"]) or obj["weight"] < 0:
+                raise InputError(path, "weight must be a finite number >= 0", row=lineno, field="weight")
+            rows.append(obj)
+    if not rows:
+        raise InputError(path, "no rows")
+    return rows
+
+
+def tokenize_rows(tokenizer, rows: list[dict], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """``(input_ids, labels)`` per row, with labels -100 on prompt tokens (response-only loss)."""
+    out = []
+    for r in rows:
+        ids, n_prompt = encode_pair(tokenizer, r["prompt"], r["response"], max_length)
+        out.append((ids, [-100] * n_prompt + ids[n_prompt:]))
+    return out
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-pad a batch (training needs no left padding) into ids, mask and labels tensors."""
+    import torch
+
+    n = max(len(ids) for ids, _ in batch)
+    ids_t = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    lab_t = torch.full((len(batch), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    for i, (ids, labels) in enumerate(batch):
+        ids_t[i, : len(ids)] = torch.tensor(ids)
+        lab_t[i, : len(labels)] = torch.tensor(labels)
+        mask[i, : len(ids)] = 1
+    return ids_t, mask, lab_t
+
+
+def per_sample_loss(logits, labels):
+    """Mean next-token cross-entropy over each row's labelled (response) tokens, shape (B,)."""
+    import torch.nn.functional as F
+
+    logits = logits[:, :-1].float()
+    target = labels[:, 1:]
+    tok = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="none")
+    tok = tok.view(target.shape)
+    valid = (target != -100).float()
+    return (tok * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The data order of one epoch; a pure function of (n, seed, epoch) so resume can rebuild it."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    ck = out_dir / "checkpoints"
+    return sorted(ck.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if ck.exists() else []
+
+
+def _save_checkpoint(model, optimizer, scheduler, step: int, losses: list[float], out_dir: Path, cfg: LoraTrainConfig) -> Path:
+    import torch
+
+    final = out_dir / "checkpoints" / f"step-{step:07d}"
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp)
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
+             "step": step, "losses": losses, "config_hash": cfg.result_hash()},
+            Path(tmp) / "trainer_state.pt",
+        )
+        publish_dir(Path(tmp), final)
+        os.makedirs(tmp, exist_ok=True)
+    for old in _checkpoints(out_dir)[: -max(cfg.keep_checkpoints, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(model, optimizer, scheduler, ckpt: Path, cfg: LoraTrainConfig) -> tuple[int, list[float]]:
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    if state["config_hash"] != cfg.result_hash():
+        raise SotError(f"{ckpt}: checkpoint was written with a different training config; use a new out_dir")
+    set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return state["step"], state["losses"]
+
+
+def train_lora(
+    curated_path: str | Path,
+    base_model: str | Path,
+    out_dir: str | Path,
+    config: LoraTrainConfig | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> Path:
+    """Fine-tune `base_model` with LoRA on `curated_path`, weighting each sample's loss.
+
+    Parameters
+    ----------
+    curated_path : path
+        ``curated.jsonl`` (see module docstring).
+    base_model : str or path
+        Local model folder, ``smollm2``, or a cached hub id.
+    out_dir : path
+        Run folder. If it holds checkpoints the run resumes from the latest one; if it already
+        holds a finished adapter for the same data and config, that adapter is returned.
+    config : LoraTrainConfig, optional
+    progress : callable, optional
+        Called as ``progress(step, total_steps, loss)`` after every optimizer step.
+
+    Returns
+    -------
+    Path
+        ``out_dir/adapter``: peft adapter files plus ``manifest.json``. If the run stopped early
+        because of ``max_steps_this_run``, the latest checkpoint folder is returned instead.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    cfg = config or LoraTrainConfig()
+    out_dir, curated_path = Path(out_dir), Path(curated_path)
+    final = out_dir / "adapter"
+    data_sha = file_sha256(curated_path)
+    if (final / "manifest.json").exists():
+        man = json.loads((final / "manifest.json").read_text())
+        if man.get("curated_sha256") == data_sha and man.get("config_hash") == cfg.result_hash():
+            return final
+        raise SotError(f"{out_dir}: holds a finished adapter for other data or config; use a new out_dir")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+
+    rows = read_curated(curated_path)
+    weights = [1.0 if cfg.weighting == "uniform" else float(r["weight"]) for r in rows]
+    model, tok = load_causal_lm(base_model, padding_side="right")
+    data = tokenize_rows(tok, rows, cfg.max_length)
+
+    torch.manual_seed(cfg.seed)  # LoRA init draws from the global RNG
+    random.seed(cfg.seed)
+    lcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM", bias="none")
+    model = get_peft_model(model, lcfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warm = max(1, int(cfg.warmup_ratio * total)) if cfg.warmup_ratio > 0 else 0
+
+    def lr_lambda(s: int) -> float:  # linear warm-up, then linear decay to 0
+        if s < warm:
+            return (s + 1) / warm
+        return max(0.0, (total - s) / max(1, total - warm))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    step, losses = 0, []
+    ckpts = _checkpoints(out_dir)
+    if ckpts:
+        step, losses = _load_checkpoint(model, optimizer, scheduler, ckpts[-1], cfg)
+
+    model.train()
+    t0, run_steps = time.time(), 0
+    while step < total:
+        epoch, b = divmod(step, steps_per_epoch)
+        idx = epoch_order(len(data), cfg.seed, epoch)[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        ids, mask, labels = collate([data[i] for i in idx], tok.pad_token_id)
+        w = torch.tensor([weights[i] for i in idx], dtype=torch.float32)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        loss = (per_sample_loss(logits, labels) * w).sum() / len(idx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        run_steps += 1
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step, total, losses[-1])
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+            _save_checkpoint(model, optimizer, scheduler, step, losses, out_dir, cfg)
+        if cfg.max_steps_this_run is not None and run_steps >= cfg.max_steps_this_run and step < total:
+            last = _checkpoints(out_dir)
+            if not last or not last[-1].name.endswith(f"{step:07d}"):
+                last = [_save_checkpoint(model, optimizer, scheduler, step, losses, out_dir, cfg)]
+            return last[-1]
+
+    tail = losses[-steps_per_epoch:]
+    manifest = {
+        "base_model": str(base_model), "base_model_resolved": resolve_model_path(base_model),
+        "base_model_fingerprint": model_fingerprint(base_model),
+        "curated_path": str(curated_path.resolve()), "curated_sha256": data_sha, "n_rows": len(rows),
+        "config": asdict(cfg), "config_hash": cfg.result_hash(), "steps": step,
+        "final_loss": losses[-1] if losses else None, "final_epoch_mean_loss": sum(tail) / max(1, len(tail)),
+        "first_loss": losses[0] if losses else None,
+        "seconds_this_run": round(time.time() - t0, 2), "seconds_per_step_this_run": round((time.time() - t0) / max(1, run_steps), 4),
+    }
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        publish_dir(Path(tmp), final)
+        os.makedirs(tmp, exist_ok=True)
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    return final

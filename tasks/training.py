@@ -1,0 +1,80 @@
+"""Prefect tasks around alignment, weighted LoRA training and safety evaluation (`sot_core`).
+
+Keys are content hashes: the curated file's sha256, the base model's fingerprint and the
+configuration. Training checkpoints inside its run folder, so a retried or re-triggered task
+resumes from the last checkpoint instead of starting over.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from sot_core.align import AlignConfig, align
+from sot_core.evaluate import EvalSpec, evaluate_model
+from sot_core.llm import model_fingerprint
+from sot_core.train import LoraTrainConfig, file_sha256, train_lora
+from tasks.curation import not_bad_input
+
+OPTIONS = dict(persist_result=True, cache_expiration=timedelta(days=30), retries=1, retry_delay_seconds=10,
+               retry_condition_fn=not_bad_input)
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _key_if_exists(path_of_result, *parts):
+    """Cache key that is valid only while the task's output folder still exists."""
+    def key(context, parameters):
+        digest = _digest(*[parameters.get(p) for p in parts], *[_fingerprint(parameters, p) for p in parts])
+        return digest if Path(path_of_result(parameters)).exists() else None
+    return key
+
+
+def _fingerprint(parameters: dict, name: str):
+    value = parameters.get(name)
+    if name == "curated_path" and value and Path(value).is_file():
+        return file_sha256(value)
+    if name == "base_model" and value:
+        try:
+            return model_fingerprint(value)
+        except Exception:  # an unknown model fails in the task with a clear error
+            return value
+    return None
+
+
+@task(name="align-base", **OPTIONS)
+def align_base(models_dir: str, config: dict | None = None) -> str:
+    """The aligned base model folder (built once per recipe, then read from its cache)."""
+    cfg = AlignConfig(**{k: v for k, v in (config or {}).items() if k != "train"})
+    return str(align(cfg, cache_dir=models_dir, progress=print))
+
+
+@task(name="train-lora", cache_key_fn=_key_if_exists(lambda p: Path(p["out_dir"]) / "adapter" / "manifest.json",
+                                                      "curated_path", "base_model", "config"), **OPTIONS)
+def train_adapter(curated_path: str, base_model: str, out_dir: str, config: dict | None = None) -> str:
+    cfg = LoraTrainConfig(**(config or {}))
+    return str(train_lora(curated_path, base_model, out_dir, cfg,
+                          progress=lambda s, n, loss: print(f"step {s}/{n} loss {loss:.3f}") if s % 10 == 0 else None))
+
+
+@task(name="evaluate", **OPTIONS)
+def evaluate_adapter(base_model: str, adapter_dir: str | None, spec: dict | None = None) -> dict:
+    return evaluate_model(base_model, adapter_dir, EvalSpec(**(spec or {})))
+
+
+@task(name="safety-artifacts")
+def safety_artifacts(metrics: dict, key: str = "sot-safety") -> None:
+    keys = ["harmful_rate_keyword", "harmful_rate_judge", "over_refusal", "over_refusal_xstest", "utility"]
+    rows = [{"metric": k, "value": metrics.get(k)} for k in keys if k in metrics]
+    create_table_artifact(rows, key=key, description="Safety and utility after fine-tuning")
+    create_markdown_artifact("# Safety evaluation\n\n" + "\n".join(f"- **{r['metric']}**: {r['value']}" for r in rows),
+                             key=f"{key}-summary")
+
+
+

@@ -1,0 +1,102 @@
+"""LastTokenEncoder on a tiny random Llama: shapes, unit norm, exact last-token gathering under
+padding, and cache ids that change with layer / representation / model. A few seconds."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from sot_core.encoders import get_encoder  # noqa: E402
+from sot_core.llm_encoder import LastTokenEncoder, _fit  # noqa: E402
+
+WORDS = "what is the capital of france paris tell me a joke no i can not help how to bake bread mix flour".split()
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} <eot> {% endfor %}"
+                 "{% if add_generation_prompt %}<assistant> {% endif %}")
+ROWS = [("what is the capital of france", "paris"),
+        ("tell me a joke", "no i can not help"),
+        ("how to bake bread " * 6, "mix flour " * 5),
+        ("a", ""),
+        ("what is the capital of france", "paris paris")]
+
+
+def make_tiny_model(path, hidden=32, seed=0):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<bos>", "<eot>", "<user>", "<assistant>", "<system>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(WORDS)))}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eot>")
+    tok.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
+                      bos_token_id=2, eos_token_id=3)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("enc") / "model")
+
+
+@pytest.mark.parametrize("representation,dim", [("pair", 32), ("response", 32), ("both", 64)])
+def test_shapes_and_unit_norm(tiny, representation, dim):
+    enc = LastTokenEncoder(tiny, representation=representation)
+    x = enc.encode([p for p, _ in ROWS], [r for _, r in ROWS], batch_size=2)
+    assert x.shape == (len(ROWS), dim) == (len(ROWS), enc.dim) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", ["final", "middle", 0])
+def test_batched_equals_unbatched(tiny, layer):
+    enc = LastTokenEncoder(tiny, layer=layer)
+    ids = enc._pair_ids([p for p, _ in ROWS], [r for _, r in ROWS])
+    assert len({len(i) for i in ids}) > 2  # rows of different lengths: padding really happens
+    batched = enc.embed_ids(ids, batch_size=len(ids))
+    for i, row in enumerate(ids):
+        single = enc.embed_ids([row], batch_size=1)[0]
+        np.testing.assert_allclose(batched[i], single, rtol=1e-4, atol=1e-5)
+    # and it is the state at the row's own last token: compare with a direct forward pass
+    model, _ = enc._load()
+    with torch.no_grad():
+        hs = model(input_ids=torch.tensor([ids[2]]), output_hidden_states=True).hidden_states[enc.layer]
+    np.testing.assert_allclose(batched[2], hs[0, -1].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_last_token_is_end_of_turn(tiny):
+    enc = LastTokenEncoder(tiny)
+    _, tok = enc._load()
+    for ids in enc._pair_ids(["tell me a joke"], ["no"]):
+        assert tok.convert_ids_to_tokens(ids[-1]) == "<eot>"
+
+
+def test_fit_keeps_prompt_and_response_tails():
+    p, r = list(range(100)), list(range(100, 150))
+    out = _fit(p, r, 40)
+    assert len(out) == 40 and out[-1] == 149 and out[:20] == list(range(80, 100))
+    assert _fit([1, 2], [3], 10) == [1, 2, 3]
+
+
+def test_encoder_id_changes_with_layer_representation_and_model(tiny, tmp_path):
+    a = LastTokenEncoder(tiny)
+    assert a.encoder_id != LastTokenEncoder(tiny, layer="middle").encoder_id
+    assert a.encoder_id != LastTokenEncoder(tiny, representation="response").encoder_id
+    assert a.encoder_id == LastTokenEncoder(tiny).encoder_id  # stable across instances
+    other = make_tiny_model(tmp_path / "model", hidden=48)  # same folder name, other weights
+    assert LastTokenEncoder(other).encoder_id != a.encoder_id
+    assert "L2" in a.encoder_id and "L1" in LastTokenEncoder(tiny, layer="middle").encoder_id
+    with pytest.raises(ValueError):
+        LastTokenEncoder(tiny, layer=7)
+
+
+def test_get_encoder_hf_spec(tiny):
+    enc = get_encoder(f"hf:{tiny}:both")
+    assert isinstance(enc, LastTokenEncoder) and enc.representation == "both" and enc.dim == 64
+    done = []
+    enc.encode(["tell me a joke"] * 3, ["no"] * 3, batch_size=2, progress=done.append)
+    assert sum(done) == 6  # both views, 3 rows each
