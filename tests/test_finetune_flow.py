@@ -1,0 +1,27 @@
+"""`sot finetune --no-eval` through its Prefect flow on a tiny random Llama (the real SmolLM2 is
+too slow for a unit test): the adapter and its manifest appear, and a second run is served from
+the task cache keyed on the curated file's hash."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("peft")
+
+from flows.cli import main  # noqa: E402
+from test_train import make_tiny_model, write_curated  # noqa: E402
+
+
+def test_finetune_cli_trains_and_reuses_the_adapter(tmp_path, prefect_backend, capsys):
+    base = make_tiny_model(tmp_path / "tiny")
+    curated = write_curated(tmp_path / "curated.jsonl")
+    args = ["finetune", "--curated", str(curated), "--base", str(base), "--out", str(tmp_path / "run"),
+            "--epochs", "1", "--batch-size", "4", "--max-length", "32", "--no-eval", "--home", str(tmp_path / "home")]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    manifest = json.loads((tmp_path / "run" / "lora" / "adapter" / "manifest.json").read_text())
+    assert first["adapter"].endswith("adapter") and manifest["steps"] == 2
+    mtime = (tmp_path / "run" / "lora" / "adapter" / "manifest.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (tmp_path / "run" / "lora" / "adapter" / "manifest.json").stat().st_mtime_ns == mtime
