@@ -379,16 +379,10 @@ def sinkhorn_log(a, b, C, eps: float, *, g_init=None, tol: float = 1e-4, max_ite
 
 
 @dataclass
-class SemiRelaxedState:
-    """Solution of `semi_relaxed_potentials`: the free marginal w and balanced-convention f."""
+class SemiRelaxedState(SinkhornState):
+    """Solution of `semi_relaxed_potentials`: also the free marginal w (f is balanced-convention)."""
 
     log_w: torch.Tensor
-    f: torch.Tensor
-    g: torch.Tensor
-    value: float
-    marginal_error: float
-    n_iter: int
-    converged: bool
 
 
 def semi_relaxed_potentials(op, log_p: torch.Tensor, log_b: torch.Tensor, eps: float,
