@@ -140,7 +140,9 @@ def test_nan_and_bad_inputs_raise(synthetic):
 def test_push_pull_downweights_harmful_without_collapse(synthetic, dtype):
     cost_anchor, cost_harmful, is_harmful = synthetic
     seen = []
-    result = solve_push_pull(cost_anchor, cost_harmful, PushPullConfig(dtype=dtype),
+    config = PushPullConfig(dtype=dtype)
+    tau = config.effective_tau()
+    result = solve_push_pull(cost_anchor, cost_harmful, config,
                              progress=lambda step, total: seen.append((step, total)))
     w, n = result.weights, len(result.weights)
     assert w.dtype == np.float64 and abs(w.sum() - 1) < 1e-9
@@ -148,7 +150,7 @@ def test_push_pull_downweights_harmful_without_collapse(synthetic, dtype):
     assert 1 / (w ** 2).sum() >= 0.5 * n  # effective sample size stays above half the pool
     order_by_weight = np.argsort(-w, kind="stable")
     assert np.all(np.diff(result.score[order_by_weight]) >= -1e-9)  # score ranks like weight
-    np.testing.assert_allclose(w, np.exp(-result.score / 0.1) / np.exp(-result.score / 0.1).sum(),
+    np.testing.assert_allclose(w, np.exp(-result.score / tau) / np.exp(-result.score / tau).sum(),
                                rtol=1e-6)
     diag = result.diagnostics
     json.dumps(diag)
@@ -178,7 +180,7 @@ def balanced_potential_by_semi_dual(a, C, eps):
 def test_pull_only_is_stationary_and_push_only_pushes(synthetic):
     cost_anchor, cost_harmful, is_harmful = synthetic
     tau = 0.1
-    pull = solve_push_pull(cost_anchor, None, PushPullConfig(mode="pull", dtype="float64",
+    pull = solve_push_pull(cost_anchor, None, PushPullConfig(mode="pull", dtype="float64", eps=0.05, tau=tau,
                                                              sinkhorn_tol=1e-9))
     w = pull.weights
     assert pull.diagnostics["marginal_error_harmful"] is None
