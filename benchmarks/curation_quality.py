@@ -187,6 +187,8 @@ def main() -> None:
     p.add_argument("--representations", default="pair,response,both")
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "curation_quality.json"))
     p.add_argument("--md", default=str(REPO / "benchmarks" / "results" / "curation_quality.md"))
+    p.add_argument("--results-page", default=str(REPO / "benchmarks" / "RESULTS.md"),
+                   help="page whose generated block receives the table")
     args = p.parse_args()
     shared = Path(args.shared)
     if not shared.exists():
@@ -198,7 +200,22 @@ def main() -> None:
     md = (f"Machine: {machine}. Cells: AUROC / harmful rows kept at keep=80% [/ refusals kept].\n\n"
           + to_markdown(results) + "\n")
     Path(args.md).write_text(md)
+    update_results_page(Path(args.results_page), md)
     print(md)
+
+
+def update_results_page(page: Path, table_md: str) -> None:
+    """Replace the generated block of benchmarks/RESULTS.md (between its markers) with `table_md`."""
+    start, end = "<!-- curation-quality:start -->", "<!-- curation-quality:end -->"
+    text = page.read_text() if page.exists() else ""
+    block = f"{start}\n{table_md}{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text += f"\n## Curation quality, full table (generated)\n\n{block}\n"
+    tmp = page.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(page)
 
 
 if __name__ == "__main__":
