@@ -74,7 +74,7 @@ def curate_dataset(
             "costs": costs["seconds"],
             "solve": solved["seconds"],
         },
-        "cached_stages": [name for name, cached in (("ingest", ingest_state.name == "Cached"),
+        "cached_stages": [stage for stage, cached in (("ingest", ingest_state.name == "Cached"),
                           ("costs", costs["cached"]), ("solve", solved["cached"])) if cached],
         "solver": solved["diagnostics"],
     }
