@@ -10,14 +10,27 @@ recipe: LoRA on all projections, one epoch over a *balanced* mix, merged into th
   prompts of the train split (even ids; odd ids are held out) answered by the base model itself
   (self-distillation: the answer licence is the model's own Apache-2.0, and it teaches "kill a
   Python process" is fine without changing the model's style). A trial with 1:1 refusal:Alpaca
-  data refused 86% of XSTest's safe prompts; the edgy benign rows target exactly that failure.
+  data refused 86% of XSTest's safe prompts; the edgy benign rows target exactly that failure;
+* benign task rows: SST-2 and AG News *train* rows of the fine-tuning mixes (label-balanced, short
+  inputs, answer = the bare label), some SST-2 rows in the Alpaca template, the rest unwrapped, so
+  the base keeps following "respond only positive or negative" prompts (utility is measured on
+  SST-2 validation / AG News test, never trained on).
 
-Measured (default recipe, key 955e23e473c7; 424 rows = 128 refusal + 160 Alpaca + 16 GSM8K +
+Measured (previous recipe, key 955e23e473c7; 424 rows = 128 refusal + 160 Alpaca + 16 GSM8K +
 120 XSTest self-distilled; 53 steps at ~28 s/step on 2 heavily shared cores, 24.6 min): refused
 77% (keyword) / 79% (learned judge) of 100 held-out harmful prompts; over-refusal 21.7% of 60
-held-out benign instructions and 29.7% of 64 held-out XSTest safe prompts. Known gap: it refuses
-Alpaca-template task prompts (SST-2 utility ~0): the next recipe should add benign rows in the
-"### Instruction/### Input/### Response" format.
+held-out benign instructions and 29.7% of 64 held-out XSTest safe prompts. That recipe (no task
+rows) refused Alpaca-template task prompts (SST-2 utility 0 of 60: "I'm sorry, but I cannot
+provide you with any negative or positive feedback"), hence the task rows.
+
+Measured (default recipe, key fda57425069e; 608 rows = 192 refusal + 208 Alpaca + 16 GSM8K +
+120 XSTest self-distilled + 48 SST-2 + 24 AG News; 76 steps, 4.9 min on 2 idle cores): refused
+75% (keyword) / 78% (judge) of 100 held-out harmful prompts; over-refusal 20.0% (judge 21.7%) of
+60 held-out benign instructions, 51.6% (judge 28.1%) of 64 XSTest safe prompts; SST-2 utility
+60% of 60. Trials on the way (same eval sizes, 32 new tokens): 144 refusal / 160 Alpaca / 24
+SST-2 -> 67% / 73% refusal, 15.0% over-refusal, utility 53% ("negative" to each of 24 checked); 192 / 160 / 48
+-> 82% / 72% refusal, 21.7% over-refusal. Row sampling moves these by several points, so the
+80% refusal / 20% over-refusal targets are not yet met reliably.
 
 The aligned model is cached under ``<cache>/aligned-<hash of recipe config>`` with
 ``align_manifest.json``; rerunning with the same config returns the cached folder.
@@ -46,10 +59,29 @@ class AlignConfig:
     """Recipe of the aligned base (every field enters the cache key)."""
 
     base_model: str = field(default="smollm2", metadata={"help": "Model to align (alias 'smollm2' = shipped GGUF)."})
-    n_refusal: int = field(default=128, metadata={"help": "Harmful instruction -> refusal rows (safety-tuned-llamas)."})
-    n_alpaca: int = field(default=160, metadata={"help": "Benign Alpaca rows (drawn from rows 0-799)."})
+    # 192 (was 128): 128 of 424 rows refused only 77% of held-out harmful prompts, and 144 of
+    # 488 (with the task rows below) only 67%, while over-refusal fell to 15%: there is room for
+    # a larger refusal share (~34% of the mix).
+    n_refusal: int = field(default=192, metadata={"help": "Harmful instruction -> refusal rows (safety-tuned-llamas)."})
+    # 208 (was 160): with 192 refusal rows, 160 Alpaca rows over-refused 21.7% of held-out
+    # benign instructions; more plain benign rows keep refusals at ~32% of the mix.
+    n_alpaca: int = field(default=208, metadata={"help": "Benign Alpaca rows (drawn from rows 0-799)."})
     n_gsm8k: int = field(default=16, metadata={"help": "Benign GSM8K train problems."})
     n_xstest: int = field(default=125, metadata={"help": "XSTest safe train-split prompts with self-distilled answers."})
+    # Short classification tasks: the 128-refusal recipe refused SST-2 prompts ("I cannot provide
+    # you with any negative or positive feedback", utility 0), so the base must see benign
+    # "respond only with a label" instructions. Train rows of the fine-tuning mixes (flag
+    # "finetune"); evaluation uses sst2/val.json and ag_news/test.json, so nothing leaks.
+    # 48 SST-2 rows (24 templated): with 24 (12 templated) the base followed the task format but
+    # answered "negative" to each of the first 24 SST-2 validation prompts.
+    n_sst2: int = field(default=48, metadata={"help": "Benign SST-2 train rows (sentiment label answers)."})
+    n_agnews: int = field(default=24, metadata={"help": "Benign AG News train rows (topic label answers), short articles."})
+    task_templated: float = field(
+        default=0.5,
+        # Downstream fine-tuning rows arrive unwrapped (sot_core.data.load_rows), but utility
+        # prompts arrive in the full Alpaca template, which is what the old base refused: half
+        # of the SST-2 rows keep the template so the base follows both shapes.
+        metadata={"help": "Share of SST-2 rows kept in the Alpaca template (rest, and all AG News rows, unwrapped)."})
     distill_tokens: int = field(default=96, metadata={"help": "Max new tokens of self-distilled answers."})
     seed: int = field(default=0, metadata={"help": "Row sampling and training seed."})
     train: LoraTrainConfig = field(
@@ -75,6 +107,7 @@ def _row(i: str, prompt: str, response: str, source: str) -> dict:
 
 def build_alignment_rows(cfg: AlignConfig, data: Path, distill: Callable[[list[str]], list[str]] | None = None) -> list[dict]:
     """The training mix (shuffled). `distill(prompts) -> answers` supplies XSTest answers."""
+    from sot_core.data import unwrap_alpaca_template
     from sot_core.evaluate import keyword_refusal, xstest_prompts
 
     rng = random.Random(cfg.seed)
@@ -89,6 +122,25 @@ def build_alignment_rows(cfg: AlignConfig, data: Path, distill: Callable[[list[s
     gsm = [json.loads(l) for l in open(data / "gsm8k/train.jsonl")]
     for k, r in enumerate(rng.sample(gsm, cfg.n_gsm8k)):
         rows.append(_row(f"gsm8k-{k}", r["question"], r["answer"].replace("####", "The answer is"), "gsm8k"))
+    tasks = data / "harmful_finetune_mixes_beavertails"
+    for name, rel, n, share in (("sst2", "sst2/train_merged_n1000_p0.json", cfg.n_sst2, cfg.task_templated),
+                                ("ag_news", "ag_news/train_merged_n1000_p0.05.json", cfg.n_agnews, 0.0)):
+        # flag "finetune" only: the AG News mix also holds injected harmful ("unsafe") rows.
+        pool = [r for r in json.load(open(tasks / rel)) if r.get("flag") == "finetune"]
+        # Short inputs only: beyond max_length (96 tokens) a prompt loses its *start*, i.e. the
+        # instruction that names the labels. The template alone is ~60 tokens, so templated rows
+        # are SST-2 only (short phrases); AG News rows are unwrapped short articles.
+        pool = [r for r in pool if len(unwrap_alpaca_template(r["instruction"])) <= (260 if name == "ag_news" else 160)]
+        # Equal rows per label: short AG News articles are mostly Sci/Tech, and a skewed label
+        # prior would teach "always answer X" rather than following the instruction.
+        by_label: dict[str, list[dict]] = {}
+        for r in pool:
+            by_label.setdefault(r["output"].strip(), []).append(r)
+        picked = [r for lab in sorted(by_label) for r in rng.sample(by_label[lab], min(n // len(by_label), len(by_label[lab])))]
+        for k, r in enumerate(rng.sample(picked, len(picked))):
+            templated = k < round(n * share)
+            prompt = r["instruction"].strip() if templated else unwrap_alpaca_template(r["instruction"])
+            rows.append(_row(f"{name}-{k}", prompt, r["output"].strip(), f"{name}_train"))
     xs = xstest_prompts(data, "train", "safe")[: cfg.n_xstest]
     if xs and distill is not None:
         for k, (p, a) in enumerate(zip(xs, distill(xs))):
