@@ -24,7 +24,6 @@ pool each night; embedding, the dominant cost, touches only the new rows.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import tempfile
@@ -38,7 +37,7 @@ import pyarrow as pa
 from sot_core.data import FieldMap, load_rows
 from sot_core.errors import InputError, StoreError
 from sot_core.pipeline import ingest, load_embeddings
-from sot_core.schema import ROW_SCHEMA
+from sot_core.schema import ROW_SCHEMA, file_sha256
 from sot_core.store import Store
 
 INCOMING_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -65,14 +64,6 @@ class Watermark:
 def ensure_tables(store: Store) -> None:
     with store.catalog() as con:
         con.execute(BATCHES_SQL)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_watermark(store: Store, name: str) -> Watermark:

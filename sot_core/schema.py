@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -25,3 +26,12 @@ def content_hash(prompt: str, response: str) -> str:
     h.update(b"\x1f")  # unit separator: ("ab", "c") and ("a", "bc") must differ
     h.update(response.encode("utf-8"))
     return h.hexdigest()[:32]
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

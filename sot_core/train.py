@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from sot_core.errors import InputError, SotError
+from sot_core.schema import file_sha256  # noqa: F401 (re-exported for tasks.training)
 from sot_core.llm import atomic_dir, encode_pair, load_causal_lm, model_fingerprint, publish_dir, resolve_model_path
 
 CURATED_FIELDS = {"id": str, "prompt": str, "response": str, "source": str, "weight": (int, float)}
@@ -73,14 +74,6 @@ class LoraTrainConfig:
         """Hash of the fields that influence the trained adapter."""
         d = {k: v for k, v in asdict(self).items() if k not in _NON_RESULT_FIELDS}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_curated(path: str | Path) -> list[dict]:
