@@ -117,8 +117,6 @@ def eval_spec(args: argparse.Namespace) -> dict:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    import json
-
     train = {"epochs": args.epochs, "batch_size": args.batch_size, "max_length": args.max_length,
              "weighting": args.weighting}
     if args.no_eval:
@@ -137,8 +135,6 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import json
-
     from flows.finetune_eval import evaluate_only
 
     metrics = evaluate_only(base_model=args.base, adapter=args.adapter, evaluation=eval_spec(args), home=args.home)

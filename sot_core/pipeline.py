@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sot_core.config import CODE_VERSION, CurateConfig, config_hash
+from sot_core.config import CurateConfig, config_hash
 from sot_core.data import FieldMap, load_rows
 from sot_core.encoders import Encoder, get_encoder
 from sot_core.errors import InputError
