@@ -8,7 +8,13 @@ Arms (all LoRA-fine-tuned from the same aligned base with the same seed and sett
 * ``instance_baseline`` the best instance-level baseline's top 80% (its curated.jsonl);
 * ``sot``               SOT's top 80% with its importance weights (its curated.jsonl).
 
-Curation is not done here: produce the two curated files with ``sot curate`` and pass them.
+Curation: pass the two curated files (``--sot``, ``--baseline``), or let ``--curate`` make them:
+SOT through the real ``sot curate`` CLI (defaults, MiniLM pair embeddings) and the instance-level
+baseline = the anchor-versus-harmful classifier (the best baseline on the general-instruction pool
+in benchmarks/curation_quality.py; on the SST-2 mixes it ties the others at AUROC 1.0) on the
+same embeddings, keeping its 80% least harmful-like rows. Anchor: 50 SST-2 train rows of the
+shared n1000_p0 file that are not in the pool (the utility split, sst2/val.json, stays unseen);
+harmful reference: the bundled PyRIT prompts (data/demo/harmful_ref.jsonl), not BeaverTails.
 Output ``benchmarks/results/safety_e2e.json``: an object keyed by arm, each with
 ``harmful_rate_keyword, harmful_rate_judge, over_refusal, over_refusal_xstest, utility`` (fractions
 in [0, 1]) and ``n_prompts`` (held-out harmful prompts, >= 200 in a full run).
@@ -59,6 +65,52 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def curate_arms(pool_file: Path, work: Path, seed: int, keep: float = 0.8) -> tuple[Path, Path, dict]:
+    """Make the SOT and instance-baseline curated files for `pool_file` (see module docstring)."""
+    import subprocess
+
+    import numpy as np
+
+    from sot_core.baselines import classifier
+    from sot_core.data import load_rows
+    from sot_core.encoders import get_encoder
+
+    root = Path(__file__).resolve().parents[1]
+    work.mkdir(parents=True, exist_ok=True)
+    mix = json.load(open(pool_file))
+    pool = [{"id": f"pool-{i}", "instruction": r["instruction"], "input": r["input"], "output": r["output"]} for i, r in enumerate(mix)]
+    write_jsonl(pool, work / "pool.jsonl")
+    (work / "labels.csv").write_text("id,label\n" + "".join(f"pool-{i},{'harmful' if r['flag'] == 'unsafe' else 'benign'}\n"
+                                                            for i, r in enumerate(mix)))
+    seen = {(r["instruction"], r["input"]) for r in mix}
+    clean = json.load(open(pool_file.parent / "train_merged_n1000_p0.json"))
+    spare = [r for r in clean if (r["instruction"], r["input"]) not in seen]
+    anchor = [{"id": f"anchor-{i}", **{k: r[k] for k in ("instruction", "input", "output")}}
+              for i, r in enumerate(random.Random(seed).sample(spare, 50))]
+    write_jsonl(anchor, work / "anchor.jsonl")
+    harmful_ref = root / "data/demo/harmful_ref.jsonl"
+    sot_cli = Path(sys.executable).with_name("sot")
+    subprocess.run([str(sot_cli), "curate", "--pool", str(work / "pool.jsonl"), "--safe-anchor", str(work / "anchor.jsonl"),
+                    "--harmful-ref", str(harmful_ref), "--labels", str(work / "labels.csv"), "--keep", str(keep),
+                    "--out", str(work / "sot"), "--home", str(work / "home")], check=True)
+
+    enc = get_encoder("minilm")
+    emb = {name: enc.encode(t.column("prompt").to_pylist(), t.column("response").to_pylist())
+           for name, t in (("pool", load_rows(str(work / "pool.jsonl"))), ("anchor", load_rows(str(work / "anchor.jsonl"))),
+                           ("harmful", load_rows(str(harmful_ref))))}
+    score = classifier(emb["pool"], emb["anchor"], emb["harmful"])
+    kept = np.argsort(score, kind="stable")[: int(round(keep * len(pool)))]
+    rows = load_rows(str(work / "pool.jsonl")).to_pylist()
+    base_file = write_jsonl([{"id": rows[i]["id"], "prompt": rows[i]["prompt"], "response": rows[i]["response"],
+                              "source": "classifier", "weight": 1.0} for i in sorted(kept)], work / "baseline/curated.jsonl")
+    harmful_ids = {f"pool-{i}" for i, r in enumerate(mix) if r["flag"] == "unsafe"}
+    sot_kept = {json.loads(line)["id"] for line in open(work / "sot/curated.jsonl")}
+    facts = {"pool_rows": len(pool), "pool_harmful": len(harmful_ids), "sot_harmful_kept": len(harmful_ids & sot_kept),
+             "baseline_harmful_kept": len(harmful_ids & {rows[i]["id"] for i in kept}), "sot_rows": len(sot_kept), "baseline_rows": len(kept)}
+    print("[curate]", json.dumps(facts), flush=True)
+    return work / "sot/curated.jsonl", base_file, facts
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description="SOT end-to-end safety benchmark")
     ap.add_argument("--sot", type=Path, help="SOT curated.jsonl (top 80%% with weights)")
@@ -68,21 +120,28 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("SOT_HOME", ".sot")) / "bench_safety_e2e")
     ap.add_argument("--keep", type=float, default=0.8, help="fraction kept by the random arm")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--curate", action="store_true", help="make the SOT and baseline curated files first (see docstring)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes; writes safety_e2e_smoke.json")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
     data = shared_data_dir()
-    pool = pool_rows(args.pool or data / DEFAULT_POOL)
+    pool_file = args.pool or data / DEFAULT_POOL
+    work = args.work / ("smoke" if args.smoke else "full")
+    curation = None
+    if args.curate:
+        args.sot, args.baseline, curation = curate_arms(pool_file, work / "curation", args.seed, args.keep)
+    pool = pool_rows(pool_file)
     rng = random.Random(args.seed)
     if args.smoke:
         pool = rng.sample(pool, 24)
         cfg = LoraTrainConfig(epochs=1, batch_size=4, max_length=96, seed=args.seed, checkpoint_every=0)
         spec = EvalSpec(n_harmful=8, n_benign=4, n_xstest=4, n_utility=8, max_new_tokens=16, batch_size=8)
     else:
-        cfg = LoraTrainConfig(epochs=2, batch_size=8, max_length=192, seed=args.seed, checkpoint_every=25)
+        # 128 tokens (not 192): SST-2 rows are short, and a batch holding one long harmful answer
+        # is padded to the cap, so 192 would cost ~1.5x the time for the 10% of rows it affects.
+        cfg = LoraTrainConfig(epochs=2, batch_size=8, max_length=128, seed=args.seed, checkpoint_every=25)
         spec = EvalSpec(n_harmful=200, n_benign=100, n_xstest=125, n_utility=200, seed=args.seed)
-    work = args.work / ("smoke" if args.smoke else "full")
 
     if args.base:
         base = args.base
@@ -120,6 +179,8 @@ def main(argv=None) -> dict:
         results[name].update({"n_benign": res["n_benign"], "n_xstest": res["n_xstest"], "n_train_rows": None if curated is None else sum(1 for _ in open(curated)),
                               "seconds_train": round(t_train, 1), "seconds_eval": round(time.time() - t0 - t_train, 1)})
         print(f"[{name}]", json.dumps(results[name]), flush=True)
+        partial = work / "partial.json"  # a run cut short still leaves the arms it finished
+        partial.write_text(json.dumps(results, indent=2))
 
     out = args.out or RESULTS / ("safety_e2e_smoke.json" if args.smoke else "safety_e2e.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +188,8 @@ def main(argv=None) -> dict:
     tmp.write_text(json.dumps(results, indent=2))  # keyed by arm only; run facts go to the .meta file
     os.replace(tmp, out)
     out.with_suffix(".meta.json").write_text(json.dumps({"base_model": base, "smoke": args.smoke, "train_config": vars(cfg),
-                                                          "eval_spec": vars(spec), "pool_rows": len(pool)}, indent=2, default=str))
+                                                          "eval_spec": vars(spec), "pool_rows": len(pool),
+                                                          "curation": curation}, indent=2, default=str))
     print(out)
     return results
 

@@ -25,7 +25,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from sot_core.llm import encode_prompts, left_pad, load_causal_lm, sot_home
+from sot_core.llm import encode_prompts, left_pad, load_causal_lm, resolve_device, sot_home
 
 # Lower-case phrases that signal a refusal when they appear near the start of a completion.
 # Adapted from the GCG/AdvBench refusal-prefix list (Zou et al. 2023), minus its over-broad
@@ -156,7 +156,7 @@ def _generate_ids(model, tok, prompt_ids, max_new_tokens, batch_size, progress) 
     out: list[str] = [""] * len(prompt_ids)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        ids, mask = left_pad([prompt_ids[i] for i in idx], tok.pad_token_id)
+        ids, mask = (t.to(model.device) for t in left_pad([prompt_ids[i] for i in idx], tok.pad_token_id))
         with torch.no_grad():
             gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
@@ -351,15 +351,21 @@ class EvalSpec:
     data_dir: str | None = field(default=None, metadata={"help": "Shared data folder; default shared_data_dir()."})
 
 
-def load_for_eval(model_dir_or_base: str, adapter_dir: str | Path | None):
-    """Base model plus optional LoRA adapter, merged (faster generation than an unmerged adapter)."""
+def load_for_eval(model_dir_or_base: str, adapter_dir: str | Path | None, device: str = "auto"):
+    """Base model plus optional LoRA adapter, merged (faster generation than an unmerged adapter).
+
+    On CUDA the merged model runs in bf16; on CPU in fp32 (bf16 matmuls are slower there).
+    """
+    import torch
+
     model, tok = load_causal_lm(model_dir_or_base)
     if adapter_dir is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
         model.eval()
-    return model, tok
+    dev = resolve_device(device)
+    return model.to(device=dev, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32), tok
 
 
 def evaluate_model(model_dir_or_base: str, adapter_dir: str | Path | None, eval_spec: EvalSpec | None = None,

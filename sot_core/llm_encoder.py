@@ -80,9 +80,11 @@ class LastTokenEncoder(Encoder):
 
     def _load(self):
         if self._model is None:
-            from sot_core.llm import load_causal_lm
+            from sot_core.llm import load_causal_lm, resolve_device
 
+            # fp32 on a GPU too: the cached embeddings must not depend on where they were made
             self._model, self._tok = load_causal_lm(self.path, padding_side="right")
+            self._model.to(resolve_device("auto"))
         return self._model, self._tok
 
     def _pair_ids(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
@@ -111,10 +113,11 @@ class LastTokenEncoder(Encoder):
             for j, i in enumerate(idx):
                 x[j, : len(ids[i])] = torch.tensor(list(ids[i]), dtype=torch.long)
                 mask[j, : len(ids[i])] = 1
+            x, mask = x.to(model.device), mask.to(model.device)
             with torch.no_grad():
                 hs = model(input_ids=x, attention_mask=mask, output_hidden_states=True).hidden_states[self.layer]
             last = mask.sum(1) - 1
-            out[idx] = hs[torch.arange(len(idx)), last].float().numpy()
+            out[idx] = hs[torch.arange(len(idx), device=model.device), last].float().cpu().numpy()
             if progress is not None:
                 progress(len(idx))
         return out

@@ -26,11 +26,11 @@ from typing import Callable
 
 from sot_core.errors import InputError, SotError
 from sot_core.schema import file_sha256  # noqa: F401 (re-exported for tasks.training)
-from sot_core.llm import atomic_dir, encode_pair, load_causal_lm, model_fingerprint, publish_dir, resolve_model_path
+from sot_core.llm import atomic_dir, encode_pair, load_causal_lm, model_fingerprint, publish_dir, resolve_device, resolve_model_path
 
 CURATED_FIELDS = {"id": str, "prompt": str, "response": str, "source": str, "weight": (int, float)}
 # Fields that do not change the result: a run may be resumed with different values.
-_NON_RESULT_FIELDS = ("checkpoint_every", "max_steps_this_run", "keep_checkpoints", "num_threads")
+_NON_RESULT_FIELDS = ("checkpoint_every", "max_steps_this_run", "keep_checkpoints", "num_threads", "device")
 
 
 @dataclass
@@ -63,10 +63,16 @@ class LoraTrainConfig:
         metadata={"help": "Stop after this many steps in this process (simulates a kill; the run resumes later)."},
     )
     num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads (None: torch default)."})
+    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."})
+    # bf16 autocast halves activation memory and uses the tensor cores on a GPU; on x86 CPUs
+    # bf16 matmuls are slower than fp32, so 'auto' keeps fp32 there.
+    precision: str = field(default="auto", metadata={"help": "'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'."})
 
     def __post_init__(self):
         if self.weighting not in ("given", "uniform"):
             raise ValueError(f"weighting must be 'given' or 'uniform', got {self.weighting!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.batch_size < 1 or self.epochs < 1 or self.r < 1:
             raise ValueError("batch_size, epochs and r must be >= 1")
 
@@ -148,7 +154,10 @@ def _rng_state() -> dict:
     import numpy as np
     import torch
 
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generators
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
@@ -158,6 +167,8 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _checkpoints(out_dir: Path) -> list[Path]:
@@ -245,6 +256,9 @@ def train_lora(
     weights = [1.0 if cfg.weighting == "uniform" else float(r["weight"]) for r in rows]
     model, tok = load_causal_lm(base_model, padding_side="right")
     data = tokenize_rows(tok, rows, cfg.max_length)
+    device = resolve_device(cfg.device)
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    model.to(device)
 
     torch.manual_seed(cfg.seed)  # LoRA init draws from the global RNG
     random.seed(cfg.seed)
@@ -273,9 +287,11 @@ def train_lora(
     while step < total:
         epoch, b = divmod(step, steps_per_epoch)
         idx = epoch_order(len(data), cfg.seed, epoch)[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        ids, mask, labels = collate([data[i] for i in idx], tok.pad_token_id)
-        w = torch.tensor([weights[i] for i in idx], dtype=torch.float32)
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        ids, mask, labels = (t.to(device) for t in collate([data[i] for i in idx], tok.pad_token_id))
+        w = torch.tensor([weights[i] for i in idx], dtype=torch.float32, device=device)
+        # autocast keeps the master weights and the loss in fp32 (per_sample_loss upcasts logits)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(input_ids=ids, attention_mask=mask).logits
         loss = (per_sample_loss(logits, labels) * w).sum() / len(idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -304,6 +320,7 @@ def train_lora(
         "config": asdict(cfg), "config_hash": cfg.result_hash(), "steps": step,
         "final_loss": losses[-1] if losses else None, "final_epoch_mean_loss": sum(tail) / max(1, len(tail)),
         "first_loss": losses[0] if losses else None,
+        "device": str(device), "bf16": use_bf16,
         "seconds_this_run": round(time.time() - t0, 2), "seconds_per_step_this_run": round((time.time() - t0) / max(1, run_steps), 4),
     }
     with atomic_dir(final) as tmp:

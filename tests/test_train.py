@@ -3,6 +3,7 @@ weighting, loss decrease, exact resume and the manifest. Runs in a few seconds o
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,26 @@ def test_bad_curated_rows_name_line_and_field(tmp_path):
         read_curated(p)
     with pytest.raises(ValueError):
         LoraTrainConfig(weighting="softmax")
+
+
+def test_precision_and_device_options(tiny, tmp_path):
+    """bf16 autocast is the CUDA default; here it runs on the CPU (same code path, no GPU needed)."""
+    with pytest.raises(ValueError, match="precision"):
+        LoraTrainConfig(precision="fp16")
+    base = LoraTrainConfig(**FAST)
+    # where it runs does not change what it computes; the precision does
+    assert LoraTrainConfig(**{**FAST, "device": "cpu"}).result_hash() == base.result_hash()
+    assert LoraTrainConfig(**{**FAST, "precision": "bf16"}).result_hash() != base.result_hash()
+    data = write_curated(tmp_path / "curated.jsonl")
+    losses = {}
+    for prec in ("fp32", "bf16"):
+        seen = []
+        cfg = LoraTrainConfig(**{**FAST, "epochs": 2, "checkpoint_every": 0, "device": "cpu", "precision": prec})
+        out = train_lora(data, tiny, tmp_path / prec, cfg, progress=lambda s, t, l: seen.append(l))
+        man = json.loads((out / "manifest.json").read_text())
+        assert man["device"] == "cpu" and man["bf16"] == (prec == "bf16")
+        losses[prec] = seen
+    assert all(math.isfinite(v) for v in losses["bf16"])
+    # same data and init: bf16 tracks fp32 closely but not bit-exactly
+    assert losses["bf16"] != losses["fp32"]
+    assert abs(losses["bf16"][0] - losses["fp32"][0]) < 0.05 * losses["fp32"][0]
