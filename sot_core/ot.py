@@ -162,8 +162,16 @@ def _cost_rows(cost) -> int:
     return int(shape[0])
 
 
+def _log_masses(weights, m: int, dtype, device) -> torch.Tensor:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (m,) or not np.isfinite(w).all() or (w <= 0).any():
+        raise ValueError(f"anchor_weights must be {m} positive finite numbers, got shape {w.shape}")
+    return torch.from_numpy(np.log(w / w.sum())).to(dtype=dtype, device=device)
+
+
 def solve_push_pull(cost_anchor, cost_harmful, config: PushPullConfig = PushPullConfig(),
-                    progress: Callable[[int, int], None] | None = None) -> PushPullResult:
+                    progress: Callable[[int, int], None] | None = None,
+                    anchor_weights: np.ndarray | None = None) -> PushPullResult:
     """Weights on the pool that pull towards the anchor and push away from the harmful set.
 
     Parameters
@@ -175,6 +183,9 @@ def solve_push_pull(cost_anchor, cost_harmful, config: PushPullConfig = PushPull
     config : PushPullConfig
     progress : callable(outer_step, total), optional
         Called after each outer step (1-based) with total = config.max_outer.
+    anchor_weights : np.ndarray (m_a,), optional
+        Masses of the anchor rows (normalised here); default uniform. Lets a composite anchor
+        (task rows plus refusals) give each part a chosen share of the mass.
 
     Returns
     -------
@@ -216,6 +227,8 @@ def solve_push_pull(cost_anchor, cost_harmful, config: PushPullConfig = PushPull
         op = make_operator(cost, device, dtype)
         lo, hi = op.check_finite(f"cost_{name}")
         log_b = torch.full((op.m,), -math.log(op.m), dtype=dtype, device=device)
+        if name == "anchor" and anchor_weights is not None:
+            log_b = _log_masses(anchor_weights, op.m, dtype, device)
         problems[name] = {"op": op, "log_b": log_b, "g": None, "spread": hi - lo}
 
     def solve_harmful(log_w: torch.Tensor):

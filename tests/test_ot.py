@@ -263,3 +263,19 @@ def test_gibbs_kernel_refused_when_it_could_underflow():
     op.check_finite("C")
     op.kernel(1e-3), op.kernel(1e-3)
     assert op.kernel(1e-3) is None  # span 2000 > 600: log domain only
+
+
+def test_anchor_weights_equal_duplicated_anchor_rows(synthetic):
+    """Mass 2 on an anchor row is the same measure as that row listed twice (exact reference)."""
+    ca, ch, _ = synthetic
+    cfg = PushPullConfig(dtype="float64", sinkhorn_tol=1e-9, outer_tol=1e-9)
+    by_rows = solve_push_pull(np.hstack([ca, ca[:, :1]]), ch, cfg)
+    masses = np.ones(ca.shape[1])
+    masses[0] = 2.0
+    by_mass = solve_push_pull(ca, ch, cfg, anchor_weights=masses)
+    np.testing.assert_allclose(by_mass.weights, by_rows.weights, rtol=1e-6, atol=1e-12)
+    assert np.abs(by_mass.weights - solve_push_pull(ca, ch, cfg).weights).sum() > 1e-4  # masses matter
+    uniform = solve_push_pull(ca, ch, cfg, anchor_weights=np.full(ca.shape[1], 3.0))
+    np.testing.assert_allclose(uniform.weights, solve_push_pull(ca, ch, cfg).weights, rtol=1e-9)
+    with pytest.raises(ValueError, match="anchor_weights"):
+        solve_push_pull(ca, ch, cfg, anchor_weights=-masses)
