@@ -19,9 +19,9 @@ Output ``benchmarks/results/safety_e2e.json``: an object keyed by arm, each with
 ``harmful_rate_keyword, harmful_rate_judge, over_refusal, over_refusal_xstest, utility`` (fractions
 in [0, 1]) and ``n_prompts`` (held-out harmful prompts, >= 200 in a full run).
 
-Budget (2 cores, estimated from measured step times): alignment ~15 min if not cached; per
-training arm ~200-250 LoRA steps on q/v at batch 8 (~2-3 s each on short SST-2 rows: ~10 min);
-per arm evaluation ~4 min (425 generations x 48 tokens + 200 x 8). About 70-90 min in total.
+Budget (2 idle cores, from measured step times): alignment ~5 min if not cached; per training
+arm 2 epochs = 200-250 LoRA steps on q/v at batch 8, <= 128 tokens (~3.8 s each: 13-16 min);
+per arm evaluation ~3-4 min (425 generations x 48 tokens + 200 x 16). About 75 min in total.
 
     python benchmarks/safety_e2e.py --sot out/sot/curated.jsonl --baseline out/base/curated.jsonl
     python benchmarks/safety_e2e.py --smoke      # minutes: tiny sizes, checks the plumbing only

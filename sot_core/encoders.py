@@ -112,15 +112,20 @@ def get_encoder(spec: str) -> Encoder:
     """Build an encoder from a spec `name[:representation]`, e.g. `minilm`, `minilm:response`.
 
     Names not in the registry starting with `hf:` are treated as a Hugging Face causal LM
-    (local path or hub id) for the LLM last-token encoder, e.g. `hf:/models/smollm2:pair`.
+    (local path or hub id) for the LLM last-token encoder, e.g. `hf:/models/smollm2:pair`; a
+    suffix `@middle`, `@final` (default) or `@<int>` picks the hidden layer, e.g.
+    `hf:/models/smollm2:response@middle`.
     """
     name, _, representation = spec.partition(":") if not spec.startswith("hf:") else ("hf", "", "")
     if spec.startswith("hf:"):
-        body = spec[3:]
+        body, layer = spec[3:], "final"
+        head, at, tail = body.rpartition("@")
+        if at and (tail in ("final", "middle") or tail.lstrip("-").isdigit()):
+            body, layer = head, (tail if tail in ("final", "middle") else int(tail))
         path, _, representation = body.rpartition(":") if body.rsplit(":", 1)[-1] in REPRESENTATIONS else (body, "", "")
         from sot_core.llm_encoder import LastTokenEncoder  # heavy import only when asked for
 
-        return LastTokenEncoder(path, representation=representation or "pair")
+        return LastTokenEncoder(path, representation=representation or "pair", layer=layer)
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; known: {sorted(ENCODERS)} or hf:<model path or id>")
     return ENCODERS[name](representation=representation or "pair")

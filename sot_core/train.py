@@ -79,6 +79,8 @@ class LoraTrainConfig:
     def result_hash(self) -> str:
         """Hash of the fields that influence the trained adapter."""
         d = {k: v for k, v in asdict(self).items() if k not in _NON_RESULT_FIELDS}
+        if d["precision"] == "auto":  # resolved by the device (fp32 on CPU), like the device itself
+            del d["precision"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -100,3 +100,11 @@ def test_get_encoder_hf_spec(tiny):
     done = []
     enc.encode(["tell me a joke"] * 3, ["no"] * 3, batch_size=2, progress=done.append)
     assert sum(done) == 6  # both views, 3 rows each
+
+
+def test_get_encoder_hf_spec_layer_suffix(tiny):
+    assert get_encoder(f"hf:{tiny}:response@middle").layer == LastTokenEncoder(tiny, layer="middle").layer == 1
+    assert get_encoder(f"hf:{tiny}@1").layer == 1 and get_encoder(f"hf:{tiny}@1").representation == "pair"
+    assert get_encoder(f"hf:{tiny}:pair@final").encoder_id == LastTokenEncoder(tiny).encoder_id
+    with pytest.raises(ValueError, match="layer"):
+        get_encoder(f"hf:{tiny}@9")
