@@ -1,8 +1,9 @@
 """Study: does a composite safe anchor (task rows + refusals, with a chosen mass share) keep the
 refusals of a general-instruction pool, and what does it do to AUROC on every pool?
 
-Refusal rows: PyRIT refusal-scorer rows with human_score = 1 (MIT; a different source from the
-safety-tuned-llamas refusals injected into the general pool). The anchor is the task anchor of
+Refusal rows: the bundled `data/refusals/pyrit_refusals.jsonl` (PyRIT refusal-scorer rows with
+human_score = 1; MIT; a different source from the safety-tuned-llamas refusals injected into the
+general pool), as `sot curate --refusal-anchor` uses them. The anchor is the task anchor of
 `curation_quality.py` plus these rows; `solve_push_pull(anchor_weights=...)` gives the refusal
 part the share s of the anchor mass (s = 0: the task anchor alone). Baselines are shown with the
 plain anchor and with the task + refusal rows ("+ref"), the best of either is the bar to beat.
@@ -12,8 +13,6 @@ plain anchor and with the task + refusal rows ("+ref"), the best of either is th
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 import tempfile
@@ -32,17 +31,6 @@ from sot_core.ot import PushPullConfig, solve_push_pull  # noqa: E402
 from sot_core.store import Store  # noqa: E402
 
 
-def refusal_rows(shared: Path) -> list[dict]:
-    rows, seen = [], set()
-    for f in sorted((shared / "pyrit_datasets/scorer_evals/refusal_scorer").glob("*.csv")):
-        text = "".join(line for line in open(f, encoding="utf-8") if not line.startswith("#"))
-        for r in csv.DictReader(io.StringIO(text)):
-            if r["human_score"].strip() == "1" and r["assistant_response"] not in seen:
-                seen.add(r["assistant_response"])
-                rows.append({"id": f"refusal-{len(rows)}", "prompt": r["objective"], "response": r["assistant_response"]})
-    return rows
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
@@ -56,7 +44,7 @@ def main() -> None:
     shared, work = Path(args.shared), Path(tempfile.mkdtemp(prefix="sot-refusal-"))
     store = Store(REPO / ".sot-bench")
     inputs = cq.build_inputs(shared, work)
-    refusals = cq.write_jsonl(refusal_rows(shared), work / "refusals.jsonl")
+    refusals = str(REPO / "data" / "refusals" / "pyrit_refusals.jsonl")
     results = {}
     for rep in args.representations.split(","):
         enc = f"{args.encoder}:{rep}"

@@ -28,6 +28,8 @@ def curate_dataset(
     encoder: str = "minilm",
     knn: int | None = None,
     labels: str | None = None,
+    refusal_anchor: str | None = None,
+    refusal_share: float = 0.2,
     name: str = "default",
     fields: dict | None = None,
     solver: dict | None = None,
@@ -49,21 +51,27 @@ def curate_dataset(
         encoder: minilm[:pair|response|both] or hf:<model>[:repr].
         knn: k nearest reference rows per pool row (empty: dense when small, kNN when large).
         labels: Optional id,label file; the report then states harmful rows kept.
+        refusal_anchor: Optional safe answers to harmful prompts (e.g. data/refusals/pyrit_refusals.jsonl),
+            added to the anchor so that refusals in the pool are kept as wanted data.
+        refusal_share: Share of the anchor mass given to the refusal rows, in [0, 1).
         name: Name of the curated dataset in the catalog; also prefixes the artifact keys.
         fields: Explicit field names (prompt, response, id, input, messages).
         solver: Extra PushPullConfig fields (tau, step_size, ...).
         home: Store folder (empty: $SOT_HOME, else ./.sot under the working directory).
     """
     home = str(Path(home or default_home()).resolve())
-    config = CurateConfig(keep=keep, lam=lam, eps=eps, mode=mode, encoder=encoder, knn=knn, solver=solver or {})
+    config = CurateConfig(keep=keep, lam=lam, eps=eps, mode=mode, encoder=encoder, knn=knn, solver=solver or {},
+                          refusal_share=refusal_share)
     sources = {"pool": pool, "safe_anchor": safe_anchor, "harmful_ref": harmful_ref}
+    if refusal_anchor:
+        sources["refusal_anchor"] = refusal_anchor
     ingest_state = ingest_inputs(home, sources, encoder, fields, return_state=True)
     inputs = {role: {**r, "seconds": 0.0} if ingest_state.name == "Cached" else r
               for role, r in ingest_state.result().items()}
     embedded = {role: embed_dataset(home, inputs[role]["dataset_id"], encoder) for role in sources}
     costs = stage_result(build_costs(home, inputs["pool"]["dataset_id"], inputs["safe_anchor"]["dataset_id"],
                                      inputs["harmful_ref"]["dataset_id"], embedded["pool"]["encoder_id"], knn,
-                                     return_state=True))
+                                     inputs.get("refusal_anchor", {}).get("dataset_id"), return_state=True))
     solved = stage_result(solve_weights(home, costs["cost_key"], config.to_dict(), return_state=True))
     run_info = {
         "inputs": {role: {"source": sources[role], **inputs[role]} for role in sources},

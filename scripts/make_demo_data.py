@@ -21,7 +21,7 @@ OUT = Path(__file__).resolve().parent.parent / "data" / "demo"
 
 def read_pyrit_csv(path: str) -> list[dict]:
     lines = Path(path).read_text(encoding="utf-8").splitlines(True)
-    if lines and lines[0].startswith("#"):  # PyRIT puts a dataset_version comment first
+    while lines and lines[0].startswith("#"):  # PyRIT puts dataset_version (and other) comments first
         lines = lines[1:]
     return list(csv.DictReader(io.StringIO("".join(lines))))
 
@@ -64,6 +64,25 @@ def main() -> None:
         for r in pool:
             w.writerow([r["id"], int(r["id"] in harmful_ids)])
     print(f"pool {len(pool)} ({len(harmful)} harmful), anchor {len(anchor)}, reference {len(reference)} -> {OUT}")
+    write_refusals()
+
+
+def write_refusals() -> None:
+    """data/refusals/pyrit_refusals.jsonl: PyRIT refusal-scorer rows a human labelled as refusals
+    (human_score = 1), deduplicated by response; the optional refusal part of a safe anchor."""
+    rows, seen = [], set()
+    for path in sorted(glob.glob(str(SHARED / "pyrit_datasets" / "scorer_evals" / "refusal_scorer" / "*.csv"))):
+        for k, row in enumerate(read_pyrit_csv(path)):
+            if row["human_score"].strip() == "1" and row["assistant_response"] not in seen:
+                seen.add(row["assistant_response"])
+                rows.append({"id": f"pyrit-refusal-{Path(path).stem}-{k}", "prompt": row["objective"],
+                             "response": row["assistant_response"]})
+    out = OUT.parent / "refusals"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "pyrit_refusals.jsonl", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    print(f"refusals {len(rows)} -> {out}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,11 @@ class CurateConfig:
         default="normalised",
         metadata={"help": "training weights of kept rows: normalised (w / mean w, clipped to [0.2, 5]) | uniform"},
     )
+    refusal_share: float = field(
+        default=0.2,
+        metadata={"help": "share of the anchor mass on the refusal rows, when a refusal anchor is given "
+                          "(safe answers to harmful prompts; see benchmarks/refusal_anchor.py)"},
+    )
     batch_size: int = field(default=64, metadata={"help": "encoder batch size"})
     solver: dict = field(default_factory=dict, metadata={"help": "extra PushPullConfig fields (tau, step_size, ...)"})
 
@@ -36,6 +41,8 @@ class CurateConfig:
             raise ValueError(f"lam must be non-negative, got {self.lam}")
         if self.mode not in ("push-pull", "pull", "push"):
             raise ValueError(f"mode must be push-pull, pull or push, got {self.mode!r}")
+        if not 0.0 <= self.refusal_share < 1.0:
+            raise ValueError(f"refusal_share must be in [0, 1), got {self.refusal_share}")
         if self.train_weighting not in ("normalised", "uniform"):
             raise ValueError(f"train_weighting must be normalised or uniform, got {self.train_weighting!r}")
 

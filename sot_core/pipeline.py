@@ -92,18 +92,27 @@ def load_embeddings(store: Store, dataset_id: str, encoder_id: str) -> np.ndarra
     return store.get_embeddings(rows.column("content_hash").to_pylist(), encoder_id)
 
 
-def build_costs(store: Store, pool_id: str, anchor_id: str, harmful_id: str, encoder_id: str, knn: int | None) -> dict:
-    """Cosine costs pool x anchor and pool x harmful via FAISS; dense when small, kNN-sparse when large."""
+def build_costs(store: Store, pool_id: str, anchor_id: str, harmful_id: str, encoder_id: str, knn: int | None,
+                refusal_id: str | None = None) -> dict:
+    """Cosine costs pool x anchor and pool x harmful via FAISS; dense when small, kNN-sparse when large.
+
+    With `refusal_id` the anchor is composite: the task anchor's rows, then the refusal rows
+    (``anchor_parts.json`` records the two sizes so `solve` can give each part its mass share).
+    """
     from sot_core.costs import KnnCost, cosine_costs
 
     start = time.perf_counter()
-    key = config_hash("costs", pool_id, anchor_id, harmful_id, encoder_id, knn)
+    key = config_hash("costs", pool_id, anchor_id, harmful_id, encoder_id, knn, *([refusal_id] if refusal_id else []))
     out = store.stage_dir("costs", key)
     if not (out / "done").exists():
         pool = load_embeddings(store, pool_id, encoder_id)
         out.mkdir(parents=True, exist_ok=True)
         for name, ref_id in (("anchor", anchor_id), ("harmful", harmful_id)):
             ref = load_embeddings(store, ref_id, encoder_id)
+            if name == "anchor" and refusal_id:
+                refusals = load_embeddings(store, refusal_id, encoder_id)
+                atomic_write_text(json.dumps({"task": len(ref), "refusal": len(refusals)}), out / "anchor_parts.json")
+                ref = np.vstack([ref, refusals])
             k = knn
             if k is None and pool.shape[0] * ref.shape[0] > DENSE_LIMIT:
                 k = DEFAULT_KNN
@@ -131,19 +140,32 @@ def load_cost(path: Path, name: str):
     )
 
 
+def anchor_masses(costs_dir: Path, config: CurateConfig) -> np.ndarray | None:
+    """Anchor masses of a composite anchor: 1 - share spread over the task rows, share over the
+    refusal rows; None (uniform) for a plain anchor."""
+    parts_file = costs_dir / "anchor_parts.json"
+    if not parts_file.exists():
+        return None
+    parts, share = json.loads(parts_file.read_text()), config.refusal_share
+    if share == 0.0:  # refusal rows present but massless: drop them from the measure
+        share = 1e-12
+    return np.r_[np.full(parts["task"], (1.0 - share) / parts["task"]), np.full(parts["refusal"], share / parts["refusal"])]
+
+
 def solve(store: Store, cost_key: str, config: CurateConfig, show_progress: bool = True) -> dict:
     """Push-pull OT weights for the pool; cached in the store under costs + solver configuration."""
     from sot_core.ot import PushPullConfig, solve_push_pull
 
     start = time.perf_counter()
     solver_cfg = PushPullConfig(lam=config.lam, eps=config.eps, mode=config.mode, **config.solver)
-    key = config_hash("solve", cost_key, solver_cfg.__dict__)
+    composite = (store.stage_dir("costs", cost_key) / "anchor_parts.json").exists()
+    key = config_hash("solve", cost_key, solver_cfg.__dict__, *([config.refusal_share] if composite else []))
     out = store.stage_dir("solve", key)
     if not (out / "diagnostics.json").exists():
         costs_dir = store.stage_dir("costs", cost_key)
         cost_anchor = load_cost(costs_dir, "anchor") if config.mode != "push" else None
         cost_harmful = load_cost(costs_dir, "harmful") if config.mode != "pull" else None
-        result = solve_push_pull(cost_anchor, cost_harmful, solver_cfg)
+        result = solve_push_pull(cost_anchor, cost_harmful, solver_cfg, anchor_weights=anchor_masses(costs_dir, config))
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "weights.npy", result.weights)
         np.save(out / "score.npy", result.score)

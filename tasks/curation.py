@@ -96,8 +96,9 @@ def embed_dataset(home: str, dataset_id: str, encoder: str, batch_size: int = 64
 
 
 @task(name="costs", cache_key_fn=key_for("costs"), **TASK_OPTIONS)
-def build_costs(home: str, pool_id: str, anchor_id: str, harmful_id: str, encoder_id: str, knn: int | None) -> dict:
-    return pipeline.build_costs(Store(home), pool_id, anchor_id, harmful_id, encoder_id, knn)
+def build_costs(home: str, pool_id: str, anchor_id: str, harmful_id: str, encoder_id: str, knn: int | None,
+                refusal_id: str | None = None) -> dict:
+    return pipeline.build_costs(Store(home), pool_id, anchor_id, harmful_id, encoder_id, knn, refusal_id)
 
 
 @task(name="solve", cache_key_fn=key_for("solve"), **TASK_OPTIONS)

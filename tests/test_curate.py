@@ -69,3 +69,26 @@ def test_second_run_embeds_nothing(demo_run):
     assert n_vectors == 1322  # every distinct row stored once, not twice
     versions = Store(home).query("SELECT version, parent_version FROM curated_versions ORDER BY created_at")
     assert len(versions) == 2 and versions[1][1] == versions[0][0]
+
+
+def test_refusal_anchor_lifts_refusals_in_the_pool(tmp_path, prefect_backend):
+    """A composite anchor (task rows + refusals) must raise the weight of refusals in the pool."""
+    from pathlib import Path
+
+    refusals = [json.loads(line) for line in (Path(DEMO).parent / "refusals" / "pyrit_refusals.jsonl").open()]
+    demo = [json.loads(line) for line in (DEMO / "pool.jsonl").open()]
+    harmful = {r["id"] for r in demo if r["id"].startswith("pyrit")}
+    pool = [r for r in demo if r["id"] not in harmful][:60] + [r for r in demo if r["id"] in harmful][:10] + refusals[:10]
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool))
+    (tmp_path / "refusals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refusals[10:]))
+    common = ["--pool", str(tmp_path / "pool.jsonl"), "--safe-anchor", str(DEMO / "safe_anchor.jsonl"),
+              "--harmful-ref", str(DEMO / "harmful_ref.jsonl"), "--home", str(tmp_path / "home")]
+    mean_refusal_weight = {}
+    for tag, extra in (("plain", []), ("composite", ["--refusal-anchor", str(tmp_path / "refusals.jsonl"), "--refusal-share", "0.3"])):
+        assert main(["curate", *common, "--out", str(tmp_path / tag), *extra]) == 0
+        table = pq.read_table(tmp_path / tag / "weights.parquet").to_pydict()
+        w = dict(zip(table["id"], table["weight"]))
+        mean_refusal_weight[tag] = np.mean([w[r["id"]] for r in refusals[:10]])
+    info = json.loads((tmp_path / "composite" / "run.json").read_text())
+    assert info["inputs"]["refusal_anchor"]["n_rows"] == len(refusals) - 10
+    assert mean_refusal_weight["composite"] > 2 * mean_refusal_weight["plain"]
