@@ -240,8 +240,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-utility", type=int, default=100)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--n-refusal", type=int, default=None, help="recipe variant: refusal rows (default: AlignConfig's)")
+    ap.add_argument("--n-alpaca", type=int, default=None, help="recipe variant: Alpaca rows (default: AlignConfig's)")
     args = ap.parse_args(argv)
     cfg = AlignConfig()
+    if args.n_refusal is not None:
+        cfg.n_refusal = args.n_refusal
+    if args.n_alpaca is not None:
+        cfg.n_alpaca = args.n_alpaca
     if args.threads:
         cfg.train.num_threads = args.threads
     path = align(cfg, args.cache_dir, progress=lambda s: print(s, flush=True))
