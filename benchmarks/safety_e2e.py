@@ -120,6 +120,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("SOT_HOME", ".sot")) / "bench_safety_e2e")
     ap.add_argument("--keep", type=float, default=0.8, help="fraction kept by the random arm")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=FILE",
+                    help="an extra arm trained on a curated.jsonl (repeatable), e.g. a curation variant")
+    ap.add_argument("--arms", default=None, help="comma-separated arms to run (default: all)")
     ap.add_argument("--curate", action="store_true", help="make the SOT and baseline curated files first (see docstring)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes; writes safety_e2e_smoke.json")
     ap.add_argument("--out", type=Path, default=None)
@@ -166,6 +169,11 @@ def main(argv=None) -> dict:
         else:
             print(f"[skip] {name}: no curated file given", flush=True)
 
+    for spec in args.extra:
+        name, _, src = spec.partition("=")
+        arms[name] = write_jsonl(read_curated(src), work / f"data/{name}.jsonl")
+    if args.arms:
+        arms = {k: v for k, v in arms.items() if k in args.arms.split(",")}
     results: dict = {}
     for name, curated in arms.items():
         t0 = time.time()

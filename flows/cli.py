@@ -25,6 +25,8 @@ def add_curate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refusal-anchor", help="safe answers to harmful prompts added to the anchor, so refusals in "
                                             "the pool are kept (e.g. data/refusals/pyrit_refusals.jsonl)")
     p.add_argument("--refusal-share", type=float, default=0.2, help="anchor mass on the refusal rows (default 0.2)")
+    p.add_argument("--stratify", default="none", choices=["none", "label"],
+                   help="label: keep each label's share of a classification pool (default none)")
     p.add_argument("--name", default="default", help="name of the curated dataset in the catalog")
     p.add_argument("--home", default=None, help="store folder (default $SOT_HOME or ./.sot)")
     for field in ("prompt", "response", "id", "input", "messages"):
@@ -46,7 +48,7 @@ def run_curate(args: argparse.Namespace) -> int:
         harmful_ref=str(DEMO / "harmful_ref.jsonl") if demo else args.harmful_ref,
         out_dir=args.out, keep=args.keep, lam=args.lam, eps=args.eps, mode=args.mode, encoder=args.encoder,
         knn=args.knn, labels=args.labels or (str(DEMO / "labels.csv") if demo else None), name=args.name,
-        refusal_anchor=args.refusal_anchor, refusal_share=args.refusal_share,
+        refusal_anchor=args.refusal_anchor, refusal_share=args.refusal_share, stratify=args.stratify,
         fields=fields, home=args.home,
     )
     q = summary.get("quality")

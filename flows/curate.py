@@ -30,6 +30,7 @@ def curate_dataset(
     labels: str | None = None,
     refusal_anchor: str | None = None,
     refusal_share: float = 0.2,
+    stratify: str = "none",
     name: str = "default",
     fields: dict | None = None,
     solver: dict | None = None,
@@ -54,6 +55,7 @@ def curate_dataset(
         refusal_anchor: Optional safe answers to harmful prompts (e.g. data/refusals/pyrit_refusals.jsonl),
             added to the anchor so that refusals in the pool are kept as wanted data.
         refusal_share: Share of the anchor mass given to the refusal rows, in [0, 1).
+        stratify: none, or label: keep each label's share of a classification pool (rows sharing a response).
         name: Name of the curated dataset in the catalog; also prefixes the artifact keys.
         fields: Explicit field names (prompt, response, id, input, messages).
         solver: Extra PushPullConfig fields (tau, step_size, ...).
@@ -61,7 +63,7 @@ def curate_dataset(
     """
     home = str(Path(home or default_home()).resolve())
     config = CurateConfig(keep=keep, lam=lam, eps=eps, mode=mode, encoder=encoder, knn=knn, solver=solver or {},
-                          refusal_share=refusal_share)
+                          refusal_share=refusal_share, stratify=stratify)
     sources = {"pool": pool, "safe_anchor": safe_anchor, "harmful_ref": harmful_ref}
     if refusal_anchor:
         sources["refusal_anchor"] = refusal_anchor

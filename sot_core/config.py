@@ -29,6 +29,11 @@ class CurateConfig:
         metadata={"help": "share of the anchor mass on the refusal rows, when a refusal anchor is given "
                           "(safe answers to harmful prompts; see benchmarks/refusal_anchor.py)"},
     )
+    stratify: str = field(
+        default="none",
+        metadata={"help": "none | label: keep each label's share (rows sharing a response of >= 20 rows form a "
+                          "label) while free-form rows are selected by weight alone"},
+    )
     batch_size: int = field(default=64, metadata={"help": "encoder batch size"})
     solver: dict = field(default_factory=dict, metadata={"help": "extra PushPullConfig fields (tau, step_size, ...)"})
 
@@ -43,6 +48,8 @@ class CurateConfig:
             raise ValueError(f"mode must be push-pull, pull or push, got {self.mode!r}")
         if not 0.0 <= self.refusal_share < 1.0:
             raise ValueError(f"refusal_share must be in [0, 1), got {self.refusal_share}")
+        if self.stratify not in ("none", "label"):
+            raise ValueError(f"stratify must be none or label, got {self.stratify!r}")
         if self.train_weighting not in ("normalised", "uniform"):
             raise ValueError(f"train_weighting must be normalised or uniform, got {self.train_weighting!r}")
 

@@ -24,6 +24,40 @@ def select_top(weights: np.ndarray, keep: float) -> np.ndarray:
     return mask
 
 
+def label_groups(responses: list[str], min_group: int = 20) -> np.ndarray:
+    """Group id per row for label-stratified selection: rows whose (normalised) response is
+    shared by at least `min_group` rows form a label group (classification tasks: the label);
+    every other row gets -1 (free-form answers, where harmful rows live)."""
+    keys = [r.strip().lower() for r in responses]
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    ids = {k: g for g, k in enumerate(sorted(k for k, c in counts.items() if c >= min_group))}
+    return np.array([ids.get(k, -1) for k in keys], dtype=np.int64)
+
+
+def select_stratified(weights: np.ndarray, keep: float, groups: np.ndarray) -> np.ndarray:
+    """Top-K by weight that keeps the label balance of the label groups.
+
+    The global top-K decides how many label-group rows survive in total (q = kept / total over
+    rows with group >= 0) and which free-form rows (group -1) survive; each label group then
+    keeps its own top round(q * size) rows. Curation thus still removes harmful free-form rows,
+    but cannot shift a classification task's label distribution (see the SST-2 safety
+    benchmark in benchmarks/RESULTS.md for why that matters).
+    """
+    base = select_top(weights, keep)
+    labelled = groups >= 0
+    if not labelled.any():
+        return base
+    q = base[labelled].mean()
+    mask = base & ~labelled
+    for g in np.unique(groups[labelled]):
+        idx = np.flatnonzero(groups == g)
+        top = idx[np.argsort(-weights[idx], kind="stable")[: int(round(q * len(idx)))]]
+        mask[top] = True
+    return mask
+
+
 def training_weights(weights: np.ndarray, scheme: str) -> np.ndarray:
     """Per-sample loss weights of the kept rows, mean 1.
 
@@ -53,9 +87,16 @@ def publish(
     rows = store.get_rows(pool_id)
     weights = np.load(Path(solve_path) / "weights.npy")
     score = np.load(Path(solve_path) / "score.npy")
-    selected = select_top(weights, config.keep)
     train_w = np.zeros(len(weights))
-    train_w[selected] = training_weights(weights[selected], config.train_weighting)
+    if config.stratify == "label":
+        groups = label_groups(rows.column("response").to_pylist())
+        selected = select_stratified(weights, config.keep, groups)
+        for g in np.unique(groups[selected]):  # mean weight 1 within each group: label masses stay put
+            part = selected & (groups == g)
+            train_w[part] = training_weights(weights[part], config.train_weighting)
+    else:
+        selected = select_top(weights, config.keep)
+        train_w[selected] = training_weights(weights[selected], config.train_weighting)
 
     ids = rows.column("id").to_pylist()
     atomic_write_table(

@@ -1,0 +1,44 @@
+"""Selection: plain top-K and the label-stratified variant, against brute-force expectations."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sot_core.select import label_groups, select_stratified, select_top, training_weights
+
+
+def test_select_top_keeps_the_largest_weights():
+    w = np.array([0.1, 0.5, 0.2, 0.2, 0.0])
+    assert select_top(w, 0.6).tolist() == [False, True, True, True, False]  # tie: earlier row first
+
+
+def test_label_groups_only_for_shared_responses():
+    resp = ["Positive"] * 3 + [" positive "] * 2 + ["negative"] * 4 + ["a long free answer", "another"]
+    g = label_groups(resp, min_group=4)
+    assert (g[:5] == g[0]).all() and g[0] >= 0 and (g[5:9] == g[5]).all() and g[5] != g[0]
+    assert (g[9:] == -1).all()
+
+
+def test_stratified_keeps_label_shares_and_still_drops_harmful():
+    rng = np.random.default_rng(0)
+    # 60 "positive" rows, 40 "negative" rows, 20 free-form rows of which the first 10 are harmful
+    groups = np.r_[np.zeros(60, int), np.ones(40, int), -np.ones(20, int)]
+    w = rng.random(120) + 1.0
+    w[60:80] *= 0.3  # the curator dislikes half of the negatives: plain top-K would skew the labels
+    w[100:110] = 0.01  # harmful free-form rows
+    plain = select_top(w, 0.75)
+    strat = select_stratified(w, 0.75, groups)
+    assert plain[60:100].mean() < plain[:60].mean() - 0.2  # the skew stratification must undo
+    pos, neg = strat[:60].mean(), strat[60:100].mean()
+    assert abs(pos - neg) <= 1.0 / 40 + 1e-9
+    assert not strat[100:110].any() and (strat[110:] == plain[110:]).all()
+    assert abs(int(strat.sum()) - int(plain.sum())) <= 2  # rounding per group only
+    # within a group the kept rows are that group's largest weights (brute force)
+    kept_neg = np.flatnonzero(strat[60:100]) + 60
+    assert w[kept_neg].min() >= np.sort(w[60:100])[::-1][len(kept_neg) - 1]
+
+
+@pytest.mark.parametrize("scheme", ["normalised", "uniform"])
+def test_training_weights_have_mean_one(scheme):
+    w = np.random.default_rng(1).random(50)
+    assert np.isclose(training_weights(w, scheme).mean(), 1.0)
