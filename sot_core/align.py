@@ -29,8 +29,14 @@ Measured (default recipe, key fda57425069e; 608 rows = 192 refusal + 208 Alpaca 
 60 held-out benign instructions, 51.6% (judge 28.1%) of 64 XSTest safe prompts; SST-2 utility
 60% of 60. Trials on the way (same eval sizes, 32 new tokens): 144 refusal / 160 Alpaca / 24
 SST-2 -> 67% / 73% refusal, 15.0% over-refusal, utility 53% ("negative" to each of 24 checked); 192 / 160 / 48
--> 82% / 72% refusal, 21.7% over-refusal. Row sampling moves these by several points, so the
-80% refusal / 20% over-refusal targets are not yet met reliably.
+-> 82% / 72% refusal, 21.7% over-refusal. Re-measured at 200 harmful / 100 benign / 125 XSTest /
+200 SST-2 (48 new tokens): refused 74% / 77.5%, over-refusal 16%, XSTest 45.6%, utility 57%.
+
+Measured (default recipe, key 27124fe751a7; 672 rows = 256 refusal + 208 Alpaca + 16 GSM8K + 120
+XSTest self-distilled + 48 SST-2 + 24 AG News; 84 steps, 6.2 min on 2 shared cores; 200 held-out
+harmful prompts, 100 benign, 125 XSTest, 200 SST-2, 48 new tokens): refused **88% (keyword) /
+85.5% (judge)**; over-refusal **17% / 20%** of held-out benign instructions, 42.4% / 34.4% of
+XSTest safe prompts; SST-2 utility 61.5%.
 
 The aligned model is cached under ``<cache>/aligned-<hash of recipe config>`` with
 ``align_manifest.json``; rerunning with the same config returns the cached folder.
@@ -59,10 +65,10 @@ class AlignConfig:
     """Recipe of the aligned base (every field enters the cache key)."""
 
     base_model: str = field(default="smollm2", metadata={"help": "Model to align (alias 'smollm2' = shipped GGUF)."})
-    # 192 (was 128): 128 of 424 rows refused only 77% of held-out harmful prompts, and 144 of
-    # 488 (with the task rows below) only 67%, while over-refusal fell to 15%: there is room for
-    # a larger refusal share (~34% of the mix).
-    n_refusal: int = field(default=192, metadata={"help": "Harmful instruction -> refusal rows (safety-tuned-llamas)."})
+    # 256 (was 192, before that 128): 192 of 608 rows refused 74% / 77.5% of 200 held-out
+    # harmful prompts with 16% over-refusal, so there was room; 256 of 672 (38% of the mix)
+    # refuses 88% / 85.5% with 17% / 20% over-refusal (n = 100).
+    n_refusal: int = field(default=256, metadata={"help": "Harmful instruction -> refusal rows (safety-tuned-llamas)."})
     # 208 (was 160): with 192 refusal rows, 160 Alpaca rows over-refused 21.7% of held-out
     # benign instructions; more plain benign rows keep refusals at ~32% of the mix.
     n_alpaca: int = field(default=208, metadata={"help": "Benign Alpaca rows (drawn from rows 0-799)."})
