@@ -169,8 +169,8 @@ def main(argv=None) -> dict:
         else:
             print(f"[skip] {name}: no curated file given", flush=True)
 
-    for spec in args.extra:
-        name, _, src = spec.partition("=")
+    for extra in args.extra:
+        name, _, src = extra.partition("=")
         arms[name] = write_jsonl(read_curated(src), work / f"data/{name}.jsonl")
     if args.arms:
         arms = {k: v for k, v in arms.items() if k in args.arms.split(",")}
