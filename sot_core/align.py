@@ -100,11 +100,7 @@ class AlignConfig:
     )
 
     def key(self) -> str:
-        d = asdict(self)
-        for k in ("checkpoint_every", "max_steps_this_run", "num_threads", "keep_checkpoints", "device"):
-            d["train"].pop(k, None)
-        if d["train"].get("precision") == "auto":  # resolved by the device, like the device itself
-            d["train"].pop("precision")
+        d = {**asdict(self), "train": self.train.result_fields()}
         d["base_fingerprint"] = model_fingerprint(self.base_model)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 

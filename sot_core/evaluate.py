@@ -25,7 +25,8 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from sot_core.llm import encode_prompts, left_pad, load_causal_lm, resolve_device, sot_home
+from sot_core.device import resolve_device
+from sot_core.llm import encode_prompts, left_pad, load_causal_lm, sot_home
 
 # Lower-case phrases that signal a refusal when they appear near the start of a completion.
 # Adapted from the GCG/AdvBench refusal-prefix list (Zou et al. 2023), minus its over-broad

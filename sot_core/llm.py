@@ -122,15 +122,6 @@ def load_tokenizer(name_or_path: str | Path, padding_side: str = "left"):
     return tok
 
 
-def resolve_device(device: str = "auto"):
-    """``torch.device`` for 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_causal_lm(name_or_path: str | Path, dtype=None, padding_side: str = "left"):
     """Load ``(model, tokenizer)`` offline, model in eval mode on CPU.
 

@@ -80,7 +80,8 @@ class LastTokenEncoder(Encoder):
 
     def _load(self):
         if self._model is None:
-            from sot_core.llm import load_causal_lm, resolve_device
+            from sot_core.device import resolve_device
+            from sot_core.llm import load_causal_lm
 
             # fp32 on a GPU too: the cached embeddings must not depend on where they were made
             self._model, self._tok = load_causal_lm(self.path, padding_side="right")

@@ -158,14 +158,14 @@ def solve(store: Store, cost_key: str, config: CurateConfig, show_progress: bool
 
     start = time.perf_counter()
     solver_cfg = PushPullConfig(lam=config.lam, eps=config.eps, mode=config.mode, **config.solver)
-    composite = (store.stage_dir("costs", cost_key) / "anchor_parts.json").exists()
-    key = config_hash("solve", cost_key, solver_cfg.__dict__, *([config.refusal_share] if composite else []))
+    costs_dir = store.stage_dir("costs", cost_key)
+    masses = anchor_masses(costs_dir, config)
+    key = config_hash("solve", cost_key, solver_cfg.__dict__, *([config.refusal_share] if masses is not None else []))
     out = store.stage_dir("solve", key)
     if not (out / "diagnostics.json").exists():
-        costs_dir = store.stage_dir("costs", cost_key)
         cost_anchor = load_cost(costs_dir, "anchor") if config.mode != "push" else None
         cost_harmful = load_cost(costs_dir, "harmful") if config.mode != "pull" else None
-        result = solve_push_pull(cost_anchor, cost_harmful, solver_cfg, anchor_weights=anchor_masses(costs_dir, config))
+        result = solve_push_pull(cost_anchor, cost_harmful, solver_cfg, anchor_weights=masses)
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "weights.npy", result.weights)
         np.save(out / "score.npy", result.score)

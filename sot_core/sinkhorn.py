@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .costs import KnnCost
+from .device import resolve_device
 
 # Entries of a cost block per log-sum-exp call: large enough to amortise Python overhead,
 # small enough that the block (8 MB in float32) stays near cache.
@@ -52,12 +53,6 @@ _EPS_SCALING_FACTOR = 0.5
 # Gibbs-kernel fast path: largest (hi - lo) / eps per dtype with no underflow, and memory cap.
 _KERNEL_SPAN = {torch.float32: 40.0, torch.float64: 600.0}
 _KERNEL_MAX_BYTES = 1 << 30
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class DenseCostOperator:

@@ -26,7 +26,8 @@ from typing import Callable
 
 from sot_core.errors import InputError, SotError
 from sot_core.schema import file_sha256  # noqa: F401 (re-exported for tasks.training)
-from sot_core.llm import atomic_dir, encode_pair, load_causal_lm, model_fingerprint, publish_dir, resolve_device, resolve_model_path
+from sot_core.device import resolve_device
+from sot_core.llm import atomic_dir, encode_pair, load_causal_lm, model_fingerprint, publish_dir, resolve_model_path
 
 CURATED_FIELDS = {"id": str, "prompt": str, "response": str, "source": str, "weight": (int, float)}
 # Fields that do not change the result: a run may be resumed with different values.
@@ -76,12 +77,16 @@ class LoraTrainConfig:
         if self.batch_size < 1 or self.epochs < 1 or self.r < 1:
             raise ValueError("batch_size, epochs and r must be >= 1")
 
-    def result_hash(self) -> str:
-        """Hash of the fields that influence the trained adapter."""
+    def result_fields(self) -> dict:
+        """The fields that influence the trained adapter (what cache keys must hash)."""
         d = {k: v for k, v in asdict(self).items() if k not in _NON_RESULT_FIELDS}
         if d["precision"] == "auto":  # resolved by the device (fp32 on CPU), like the device itself
             del d["precision"]
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return d
+
+    def result_hash(self) -> str:
+        """Hash of the fields that influence the trained adapter."""
+        return hashlib.sha256(json.dumps(self.result_fields(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_curated(path: str | Path) -> list[dict]:
