@@ -8,6 +8,11 @@ Arms (all LoRA-fine-tuned from the same aligned base with the same seed and sett
 * ``instance_baseline`` the best instance-level baseline's top 80% (its curated.jsonl);
 * ``sot``               SOT's top 80% with its importance weights (its curated.jsonl).
 
+With ``--replay-fraction F`` two more arms, ``sot_replay`` and ``random_replay``: the same rows
+plus F x their count of trusted refusals (safety-tuned-llamas rows the alignment recipe did not
+train on; none is an evaluation prompt), mixed by ``sot_core.replay``. The random one is the
+control that tells how much of the effect is the replay and how much the selection.
+
 Curation: pass the two curated files (``--sot``, ``--baseline``), or let ``--curate`` make them:
 SOT through the real ``sot curate`` CLI (defaults, MiniLM pair embeddings) and the instance-level
 baseline = the anchor-versus-harmful classifier (the best baseline on the general-instruction pool
@@ -122,6 +127,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=FILE",
                     help="an extra arm trained on a curated.jsonl (repeatable), e.g. a curation variant")
+    ap.add_argument("--replay-fraction", type=float, default=0.0,
+                    help="also run sot_replay and random_replay: those arms plus this share of held-out refusals")
     ap.add_argument("--arms", default=None, help="comma-separated arms to run (default: all)")
     ap.add_argument("--curate", action="store_true", help="make the SOT and baseline curated files first (see docstring)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes; writes safety_e2e_smoke.json")
@@ -169,6 +176,16 @@ def main(argv=None) -> dict:
         else:
             print(f"[skip] {name}: no curated file given", flush=True)
 
+    if args.replay_fraction > 0:  # safety replay arms: the same data + held-out alignment refusals
+        from sot_core.align import heldout_refusals
+        from sot_core.replay import mix_replay
+
+        replay = heldout_refusals(data_dir=data)
+        write_jsonl(replay, work / "data/replay_refusals.jsonl")
+        for name in ("sot", "random"):
+            if arms.get(name) is not None:
+                mixed = mix_replay(read_curated(arms[name]), replay, args.replay_fraction, args.seed)
+                arms[f"{name}_replay"] = write_jsonl(mixed, work / f"data/{name}_replay.jsonl")
     for extra in args.extra:
         name, _, src = extra.partition("=")
         arms[name] = write_jsonl(read_curated(src), work / f"data/{name}.jsonl")

@@ -105,6 +105,9 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=192, help="token cap per training sample")
     p.add_argument("--weighting", default="given", choices=["given", "uniform"], help="use the curated weights or not")
+    p.add_argument("--replay", default=None, help="trusted refusals (harmful prompt -> safe answer) mixed into "
+                                                   "training, e.g. data/refusals/pyrit_refusals.jsonl")
+    p.add_argument("--replay-fraction", type=float, default=0.1, help="replay rows per curated row (default 0.1)")
     p.add_argument("--no-eval", action="store_true", help="train only")
     add_eval_size_arguments(p)
     p.add_argument("--home", default=None, help="store folder (default $SOT_HOME or ./.sot)")
@@ -128,12 +131,14 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.no_eval:
         from flows.finetune_eval import train_only
 
-        result = train_only(curated=args.curated, base_model=args.base, out_dir=args.out, train=train, home=args.home)
+        result = train_only(curated=args.curated, base_model=args.base, out_dir=args.out, train=train,
+                            replay=args.replay, replay_fraction=args.replay_fraction, home=args.home)
     else:
         from flows.finetune_eval import finetune_and_evaluate
 
         result = finetune_and_evaluate(curated=args.curated, base_model=args.base, out_dir=args.out, train=train,
-                                       evaluation=eval_spec(args), home=args.home)
+                                       evaluation=eval_spec(args), replay=args.replay,
+                                       replay_fraction=args.replay_fraction, home=args.home)
     print(json.dumps({k: v for k, v in result.items() if k != "metrics"} |
                      {"metrics": {k: v for k, v in result.get("metrics", {}).items() if not isinstance(v, (dict, list))}},
                      indent=2))

@@ -109,16 +109,39 @@ def _row(i: str, prompt: str, response: str, source: str) -> dict:
     return {"id": i, "prompt": prompt, "response": response, "source": source, "weight": 1.0}
 
 
+def _refusal_split(cfg: AlignConfig, data: Path, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """(refusal rows the recipe trains on, the other refusal rows of the same file)."""
+    from sot_core.evaluate import keyword_refusal
+
+    stl = json.load(open(data / "safety_tuned_llamas/training/safety_only_data_Instructions.json"))
+    refusals = [(k, r) for k, r in enumerate(stl) if keyword_refusal(r["output"]) and not r.get("input")]
+    used = rng.sample(refusals, min(cfg.n_refusal, len(refusals)))
+    rows = [_row(f"stl-{k}", r["instruction"], r["output"], "safety_tuned_llamas") for k, (_, r) in enumerate(used)]
+    taken = {i for i, _ in used}
+    rest = [_row(f"stl-heldout-{i}", r["instruction"], r["output"], "safety_tuned_llamas")
+            for i, r in refusals if i not in taken]
+    return rows, rest
+
+
+def heldout_refusals(cfg: AlignConfig | None = None, data_dir: str | Path | None = None) -> list[dict]:
+    """Refusal rows (harmful instruction -> refusal) of the recipe's source that it does not train on.
+
+    Trusted safe data for replay during later fine-tuning (`sot_core.replay`) that neither
+    repeats the alignment rows nor touches the evaluation prompts (AdvBench & co.).
+    """
+    from sot_core.evaluate import shared_data_dir
+
+    cfg = cfg or AlignConfig()
+    return _refusal_split(cfg, Path(data_dir) if data_dir else shared_data_dir(), random.Random(cfg.seed))[1]
+
+
 def build_alignment_rows(cfg: AlignConfig, data: Path, distill: Callable[[list[str]], list[str]] | None = None) -> list[dict]:
     """The training mix (shuffled). `distill(prompts) -> answers` supplies XSTest answers."""
     from sot_core.data import unwrap_alpaca_template
     from sot_core.evaluate import keyword_refusal, xstest_prompts
 
     rng = random.Random(cfg.seed)
-    stl = json.load(open(data / "safety_tuned_llamas/training/safety_only_data_Instructions.json"))
-    refusals = [r for r in stl if keyword_refusal(r["output"]) and not r.get("input")]
-    rows = [_row(f"stl-{k}", r["instruction"], r["output"], "safety_tuned_llamas")
-            for k, r in enumerate(rng.sample(refusals, min(cfg.n_refusal, len(refusals))))]
+    rows, _ = _refusal_split(cfg, data, rng)
     alpaca = json.load(open(data / "alpaca_en_demo/alpaca_en_demo.json"))[:800]  # 800+ held out
     for k, r in enumerate(rng.sample(alpaca, cfg.n_alpaca)):
         prompt = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")

@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from sot_core.align import AlignConfig, align
 from sot_core.evaluate import EvalSpec, evaluate_model
 from sot_core.llm import model_fingerprint
+from sot_core.replay import write_replay_mix
 from sot_core.train import LoraTrainConfig, file_sha256, train_lora
 from tasks.curation import not_bad_input
 
@@ -61,6 +62,12 @@ def train_adapter(curated_path: str, base_model: str, out_dir: str, config: dict
     cfg = LoraTrainConfig(**(config or {}))
     return str(train_lora(curated_path, base_model, out_dir, cfg,
                           progress=lambda s, n, loss: print(f"step {s}/{n} loss {loss:.3f}") if s % 10 == 0 else None))
+
+
+@task(name="mix-replay", retries=1, retry_delay_seconds=5, retry_condition_fn=not_bad_input)
+def mix_replay_rows(curated_path: str, replay_path: str, fraction: float, out_path: str, seed: int = 0) -> str:
+    """curated.jsonl plus trusted refusal rows (`sot_core.replay`); cheap, so not cached."""
+    return str(write_replay_mix(curated_path, replay_path, fraction, out_path, seed))
 
 
 @task(name="evaluate", **OPTIONS)

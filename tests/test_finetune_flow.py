@@ -4,6 +4,7 @@ the task cache keyed on the curated file's hash."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ pytest.importorskip("peft")
 
 from flows.cli import main  # noqa: E402
 from test_train import make_tiny_model, write_curated  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_finetune_cli_trains_and_reuses_the_adapter(tmp_path, prefect_backend, capsys):
@@ -25,3 +28,17 @@ def test_finetune_cli_trains_and_reuses_the_adapter(tmp_path, prefect_backend, c
     mtime = (tmp_path / "run" / "lora" / "adapter" / "manifest.json").stat().st_mtime_ns
     assert main(args) == 0
     assert (tmp_path / "run" / "lora" / "adapter" / "manifest.json").stat().st_mtime_ns == mtime
+
+
+def test_finetune_cli_replay_mixes_refusals_into_training(tmp_path, prefect_backend, capsys):
+    base = make_tiny_model(tmp_path / "tiny")
+    curated = write_curated(tmp_path / "curated.jsonl")
+    n = sum(1 for _ in open(curated))
+    refusals = REPO / "data" / "refusals" / "pyrit_refusals.jsonl"
+    args = ["finetune", "--curated", str(curated), "--base", str(base), "--out", str(tmp_path / "run"),
+            "--epochs", "1", "--batch-size", "4", "--max-length", "32", "--no-eval", "--home", str(tmp_path / "home"),
+            "--replay", str(refusals), "--replay-fraction", "0.5"]
+    assert main(args) == 0
+    manifest = json.loads((tmp_path / "run" / "lora" / "adapter" / "manifest.json").read_text())
+    assert manifest["curated_path"].endswith("train_with_replay.jsonl")
+    assert manifest["n_rows"] == n + round(0.5 * n)
