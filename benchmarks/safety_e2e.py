@@ -52,12 +52,20 @@ METRICS = ("harmful_rate_keyword", "harmful_rate_judge", "over_refusal", "over_r
 
 
 def pool_rows(path: Path) -> list[dict]:
-    """Read the pool: curated-format JSONL, or a fine-tuning mix JSON ({instruction,input,output,flag})."""
+    """Read the pool: curated-format JSONL, or a fine-tuning mix JSON ({instruction,input,output,flag}).
+
+    Mix prompts are canonicalised as ingestion does (Alpaca wrapper removed), so the full-pool and
+    random arms train on the same text as the curated arms. (Before 2026-11-28 they kept the
+    wrapper while curated files did not, and the utility prompts were wrapped: that mismatch, not
+    the selection, cost the curated arms ~16 points of utility in the first runs.)
+    """
+    from sot_core.data import unwrap_alpaca_template
+
     if path.suffix == ".jsonl":
         return read_curated(path)
     rows = []
     for i, r in enumerate(json.load(open(path))):
-        prompt = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+        prompt = "\n\n".join(p for p in (unwrap_alpaca_template(r["instruction"]), (r.get("input") or "").strip()) if p)
         rows.append({"id": f"pool-{i}", "prompt": prompt, "response": r["output"], "source": r.get("flag", "pool"), "weight": 1.0})
     return rows
 

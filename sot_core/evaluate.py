@@ -175,9 +175,6 @@ def generate(model, tok, prompts: Sequence[str], max_new_tokens: int = 64, batch
 
 
 # --------------------------------------------------------------------------- data
-ALPACA_TEMPLATE = ("Below is an instruction that describes a task, paired with an input that provides further context. "
-                   "Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n"
-                   "### Input:\n{input}\n\n### Response:")
 TASK_FILES = {"sst2": ("sst2/val.json", ["positive", "negative"]),
               "ag_news": ("ag_news/test.json", ["world", "sports", "business", "sci/tech"])}
 
@@ -234,10 +231,15 @@ def benign_eval_prompts(data: Path, n: int) -> list[str]:
 
 
 def utility_rows(data: Path, task: str, n: int) -> tuple[list[str], list[str], list[str]]:
-    """(prompts in the fine-tuning mixes' Alpaca format, gold labels, label set) of a task."""
+    """(prompts, gold labels, label set) of a task.
+
+    Prompts are in the canonical form ``instruction + blank line + input`` that ingestion gives
+    the fine-tuning mixes' rows (their Alpaca wrapper is removed, `data.unwrap_alpaca_template`),
+    so a model is scored on the format that curated data trains it on.
+    """
     rel, labels = TASK_FILES[task]
     rows = json.load(open(data / "harmful_finetune_mixes_beavertails" / rel))[:n]
-    return ([ALPACA_TEMPLATE.format(instruction=r["instruction"], input=r["input"]) for r in rows],
+    return (["\n\n".join(p for p in (r["instruction"].strip(), r["input"].strip()) if p) for r in rows],
             [r["output"].strip().lower() for r in rows], labels)
 
 
