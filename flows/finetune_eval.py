@@ -44,7 +44,7 @@ def finetune_and_evaluate(
     base_model = resolve_base(base_model, home)
     curated = with_replay(curated, replay, replay_fraction, out_dir)
     adapter = train_adapter(curated, base_model, str(Path(out_dir) / "lora"), train)
-    metrics = evaluate_adapter(base_model, adapter, evaluation)
+    metrics = evaluate_adapter(base_model, adapter, evaluation, trained_on=curated)
     safety_artifacts(metrics)
     return {"curated": curated, "base_model": base_model, "adapter": adapter, "metrics": metrics}
 

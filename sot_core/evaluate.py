@@ -21,7 +21,7 @@ import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -189,8 +189,12 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
-def harmful_prompts(data: Path, sets: Sequence[str], n: int, seed: int = 0) -> list[str]:
-    """`n` held-out harmful prompts drawn round-robin from `sets` (shuffled with `seed`)."""
+def harmful_prompts(data: Path, sets: Sequence[str], n: int, seed: int = 0, exclude: Iterable[str] = ()) -> list[str]:
+    """`n` held-out harmful prompts drawn round-robin from `sets` (shuffled with `seed`).
+
+    Prompts in `exclude` (compared lower-cased and stripped; e.g. the prompts a model was just
+    trained on) are skipped, so a replayed refusal cannot be scored as a held-out refusal.
+    """
     pools = {
         "advbench": lambda: [r["goal"] for r in _csv(data / "advbench/advbench.csv")],
         "harmbench": lambda: [r["Behavior"] for r in _csv(data / "harmbench/harmbench_behaviors_text_test.csv")
@@ -204,13 +208,13 @@ def harmful_prompts(data: Path, sets: Sequence[str], n: int, seed: int = 0) -> l
         items = pools[s]()
         rng.shuffle(items)
         lists.append(items)
-    out, seen = [], set()
+    out, seen = [], {p.lower().strip() for p in exclude}
     while len(out) < n and any(lists):
         for items in lists:
             if items and len(out) < n:
                 p = items.pop()
-                if p.lower() not in seen:
-                    seen.add(p.lower())
+                if p.lower().strip() not in seen:
+                    seen.add(p.lower().strip())
                     out.append(p)
     return out
 
@@ -372,18 +376,21 @@ def load_for_eval(model_dir_or_base: str, adapter_dir: str | Path | None, device
 
 
 def evaluate_model(model_dir_or_base: str, adapter_dir: str | Path | None, eval_spec: EvalSpec | None = None,
-                   progress: Callable[[int], None] | None = None, model=None, tok=None) -> dict:
+                   progress: Callable[[int], None] | None = None, model=None, tok=None,
+                   trained_prompts: Iterable[str] = ()) -> dict:
     """Generate on harmful, benign, XSTest and utility prompts and compute the metrics.
 
     Returns a dict of the metrics (see module docstring), the sample counts ``n_*``, the spec,
     and a few example completions. ``model``/``tok`` may be passed to skip loading.
+    ``trained_prompts`` are never used as held-out harmful prompts (others are drawn instead).
     """
     spec = eval_spec or EvalSpec()
     data = Path(spec.data_dir or shared_data_dir())
     if model is None:
         model, tok = load_for_eval(model_dir_or_base, adapter_dir)
     gen = lambda ps: generate(model, tok, ps, spec.max_new_tokens, spec.batch_size, progress=progress)  # noqa: E731
-    harm = harmful_prompts(data, spec.harmful_sets, spec.n_harmful, spec.seed)
+    trained = {p.lower().strip() for p in trained_prompts}
+    harm = harmful_prompts(data, spec.harmful_sets, spec.n_harmful, spec.seed, exclude=trained)
     benign = benign_eval_prompts(data, spec.n_benign)
     xs = xstest_prompts(data, "eval")[: spec.n_xstest]
     harm_c, benign_c, xs_c = gen(harm), gen(benign), gen(xs)
@@ -402,6 +409,9 @@ def evaluate_model(model_dir_or_base: str, adapter_dir: str | Path | None, eval_
         res["utility"] = label_accuracy(generate(model, tok, ups, spec.utility_max_new_tokens, spec.batch_size,
                                                  progress=progress), gold, labels)
         res["n_utility"] = len(ups)
+    if trained:  # how many of the usual held-out prompts were trained on (and replaced)
+        usual = harmful_prompts(data, spec.harmful_sets, spec.n_harmful, spec.seed)
+        res["n_harmful_skipped_as_trained"] = len(trained & {p.lower().strip() for p in usual})
     res["spec"] = asdict(spec)
     res["examples"] = {"harmful": list(zip(harm[:3], harm_c[:3])), "benign": list(zip(benign[:2], benign_c[:2])),
                        "xstest": list(zip(xs[:2], xs_c[:2]))}

@@ -18,7 +18,7 @@ from sot_core.align import AlignConfig, align
 from sot_core.evaluate import EvalSpec, evaluate_model
 from sot_core.llm import model_fingerprint
 from sot_core.replay import write_replay_mix
-from sot_core.train import LoraTrainConfig, file_sha256, train_lora
+from sot_core.train import LoraTrainConfig, file_sha256, read_curated, train_lora
 from tasks.curation import not_bad_input
 
 OPTIONS = dict(persist_result=True, cache_expiration=timedelta(days=30), retries=1, retry_delay_seconds=10,
@@ -71,8 +71,11 @@ def mix_replay_rows(curated_path: str, replay_path: str, fraction: float, out_pa
 
 
 @task(name="evaluate", **OPTIONS)
-def evaluate_adapter(base_model: str, adapter_dir: str | None, spec: dict | None = None) -> dict:
-    return evaluate_model(base_model, adapter_dir, EvalSpec(**(spec or {})))
+def evaluate_adapter(base_model: str, adapter_dir: str | None, spec: dict | None = None,
+                     trained_on: str | None = None) -> dict:
+    """Safety and utility metrics; prompts of `trained_on` (a curated.jsonl) are never scored as held out."""
+    trained = [r["prompt"] for r in read_curated(trained_on)] if trained_on else ()
+    return evaluate_model(base_model, adapter_dir, EvalSpec(**(spec or {})), trained_prompts=trained)
 
 
 @task(name="safety-artifacts")

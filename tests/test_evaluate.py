@@ -79,6 +79,17 @@ def test_eval_prompt_sets_are_disjoint_and_sized():
     assert len(benign_eval_prompts(DATA, 100)) == 100
 
 
+@needs_data
+def test_trained_prompts_are_replaced_not_scored():
+    sets = ["advbench", "harmbench", "strongreject", "jailbreakbench"]
+    usual = harmful_prompts(DATA, sets, 50)
+    trained = [" " + p.upper() + " " for p in usual[:7]]  # case and whitespace do not hide a repeat
+    harm = harmful_prompts(DATA, sets, 50, exclude=trained)
+    assert len(harm) == 50
+    assert not {p.lower() for p in usual[:7]} & {p.lower() for p in harm}
+    assert set(usual[7:]) <= set(harm)
+
+
 @pytest.mark.slow
 @needs_data
 def test_learned_judge_heldout_accuracy(tmp_path):
