@@ -8,10 +8,11 @@ Arms (all LoRA-fine-tuned from the same aligned base with the same seed and sett
 * ``instance_baseline`` the best instance-level baseline's top 80% (its curated.jsonl);
 * ``sot``               SOT's top 80% with its importance weights (its curated.jsonl).
 
-With ``--replay-fraction F`` two more arms, ``sot_replay`` and ``random_replay``: the same rows
-plus F x their count of trusted refusals (safety-tuned-llamas rows the alignment recipe did not
-train on; none is an evaluation prompt), mixed by ``sot_core.replay``. The random one is the
-control that tells how much of the effect is the replay and how much the selection.
+With ``--replay-fraction F`` three more arms, ``sot_replay``, ``random_replay`` and
+``instance_baseline_replay``: the same rows plus F x their count of trusted refusals
+(safety-tuned-llamas rows the alignment recipe did not train on; none is an evaluation prompt),
+mixed by ``sot_core.replay``. The other two are the controls that tell how much of the effect is
+the replay and how much the selection.
 
 Curation: pass the two curated files (``--sot``, ``--baseline``), or let ``--curate`` make them:
 SOT through the real ``sot curate`` CLI (defaults, MiniLM pair embeddings) and the instance-level
@@ -190,7 +191,7 @@ def main(argv=None) -> dict:
 
         replay = heldout_refusals(data_dir=data)
         write_jsonl(replay, work / "data/replay_refusals.jsonl")
-        for name in ("sot", "random"):
+        for name in ("sot", "random", "instance_baseline"):
             if arms.get(name) is not None:
                 mixed = mix_replay(read_curated(arms[name]), replay, args.replay_fraction, args.seed)
                 arms[f"{name}_replay"] = write_jsonl(mixed, work / f"data/{name}_replay.jsonl")
