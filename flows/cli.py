@@ -105,8 +105,9 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=192, help="token cap per training sample")
     p.add_argument("--weighting", default="given", choices=["given", "uniform"], help="use the curated weights or not")
-    p.add_argument("--replay", default=None, help="trusted refusals (harmful prompt -> safe answer) mixed into "
-                                                   "training, e.g. data/refusals/pyrit_refusals.jsonl; evaluation then skips its prompts")
+    p.add_argument("--replay", default=None,
+                   help="trusted refusals (harmful prompt -> safe answer) mixed into training, e.g. "
+                        "data/refusals/pyrit_refusals.jsonl; evaluation then skips its prompts")
     p.add_argument("--replay-fraction", type=float, default=0.1, help="replay rows per curated row (default 0.1)")
     p.add_argument("--no-eval", action="store_true", help="train only")
     add_eval_size_arguments(p)
