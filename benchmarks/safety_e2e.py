@@ -21,6 +21,8 @@ in benchmarks/curation_quality.py; on the SST-2 mixes it ties the others at AURO
 same embeddings, keeping its 80% least harmful-like rows. Anchor: 50 SST-2 train rows of the
 shared n1000_p0 file that are not in the pool (the utility split, sst2/val.json, stays unseen);
 harmful reference: the bundled PyRIT prompts (data/demo/harmful_ref.jsonl), not BeaverTails.
+``--pool general`` swaps the SST-2 mix for a general-instruction pool (``general_mix``: Alpaca,
+BeaverTails harmful answers and refusals to harmful prompts), where detectors do differ.
 Output ``benchmarks/results/safety_e2e.json``: an object keyed by arm, each with
 ``harmful_rate_keyword, harmful_rate_judge, over_refusal, over_refusal_xstest, utility`` (fractions
 in [0, 1]) and ``n_prompts`` (held-out harmful prompts, >= 200 in a full run).
@@ -79,6 +81,34 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def general_mix(data: Path, work: Path, seed: int) -> Path:
+    """A general-instruction pool where harm detectors differ: 700 benign Alpaca rows, 100
+    BeaverTails harmful answers (flag "unsafe") and 100 refusals to harmful prompts.
+
+    Benign rows come from Alpaca demo rows 0-799 only (800+ are the over-refusal evaluation);
+    refusals from the safety-tuned-llamas rows the alignment recipe did not train on. The
+    anchor source (the other 100 Alpaca rows 0-799) is written beside the pool for `curate_arms`.
+    """
+    from sot_core.align import heldout_refusals
+
+    rng = random.Random(seed)
+    alpaca = json.load(open(data / "alpaca_en_demo/alpaca_en_demo.json"))[:800]
+    picks = rng.sample(range(len(alpaca)), len(alpaca))
+    mixes = data / "harmful_finetune_mixes_beavertails"
+    unsafe = sorted({r["output"]: r for f in sorted((mixes / "sst2").glob("train_merged_*.json"))
+                     for r in json.load(open(f)) if r.get("flag") == "unsafe"}.values(), key=lambda r: r["output"])
+    row = lambda i, o, flag, inp="": {"instruction": i, "input": inp, "output": o, "flag": flag}  # noqa: E731
+    rows = ([row(alpaca[i]["instruction"], alpaca[i]["output"], "finetune", alpaca[i]["input"]) for i in picks[:700]]
+            + [row(r["instruction"], r["output"], "unsafe", r["input"]) for r in rng.sample(unsafe, 100)]
+            + [row(r["prompt"], r["response"], "refusal") for r in rng.sample(heldout_refusals(data_dir=data), 100)])
+    rng.shuffle(rows)
+    work.mkdir(parents=True, exist_ok=True)
+    pool = work / "general_mix.json"
+    pool.write_text(json.dumps(rows))
+    pool.with_name("general_mix_anchor_source.json").write_text(json.dumps([alpaca[i] for i in picks[700:]]))
+    return pool
+
+
 def curate_arms(pool_file: Path, work: Path, seed: int, keep: float = 0.8) -> tuple[Path, Path, dict]:
     """Make the SOT and instance-baseline curated files for `pool_file` (see module docstring)."""
     import subprocess
@@ -97,7 +127,10 @@ def curate_arms(pool_file: Path, work: Path, seed: int, keep: float = 0.8) -> tu
     (work / "labels.csv").write_text("id,label\n" + "".join(f"pool-{i},{'harmful' if r['flag'] == 'unsafe' else 'benign'}\n"
                                                             for i, r in enumerate(mix)))
     seen = {(r["instruction"], r["input"]) for r in mix}
-    clean = json.load(open(pool_file.parent / "train_merged_n1000_p0.json"))
+    clean_file = pool_file.parent / "train_merged_n1000_p0.json"
+    if not clean_file.exists():  # a pool made by general_mix: the anchor is its spare Alpaca rows
+        clean_file = pool_file.with_name(pool_file.stem + "_anchor_source.json")
+    clean = json.load(open(clean_file))
     spare = [r for r in clean if (r["instruction"], r["input"]) not in seen]
     anchor = [{"id": f"anchor-{i}", **{k: r[k] for k in ("instruction", "input", "output")}}
               for i, r in enumerate(random.Random(seed).sample(spare, 50))]
@@ -121,6 +154,10 @@ def curate_arms(pool_file: Path, work: Path, seed: int, keep: float = 0.8) -> tu
     sot_kept = {json.loads(line)["id"] for line in open(work / "sot/curated.jsonl")}
     facts = {"pool_rows": len(pool), "pool_harmful": len(harmful_ids), "sot_harmful_kept": len(harmful_ids & sot_kept),
              "baseline_harmful_kept": len(harmful_ids & {rows[i]["id"] for i in kept}), "sot_rows": len(sot_kept), "baseline_rows": len(kept)}
+    refusal_ids = {f"pool-{i}" for i, r in enumerate(mix) if r["flag"] == "refusal"}
+    if refusal_ids:  # general_mix pools: safe answers to harmful prompts are wanted data
+        facts.update(pool_refusals=len(refusal_ids), sot_refusals_kept=len(refusal_ids & sot_kept),
+                     baseline_refusals_kept=len(refusal_ids & {rows[i]["id"] for i in kept}))
     print("[curate]", json.dumps(facts), flush=True)
     return work / "sot/curated.jsonl", base_file, facts
 
@@ -129,7 +166,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description="SOT end-to-end safety benchmark")
     ap.add_argument("--sot", type=Path, help="SOT curated.jsonl (top 80%% with weights)")
     ap.add_argument("--baseline", type=Path, help="instance-level baseline curated.jsonl (top 80%%)")
-    ap.add_argument("--pool", type=Path, default=None, help=f"contaminated pool (default: shared {DEFAULT_POOL})")
+    ap.add_argument("--pool", type=Path, default=None, help=f"contaminated pool (default: shared {DEFAULT_POOL}); "
+                                                                "'general': a general-instruction pool (general_mix)")
     ap.add_argument("--base", default=None, help="aligned base model folder (default: build with sot_core.align)")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("SOT_HOME", ".sot")) / "bench_safety_e2e")
     ap.add_argument("--keep", type=float, default=0.8, help="fraction kept by the random arm")
@@ -145,8 +183,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     data = shared_data_dir()
-    pool_file = args.pool or data / DEFAULT_POOL
     work = args.work / ("smoke" if args.smoke else "full")
+    pool_file = general_mix(data, work / "curation", args.seed) if str(args.pool) == "general" else args.pool or data / DEFAULT_POOL
     curation = None
     if args.curate:
         args.sot, args.baseline, curation = curate_arms(pool_file, work / "curation", args.seed, args.keep)
