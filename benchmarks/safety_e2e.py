@@ -62,13 +62,13 @@ def pool_rows(path: Path) -> list[dict]:
     wrapper while curated files did not, and the utility prompts were wrapped: that mismatch, not
     the selection, cost the curated arms ~16 points of utility in the first runs.)
     """
-    from sot_core.data import unwrap_alpaca_template
+    from sot_core.data import canonical_prompt
 
     if path.suffix == ".jsonl":
         return read_curated(path)
     rows = []
     for i, r in enumerate(json.load(open(path))):
-        prompt = "\n\n".join(p for p in (unwrap_alpaca_template(r["instruction"]), (r.get("input") or "").strip()) if p)
+        prompt = canonical_prompt(r["instruction"], r.get("input") or "")
         rows.append({"id": f"pool-{i}", "prompt": prompt, "response": r["output"], "source": r.get("flag", "pool"), "weight": 1.0})
     return rows
 
@@ -81,13 +81,13 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def general_mix(data: Path, work: Path, seed: int) -> Path:
+def general_mix(data: Path, work: Path, seed: int) -> tuple[Path, Path]:
     """A general-instruction pool where harm detectors differ: 700 benign Alpaca rows, 100
     BeaverTails harmful answers (flag "unsafe") and 100 refusals to harmful prompts.
 
     Benign rows come from Alpaca demo rows 0-799 only (800+ are the over-refusal evaluation);
-    refusals from the safety-tuned-llamas rows the alignment recipe did not train on. The
-    anchor source (the other 100 Alpaca rows 0-799) is written beside the pool for `curate_arms`.
+    refusals from the safety-tuned-llamas rows the alignment recipe did not train on. Returns
+    the pool file and the anchor source for `curate_arms` (the other 100 Alpaca rows 0-799).
     """
     from sot_core.align import heldout_refusals
 
@@ -105,12 +105,16 @@ def general_mix(data: Path, work: Path, seed: int) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     pool = work / "general_mix.json"
     pool.write_text(json.dumps(rows))
-    pool.with_name("general_mix_anchor_source.json").write_text(json.dumps([alpaca[i] for i in picks[700:]]))
-    return pool
+    anchor_source = work / "general_mix_anchor_source.json"
+    anchor_source.write_text(json.dumps([alpaca[i] for i in picks[700:]]))
+    return pool, anchor_source
 
 
-def curate_arms(pool_file: Path, work: Path, seed: int, keep: float = 0.8) -> tuple[Path, Path, dict]:
-    """Make the SOT and instance-baseline curated files for `pool_file` (see module docstring)."""
+def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, keep: float = 0.8) -> tuple[Path, Path, dict]:
+    """Make the SOT and instance-baseline curated files for `pool_file` (see module docstring).
+
+    The anchor is 50 rows of `anchor_source` (a clean mix of the same task) that are not in the pool.
+    """
     import subprocess
 
     import numpy as np
@@ -127,10 +131,7 @@ def curate_arms(pool_file: Path, work: Path, seed: int, keep: float = 0.8) -> tu
     (work / "labels.csv").write_text("id,label\n" + "".join(f"pool-{i},{'harmful' if r['flag'] == 'unsafe' else 'benign'}\n"
                                                             for i, r in enumerate(mix)))
     seen = {(r["instruction"], r["input"]) for r in mix}
-    clean_file = pool_file.parent / "train_merged_n1000_p0.json"
-    if not clean_file.exists():  # a pool made by general_mix: the anchor is its spare Alpaca rows
-        clean_file = pool_file.with_name(pool_file.stem + "_anchor_source.json")
-    clean = json.load(open(clean_file))
+    clean = json.load(open(anchor_source))
     spare = [r for r in clean if (r["instruction"], r["input"]) not in seen]
     anchor = [{"id": f"anchor-{i}", **{k: r[k] for k in ("instruction", "input", "output")}}
               for i, r in enumerate(random.Random(seed).sample(spare, 50))]
@@ -184,10 +185,14 @@ def main(argv=None) -> dict:
 
     data = shared_data_dir()
     work = args.work / ("smoke" if args.smoke else "full")
-    pool_file = general_mix(data, work / "curation", args.seed) if str(args.pool) == "general" else args.pool or data / DEFAULT_POOL
+    if str(args.pool) == "general":
+        pool_file, anchor_source = general_mix(data, work / "curation", args.seed)
+    else:
+        pool_file = args.pool or data / DEFAULT_POOL
+        anchor_source = pool_file.parent / "train_merged_n1000_p0.json"
     curation = None
     if args.curate:
-        args.sot, args.baseline, curation = curate_arms(pool_file, work / "curation", args.seed, args.keep)
+        args.sot, args.baseline, curation = curate_arms(pool_file, anchor_source, work / "curation", args.seed, args.keep)
     pool = pool_rows(pool_file)
     rng = random.Random(args.seed)
     if args.smoke:

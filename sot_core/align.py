@@ -36,7 +36,8 @@ Measured (default recipe, key 27124fe751a7; 672 rows = 256 refusal + 208 Alpaca 
 XSTest self-distilled + 48 SST-2 + 24 AG News; 84 steps, 6.2 min on 2 shared cores; 200 held-out
 harmful prompts, 100 benign, 125 XSTest, 200 SST-2, 48 new tokens): refused **88% (keyword) /
 85.5% (judge)**; over-refusal **17% / 20%** of held-out benign instructions, 42.4% / 34.4% of
-XSTest safe prompts; SST-2 utility 61.5%.
+XSTest safe prompts; SST-2 utility 61.5% on Alpaca-wrapped prompts (79.0% in the canonical format
+that curated data uses, as `utility_rows` now scores it; benchmarks/safety_e2e.py).
 
 The aligned model is cached under ``<cache>/aligned-<hash of recipe config>`` with
 ``align_manifest.json``; rerunning with the same config returns the cached folder.

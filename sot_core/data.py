@@ -115,6 +115,15 @@ def unwrap_alpaca_template(text: str) -> str:
     return "\n\n".join(p for p in (match["instruction"].strip(), (match["input"] or "").strip()) if p)
 
 
+def canonical_prompt(instruction: str, extra: str = "") -> str:
+    """The prompt text ingestion stores: the unwrapped instruction, a blank line, the input.
+
+    One rule for every place that turns an (instruction, input) row into a prompt, so that
+    training, evaluation and benchmarks see the same text as curation.
+    """
+    return "\n\n".join(p for p in (unwrap_alpaca_template(instruction), extra.strip()) if p)
+
+
 def load_rows(source: str, *, fields: FieldMap | None = None, fmt: str | None = None,
               source_name: str | None = None, split: str = "train") -> pa.Table:
     """Read a dataset into a table with ROW_SCHEMA (id, prompt, response, source, content_hash).
@@ -437,12 +446,12 @@ def _extract_pair(source: str, row: int, record: dict, layout: _Layout) -> tuple
     if layout.messages is not None:
         prompt, response = _chat_pair(source, row, record.get(layout.messages), layout.messages)
     else:
-        prompt = unwrap_alpaca_template(_text(source, row, record.get(layout.prompt), layout.prompt))
+        prompt = _text(source, row, record.get(layout.prompt), layout.prompt)
         response = "" if layout.response is None else _text(source, row, record.get(layout.response),
                                                              layout.response)
         extra = record.get(layout.input) if layout.input else None
         extra = "" if extra is None else _text(source, row, extra, layout.input)
-        prompt = "\n\n".join(p for p in (prompt, extra) if p)
+        prompt = canonical_prompt(prompt, extra)
     if not prompt:
         raise InputError(source, "the prompt is empty", row=row, field=layout.messages or layout.prompt)
     return prompt, response

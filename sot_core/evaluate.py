@@ -189,6 +189,11 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
+def _prompt_key(prompt: str) -> str:
+    """How two harmful prompts are compared: case and surrounding whitespace do not count."""
+    return prompt.lower().strip()
+
+
 def harmful_prompts(data: Path, sets: Sequence[str], n: int, seed: int = 0, exclude: Iterable[str] = ()) -> list[str]:
     """`n` held-out harmful prompts drawn round-robin from `sets` (shuffled with `seed`).
 
@@ -208,13 +213,13 @@ def harmful_prompts(data: Path, sets: Sequence[str], n: int, seed: int = 0, excl
         items = pools[s]()
         rng.shuffle(items)
         lists.append(items)
-    out, seen = [], {p.lower().strip() for p in exclude}
+    out, seen = [], {_prompt_key(p) for p in exclude}
     while len(out) < n and any(lists):
         for items in lists:
             if items and len(out) < n:
                 p = items.pop()
-                if p.lower().strip() not in seen:
-                    seen.add(p.lower().strip())
+                if _prompt_key(p) not in seen:
+                    seen.add(_prompt_key(p))
                     out.append(p)
     return out
 
@@ -237,13 +242,14 @@ def benign_eval_prompts(data: Path, n: int) -> list[str]:
 def utility_rows(data: Path, task: str, n: int) -> tuple[list[str], list[str], list[str]]:
     """(prompts, gold labels, label set) of a task.
 
-    Prompts are in the canonical form ``instruction + blank line + input`` that ingestion gives
-    the fine-tuning mixes' rows (their Alpaca wrapper is removed, `data.unwrap_alpaca_template`),
-    so a model is scored on the format that curated data trains it on.
+    Prompts are in the canonical form that ingestion gives the fine-tuning mixes' rows
+    (`data.canonical_prompt`), so a model is scored on the format curated data trains it on.
     """
+    from sot_core.data import canonical_prompt
+
     rel, labels = TASK_FILES[task]
     rows = json.load(open(data / "harmful_finetune_mixes_beavertails" / rel))[:n]
-    return (["\n\n".join(p for p in (r["instruction"].strip(), r["input"].strip()) if p) for r in rows],
+    return ([canonical_prompt(r["instruction"], r["input"]) for r in rows],
             [r["output"].strip().lower() for r in rows], labels)
 
 
@@ -389,8 +395,11 @@ def evaluate_model(model_dir_or_base: str, adapter_dir: str | Path | None, eval_
     if model is None:
         model, tok = load_for_eval(model_dir_or_base, adapter_dir)
     gen = lambda ps: generate(model, tok, ps, spec.max_new_tokens, spec.batch_size, progress=progress)  # noqa: E731
-    trained = {p.lower().strip() for p in trained_prompts}
-    harm = harmful_prompts(data, spec.harmful_sets, spec.n_harmful, spec.seed, exclude=trained)
+    trained = {_prompt_key(p) for p in trained_prompts}
+    harm = harmful_prompts(data, spec.harmful_sets, spec.n_harmful, spec.seed)
+    skipped = sum(_prompt_key(p) in trained for p in harm)
+    if skipped:  # draw replacements for the held-out prompts the model was trained on
+        harm = harmful_prompts(data, spec.harmful_sets, spec.n_harmful, spec.seed, exclude=trained)
     benign = benign_eval_prompts(data, spec.n_benign)
     xs = xstest_prompts(data, "eval")[: spec.n_xstest]
     harm_c, benign_c, xs_c = gen(harm), gen(benign), gen(xs)
@@ -409,9 +418,8 @@ def evaluate_model(model_dir_or_base: str, adapter_dir: str | Path | None, eval_
         res["utility"] = label_accuracy(generate(model, tok, ups, spec.utility_max_new_tokens, spec.batch_size,
                                                  progress=progress), gold, labels)
         res["n_utility"] = len(ups)
-    if trained:  # how many of the usual held-out prompts were trained on (and replaced)
-        usual = harmful_prompts(data, spec.harmful_sets, spec.n_harmful, spec.seed)
-        res["n_harmful_skipped_as_trained"] = len(trained & {p.lower().strip() for p in usual})
+    if trained:
+        res["n_harmful_skipped_as_trained"] = skipped
     res["spec"] = asdict(spec)
     res["examples"] = {"harmful": list(zip(harm[:3], harm_c[:3])), "benign": list(zip(benign[:2], benign_c[:2])),
                        "xstest": list(zip(xs[:2], xs_c[:2]))}
