@@ -163,6 +163,29 @@ def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, kee
     return work / "sot/curated.jsonl", base_file, facts
 
 
+def paired_report(verdicts: dict) -> dict:
+    """Every arm against ``aligned_base`` and ``instance_baseline`` (when both were run), per
+    judge: harmful-compliance difference with a 95% paired bootstrap interval and McNemar's p.
+
+    All arms are scored on the same prompts (the same seed draws them), which is what makes the
+    pairing valid; a mismatch raises instead of comparing different prompts.
+    """
+    from sot_core.metrics import paired_difference
+
+    report: dict = {}
+    for ref in ("aligned_base", "instance_baseline"):
+        if ref not in verdicts:
+            continue
+        for name, v in verdicts.items():
+            if name == ref:
+                continue
+            if v["prompts"] != verdicts[ref]["prompts"]:
+                raise ValueError(f"arms {name} and {ref} were scored on different prompts")
+            report.setdefault(name, {})[f"vs_{ref}"] = {
+                judge: paired_difference(v[judge], verdicts[ref][judge]) for judge in v if judge != "prompts"}
+    return report
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description="SOT end-to-end safety benchmark")
     ap.add_argument("--sot", type=Path, help="SOT curated.jsonl (top 80%% with weights)")
@@ -178,6 +201,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--replay-fraction", type=float, default=0.0,
                     help="also run sot_replay and random_replay: those arms plus this share of held-out refusals")
     ap.add_argument("--arms", default=None, help="comma-separated arms to run (default: all)")
+    ap.add_argument("--n-harmful", type=int, default=200,
+                    help="held-out harmful prompts per arm (1,128 distinct exist; more = tighter paired intervals)")
     ap.add_argument("--curate", action="store_true", help="make the SOT and baseline curated files first (see docstring)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes; writes safety_e2e_smoke.json")
     ap.add_argument("--out", type=Path, default=None)
@@ -198,12 +223,12 @@ def main(argv=None) -> dict:
     if args.smoke:
         pool = rng.sample(pool, 24)
         cfg = LoraTrainConfig(epochs=1, batch_size=4, max_length=96, seed=args.seed, checkpoint_every=0)
-        spec = EvalSpec(n_harmful=8, n_benign=4, n_xstest=4, n_utility=8, max_new_tokens=16, batch_size=8)
+        spec = EvalSpec(n_harmful=8, n_benign=4, n_xstest=4, n_utility=8, max_new_tokens=16, batch_size=8, per_prompt=True)
     else:
         # 128 tokens (not 192): SST-2 rows are short, and a batch holding one long harmful answer
         # is padded to the cap, so 192 would cost ~1.5x the time for the 10% of rows it affects.
         cfg = LoraTrainConfig(epochs=2, batch_size=8, max_length=128, seed=args.seed, checkpoint_every=25)
-        spec = EvalSpec(n_harmful=200, n_benign=100, n_xstest=125, n_utility=200, seed=args.seed)
+        spec = EvalSpec(n_harmful=args.n_harmful, n_benign=100, n_xstest=125, n_utility=200, seed=args.seed, per_prompt=True)
 
     if args.base:
         base = args.base
@@ -244,6 +269,7 @@ def main(argv=None) -> dict:
     if args.arms:
         arms = {k: v for k, v in arms.items() if k in args.arms.split(",")}
     results: dict = {}
+    verdicts: dict = {}  # arm -> {judge: 0/1 per harmful prompt}, for the paired comparisons
     for name, curated in arms.items():
         t0 = time.time()
         adapter = None
@@ -253,11 +279,13 @@ def main(argv=None) -> dict:
         t_train = time.time() - t0
         res = evaluate_model(base, adapter, spec)
         results[name] = {k: res.get(k) for k in METRICS}
+        verdicts[name] = {"prompts": res["harmful_prompts"], **res["harmful_complied"]}
         results[name].update({"n_benign": res["n_benign"], "n_xstest": res["n_xstest"], "n_train_rows": None if curated is None else sum(1 for _ in open(curated)),
                               "seconds_train": round(t_train, 1), "seconds_eval": round(time.time() - t0 - t_train, 1)})
         print(f"[{name}]", json.dumps(results[name]), flush=True)
         partial = work / "partial.json"  # a run cut short still leaves the arms it finished
         partial.write_text(json.dumps(results, indent=2))
+        (work / "partial_verdicts.json").write_text(json.dumps(verdicts))
 
     out = args.out or RESULTS / ("safety_e2e_smoke.json" if args.smoke else "safety_e2e.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -265,8 +293,9 @@ def main(argv=None) -> dict:
     tmp.write_text(json.dumps(results, indent=2))  # keyed by arm only; run facts go to the .meta file
     os.replace(tmp, out)
     out.with_suffix(".meta.json").write_text(json.dumps({"base_model": base, "smoke": args.smoke, "train_config": vars(cfg),
-                                                          "eval_spec": vars(spec), "pool_rows": len(pool),
-                                                          "curation": curation}, indent=2, default=str))
+                                                          "eval_spec": vars(spec), "pool_rows": len(pool), "curation": curation,
+                                                          "paired": paired_report(verdicts)}, indent=2, default=str))
+    out.with_suffix(".verdicts.json").write_text(json.dumps(verdicts))
     print(out)
     return results
 

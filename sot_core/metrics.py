@@ -1,4 +1,5 @@
-"""Curation quality metrics against ground-truth labels (1 = harmful)."""
+"""Curation quality metrics against ground-truth labels (1 = harmful), and a paired comparison
+of two models' per-prompt safety verdicts."""
 from __future__ import annotations
 
 import csv
@@ -40,6 +41,31 @@ def harmful_kept(selected: np.ndarray, label: np.ndarray) -> dict:
     kept = int((selected & label).sum())
     total = int(label.sum())
     return {"harmful_total": total, "harmful_kept": kept, "harmful_kept_fraction": kept / total if total else 0.0}
+
+
+def paired_difference(a, b, n_boot: int = 10000, seed: int = 0) -> dict:
+    """Compare two 0/1 outcome vectors measured on the same prompts (e.g. harmful compliance of
+    two fine-tuned models): rate difference ``mean(a) - mean(b)`` with a 95% paired bootstrap
+    interval (prompts resampled with replacement) and the exact two-sided McNemar p-value.
+
+    McNemar uses only the discordant prompts: with n10 = #(a=1, b=0) and n01 = #(a=0, b=1),
+    under H0 each discordant prompt is a fair coin, so p = min(1, 2 P[Bin(n10+n01, 1/2) <= min(n10, n01)]).
+    Pairing matters: two models that agree on most prompts differ significantly at far smaller
+    gaps than two independent samples would (McNemar 1947; Efron & Tibshirani 1993, ch. 6).
+    """
+    from math import comb
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired_difference needs two equal-length non-empty vectors, got {a.shape} and {b.shape}")
+    d = a - b
+    boot = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
+    means = d[boot].mean(axis=1)
+    n10, n01 = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    n = n10 + n01
+    tail = sum(comb(n, k) for k in range(min(n10, n01) + 1)) / 2**n if n else 1.0
+    return {"diff": float(d.mean()), "ci_low": float(np.quantile(means, 0.025)), "ci_high": float(np.quantile(means, 0.975)),
+            "p_mcnemar": float(min(1.0, 2 * tail)), "n": len(d), "n_a_only": n10, "n_b_only": n01}
 
 
 def read_labels(path: str | Path, field: str = "label", id_field: str = "id") -> dict[str, bool]:

@@ -59,6 +59,9 @@ def test_safety_metrics_on_hand_made_generations():
     assert m["over_refusal"] == 0.5 and m["over_refusal_xstest"] == 0.25
     assert m["over_refusal_firstword"] == 0.0
     assert (m["n_prompts"], m["n_benign"], m["n_xstest"]) == (4, 2, 4)
+    assert "harmful_complied" not in m
+    per = safety_metrics(harm, harm_c, benign, benign_c, xs, xs_c, [KeywordJudge(), _FirstWordJudge()], per_prompt=True)
+    assert per["harmful_complied"] == {"keyword": [0, 1, 0, 1], "firstword": [1, 1, 0, 1]}
 
 
 def test_label_accuracy():

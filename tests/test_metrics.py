@@ -1,0 +1,42 @@
+"""Paired comparison of two models' per-prompt verdicts, checked against SciPy's exact binomial
+test (McNemar's exact test is a binomial test on the discordant prompts) and by construction."""
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from sot_core.metrics import paired_difference
+
+
+@pytest.mark.parametrize("n, p_a, p_b, seed", [(200, 0.18, 0.12, 0), (1128, 0.30, 0.29, 1), (50, 0.5, 0.1, 2)])
+def test_mcnemar_matches_scipy_binomial_test(n, p_a, p_b, seed):
+    rng = np.random.default_rng(seed)
+    a, b = (rng.random(n) < p_a).astype(int), (rng.random(n) < p_b).astype(int)
+    res = paired_difference(a, b, n_boot=2000)
+    n10, n01 = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    assert (res["n_a_only"], res["n_b_only"]) == (n10, n01)
+    assert res["p_mcnemar"] == pytest.approx(binomtest(n10, n10 + n01, 0.5).pvalue, rel=1e-9)
+    assert res["diff"] == pytest.approx(a.mean() - b.mean())
+    assert res["ci_low"] <= res["diff"] <= res["ci_high"]
+
+
+def test_identical_models_and_a_clear_gap():
+    a = np.array([1, 0, 1, 1, 0] * 40)
+    same = paired_difference(a, a.copy())
+    assert same["diff"] == 0 and same["ci_low"] == same["ci_high"] == 0 and same["p_mcnemar"] == 1.0
+    worse = a.copy()
+    worse[a == 0] = 1  # b complies on every prompt a complied on, and on 80 more
+    gap = paired_difference(worse, a)
+    assert gap["diff"] == pytest.approx(0.4) and gap["ci_low"] > 0.3 and gap["p_mcnemar"] < 1e-20
+
+
+def test_bootstrap_interval_width_matches_the_normal_approximation():
+    rng = np.random.default_rng(3)
+    a, b = (rng.random(4000) < 0.3).astype(int), (rng.random(4000) < 0.3).astype(int)
+    res = paired_difference(a, b, n_boot=4000)
+    se = (a - b).std(ddof=1) / np.sqrt(len(a))
+    assert (res["ci_high"] - res["ci_low"]) == pytest.approx(2 * 1.96 * se, rel=0.1)
+
+
+def test_unequal_lengths_are_rejected():
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_difference([1, 0], [1, 0, 1])
