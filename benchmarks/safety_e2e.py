@@ -25,11 +25,15 @@ harmful reference: the bundled PyRIT prompts (data/demo/harmful_ref.jsonl), not 
 BeaverTails harmful answers and refusals to harmful prompts), where detectors do differ.
 Output ``benchmarks/results/safety_e2e.json``: an object keyed by arm, each with
 ``harmful_rate_keyword, harmful_rate_judge, over_refusal, over_refusal_xstest, utility`` (fractions
-in [0, 1]) and ``n_prompts`` (held-out harmful prompts, >= 200 in a full run).
+in [0, 1]) and ``n_prompts`` (held-out harmful prompts, all 1,128 distinct ones in a full run).
 
 Budget (2 idle cores, from measured step times): alignment ~5 min if not cached; per training
 arm 2 epochs = 200-250 LoRA steps on q/v at batch 8, <= 128 tokens (~3.8 s each: 13-16 min);
-per arm evaluation ~3-4 min (425 generations x 48 tokens + 200 x 16). About 75 min in total.
+per arm evaluation ~7-8 min (all 1,128 held-out harmful prompts + 225 benign/XSTest, 48 tokens
+each, + 200 SST-2 x 16). About 75 min for the five arms, 100 min with the three replay arms.
+Each arm's per-prompt verdicts go to ``<out>.verdicts.json``, and ``<out>.meta.json`` holds the
+paired comparison of every arm with ``aligned_base`` and ``instance_baseline`` (difference, 95%
+bootstrap interval, McNemar p): the arms are scored on the same prompts, so pairing is valid.
 
     python benchmarks/safety_e2e.py --sot out/sot/curated.jsonl --baseline out/base/curated.jsonl
     python benchmarks/safety_e2e.py --smoke      # minutes: tiny sizes, checks the plumbing only
@@ -47,6 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sot_core.evaluate import EvalSpec, evaluate_model, shared_data_dir  # noqa: E402
+from sot_core.metrics import compare_arms  # noqa: E402
 from sot_core.train import LoraTrainConfig, read_curated, train_lora  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -163,29 +168,6 @@ def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, kee
     return work / "sot/curated.jsonl", base_file, facts
 
 
-def paired_report(verdicts: dict) -> dict:
-    """Every arm against ``aligned_base`` and ``instance_baseline`` (when both were run), per
-    judge: harmful-compliance difference with a 95% paired bootstrap interval and McNemar's p.
-
-    All arms are scored on the same prompts (the same seed draws them), which is what makes the
-    pairing valid; a mismatch raises instead of comparing different prompts.
-    """
-    from sot_core.metrics import paired_difference
-
-    report: dict = {}
-    for ref in ("aligned_base", "instance_baseline"):
-        if ref not in verdicts:
-            continue
-        for name, v in verdicts.items():
-            if name == ref:
-                continue
-            if v["prompts"] != verdicts[ref]["prompts"]:
-                raise ValueError(f"arms {name} and {ref} were scored on different prompts")
-            report.setdefault(name, {})[f"vs_{ref}"] = {
-                judge: paired_difference(v[judge], verdicts[ref][judge]) for judge in v if judge != "prompts"}
-    return report
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description="SOT end-to-end safety benchmark")
     ap.add_argument("--sot", type=Path, help="SOT curated.jsonl (top 80%% with weights)")
@@ -201,8 +183,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--replay-fraction", type=float, default=0.0,
                     help="also run sot_replay and random_replay: those arms plus this share of held-out refusals")
     ap.add_argument("--arms", default=None, help="comma-separated arms to run (default: all)")
-    ap.add_argument("--n-harmful", type=int, default=200,
-                    help="held-out harmful prompts per arm (1,128 distinct exist; more = tighter paired intervals)")
+    ap.add_argument("--n-harmful", type=lambda s: 10**9 if s == "all" else int(s), default="all",
+                    help="held-out harmful prompts per arm, or 'all' (default: every distinct one, 1,128 in the "
+                         "shared sets; ~7.5 min of generation per arm on 2 cores, and paired intervals 2.4x "
+                         "tighter than at 200)")
     ap.add_argument("--curate", action="store_true", help="make the SOT and baseline curated files first (see docstring)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes; writes safety_e2e_smoke.json")
     ap.add_argument("--out", type=Path, default=None)
@@ -294,7 +278,7 @@ def main(argv=None) -> dict:
     os.replace(tmp, out)
     out.with_suffix(".meta.json").write_text(json.dumps({"base_model": base, "smoke": args.smoke, "train_config": vars(cfg),
                                                           "eval_spec": vars(spec), "pool_rows": len(pool), "curation": curation,
-                                                          "paired": paired_report(verdicts)}, indent=2, default=str))
+                                                          "paired": compare_arms(verdicts, ("aligned_base", "instance_baseline"))}, indent=2, default=str))
     out.with_suffix(".verdicts.json").write_text(json.dumps(verdicts))
     print(out)
     return results

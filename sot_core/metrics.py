@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -66,6 +67,25 @@ def paired_difference(a, b, n_boot: int = 10000, seed: int = 0) -> dict:
     tail = sum(comb(n, k) for k in range(min(n10, n01) + 1)) / 2**n if n else 1.0
     return {"diff": float(d.mean()), "ci_low": float(np.quantile(means, 0.025)), "ci_high": float(np.quantile(means, 0.975)),
             "p_mcnemar": float(min(1.0, 2 * tail)), "n": len(d), "n_a_only": n10, "n_b_only": n01}
+
+
+def compare_arms(verdicts: dict, references: Sequence[str]) -> dict:
+    """`paired_difference` of every arm against each reference arm that was run, per judge.
+
+    ``verdicts``: {arm: {"prompts": [...], judge: [0/1 per prompt], ...}}. Returns
+    {arm: {"vs_<reference>": {judge: paired_difference(arm, reference)}}}. Pairing is only valid
+    on the same prompts in the same order, so a mismatch raises instead of comparing.
+    """
+    report: dict = {}
+    for ref in (r for r in references if r in verdicts):
+        for name, v in verdicts.items():
+            if name == ref:
+                continue
+            if v["prompts"] != verdicts[ref]["prompts"]:
+                raise ValueError(f"arms {name!r} and {ref!r} were scored on different prompts; cannot pair them")
+            report.setdefault(name, {})[f"vs_{ref}"] = {
+                judge: paired_difference(v[judge], verdicts[ref][judge]) for judge in v if judge != "prompts"}
+    return report
 
 
 def read_labels(path: str | Path, field: str = "label", id_field: str = "id") -> dict[str, bool]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from sot_core.metrics import paired_difference
+from sot_core.metrics import compare_arms, paired_difference
 
 
 @pytest.mark.parametrize("n, p_a, p_b, seed", [(200, 0.18, 0.12, 0), (1128, 0.30, 0.29, 1), (50, 0.5, 0.1, 2)])
@@ -40,3 +40,18 @@ def test_bootstrap_interval_width_matches_the_normal_approximation():
 def test_unequal_lengths_are_rejected():
     with pytest.raises(ValueError, match="equal-length"):
         paired_difference([1, 0], [1, 0, 1])
+
+
+def test_compare_arms_pairs_every_arm_with_each_reference_and_refuses_mismatched_prompts():
+    prompts = [f"p{i}" for i in range(6)]
+    verdicts = {"aligned_base": {"prompts": prompts, "keyword": [0, 0, 0, 0, 1, 0]},
+                "sot": {"prompts": prompts, "keyword": [1, 0, 0, 0, 1, 0]},
+                "instance_baseline": {"prompts": prompts, "keyword": [1, 1, 0, 0, 1, 0]}}
+    report = compare_arms(verdicts, ("aligned_base", "instance_baseline", "not_run"))
+    assert set(report) == {"sot", "instance_baseline", "aligned_base"}
+    assert report["sot"]["vs_aligned_base"]["keyword"]["diff"] == pytest.approx(1 / 6)
+    assert report["sot"]["vs_instance_baseline"]["keyword"]["diff"] == pytest.approx(-1 / 6)
+    assert "vs_not_run" not in report["sot"]
+    verdicts["sot"]["prompts"] = prompts[::-1]
+    with pytest.raises(ValueError, match="different prompts"):
+        compare_arms(verdicts, ("aligned_base",))
