@@ -1,6 +1,9 @@
 """Study: one representation per OT term. Can the pull and the push look at different views of a
 row (prompt+response "pair", "response" alone, or "max" = the larger of the two cosine costs,
 i.e. close only if close in both views) and keep most refusals while beating the baselines?
+A third setting, "pull=pair+response-refusals", compares the pool with the task part of the
+anchor in the pair view and with the refusal part in the response view (a refusal is told by
+its answer, whatever the prompt).
 
 General-instruction pool of `curation_quality.py` (800 Alpaca, 100 harmful answers, 100
 refusals to harmful prompts), MiniLM, eps 0.1, lam 1; refusal anchor = the bundled PyRIT
@@ -28,7 +31,8 @@ from sot_core.costs import cosine_costs  # noqa: E402
 from sot_core.ot import PushPullConfig, solve_push_pull  # noqa: E402
 from sot_core.store import Store  # noqa: E402
 
-VIEWS = [("pair", "pair"), ("pair", "response"), ("pair", "max"), ("both", "both"), ("max", "max"), ("response", "response")]
+VIEWS = [("pair", "pair"), ("pair", "response"), ("pair", "max"), ("both", "both"), ("max", "max"), ("response", "response"),
+         ("pair+response-refusals", "pair")]
 
 
 def view_costs(emb: dict, pool: str, other: str, view: str) -> np.ndarray:
@@ -53,14 +57,19 @@ def main() -> None:
         enc = f"minilm:{rep}"
         anchor, ref = cq.embed_file(store, task["anchor"], enc), cq.embed_file(store, refusals, enc)
         emb[rep] = {"pool": cq.embed_file(store, task["pool"], enc), "harmful": cq.embed_file(store, inputs["reference"], enc),
-                    "anchor": anchor, "anchor+ref": np.vstack([anchor, ref])}
+                    "anchor": anchor, "ref": ref, "anchor+ref": np.vstack([anchor, ref])}
     n_anchor, n_ref = len(emb["pair"]["anchor"]), len(emb["pair"]["anchor+ref"]) - len(emb["pair"]["anchor"])
     results = {}
     for pull, push in VIEWS:
         c_push = view_costs(emb, "pool", "harmful", push)
         for share in (float(s) for s in args.shares.split(",")):
             masses = None if share == 0 else np.r_[np.full(n_anchor, (1 - share) / n_anchor), np.full(n_ref, share / n_ref)]
-            c_pull = view_costs(emb, "pool", "anchor" if share == 0 else "anchor+ref", pull)
+            if pull == "pair+response-refusals":  # task anchor by pair, refusal anchor by response
+                c_pull = view_costs(emb, "pool", "anchor", "pair")
+                if share:
+                    c_pull = np.hstack([c_pull, view_costs(emb, "pool", "ref", "response")])
+            else:
+                c_pull = view_costs(emb, "pool", "anchor" if share == 0 else "anchor+ref", pull)
             res = solve_push_pull(c_pull, c_push, PushPullConfig(), anchor_weights=masses)
             key = f"pull={pull}/push={push}/S={share:g}"
             results[key] = cq.evaluate(res.score, res.weights, task)
