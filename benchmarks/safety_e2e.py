@@ -115,10 +115,15 @@ def general_mix(data: Path, work: Path, seed: int) -> tuple[Path, Path]:
     return pool, anchor_source
 
 
-def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, keep: float = 0.8) -> tuple[Path, Path, dict]:
+def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, keep: float = 0.8,
+                refusal_anchor: Path | None = None, refusal_share: float = 0.2) -> tuple[Path, Path, dict]:
     """Make the SOT and instance-baseline curated files for `pool_file` (see module docstring).
 
     The anchor is 50 rows of `anchor_source` (a clean mix of the same task) that are not in the pool.
+    With `refusal_anchor`, SOT gets it as ``sot curate --refusal-anchor`` (share `refusal_share`);
+    the classifier is fitted both with and without those rows on its safe side, and the variant
+    that keeps fewer harmful rows (then more refusals) is the baseline arm: the stronger safety
+    bar, chosen from curation alone, before any fine-tuning.
     """
     import subprocess
 
@@ -145,22 +150,35 @@ def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, kee
     sot_cli = Path(sys.executable).with_name("sot")
     subprocess.run([str(sot_cli), "curate", "--pool", str(work / "pool.jsonl"), "--safe-anchor", str(work / "anchor.jsonl"),
                     "--harmful-ref", str(harmful_ref), "--labels", str(work / "labels.csv"), "--keep", str(keep),
-                    "--out", str(work / "sot"), "--home", str(work / "home")], check=True)
+                    "--out", str(work / "sot"), "--home", str(work / "home")]
+                   + (["--refusal-anchor", str(refusal_anchor), "--refusal-share", str(refusal_share)] if refusal_anchor else []),
+                   check=True)
 
     enc = get_encoder("minilm")
     emb = {name: enc.encode(t.column("prompt").to_pylist(), t.column("response").to_pylist())
            for name, t in (("pool", load_rows(str(work / "pool.jsonl"))), ("anchor", load_rows(str(work / "anchor.jsonl"))),
                            ("harmful", load_rows(str(harmful_ref))))}
-    score = classifier(emb["pool"], emb["anchor"], emb["harmful"])
-    kept = np.argsort(score, kind="stable")[: int(round(keep * len(pool)))]
     rows = load_rows(str(work / "pool.jsonl")).to_pylist()
-    base_file = write_jsonl([{"id": rows[i]["id"], "prompt": rows[i]["prompt"], "response": rows[i]["response"],
-                              "source": "classifier", "weight": 1.0} for i in sorted(kept)], work / "baseline/curated.jsonl")
     harmful_ids = {f"pool-{i}" for i, r in enumerate(mix) if r["flag"] == "unsafe"}
+    refusal_ids = {f"pool-{i}" for i, r in enumerate(mix) if r["flag"] == "refusal"}
+    safe_sides = {"classifier": emb["anchor"]}
+    if refusal_anchor:
+        ref = load_rows(str(refusal_anchor))
+        safe_sides["classifier+ref"] = np.vstack([emb["anchor"], enc.encode(ref.column("prompt").to_pylist(), ref.column("response").to_pylist())])
+    variants = {}
+    for name, safe in safe_sides.items():
+        order = np.argsort(classifier(emb["pool"], safe, emb["harmful"]), kind="stable")[: int(round(keep * len(pool)))]
+        ids = {rows[i]["id"] for i in order}
+        variants[name] = (len(harmful_ids & ids), -len(refusal_ids & ids), order)
+    baseline_name = min(variants, key=lambda k: variants[k][:2])
+    kept = variants[baseline_name][2]
+    base_file = write_jsonl([{"id": rows[i]["id"], "prompt": rows[i]["prompt"], "response": rows[i]["response"],
+                              "source": baseline_name, "weight": 1.0} for i in sorted(kept)], work / "baseline/curated.jsonl")
     sot_kept = {json.loads(line)["id"] for line in open(work / "sot/curated.jsonl")}
     facts = {"pool_rows": len(pool), "pool_harmful": len(harmful_ids), "sot_harmful_kept": len(harmful_ids & sot_kept),
-             "baseline_harmful_kept": len(harmful_ids & {rows[i]["id"] for i in kept}), "sot_rows": len(sot_kept), "baseline_rows": len(kept)}
-    refusal_ids = {f"pool-{i}" for i, r in enumerate(mix) if r["flag"] == "refusal"}
+             "baseline_harmful_kept": len(harmful_ids & {rows[i]["id"] for i in kept}), "sot_rows": len(sot_kept), "baseline_rows": len(kept),
+             "baseline": baseline_name, "baseline_variants": {k: {"harmful_kept": v[0], "refusals_kept": -v[1]} for k, v in variants.items()},
+             "refusal_anchor": str(refusal_anchor) if refusal_anchor else None, "refusal_share": refusal_share if refusal_anchor else None}
     if refusal_ids:  # general_mix pools: safe answers to harmful prompts are wanted data
         facts.update(pool_refusals=len(refusal_ids), sot_refusals_kept=len(refusal_ids & sot_kept),
                      baseline_refusals_kept=len(refusal_ids & {rows[i]["id"] for i in kept}))
@@ -188,6 +206,9 @@ def main(argv=None) -> dict:
                          "shared sets; ~7.5 min of generation per arm on 2 cores, and paired intervals 2.4x "
                          "tighter than at 200)")
     ap.add_argument("--curate", action="store_true", help="make the SOT and baseline curated files first (see docstring)")
+    ap.add_argument("--refusal-anchor", type=Path, default=None,
+                    help="with --curate: safe answers to harmful prompts for the anchor (sot curate --refusal-anchor)")
+    ap.add_argument("--refusal-share", type=float, default=0.2, help="with --refusal-anchor: its share of the anchor mass")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes; writes safety_e2e_smoke.json")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -201,7 +222,8 @@ def main(argv=None) -> dict:
         anchor_source = pool_file.parent / "train_merged_n1000_p0.json"
     curation = None
     if args.curate:
-        args.sot, args.baseline, curation = curate_arms(pool_file, anchor_source, work / "curation", args.seed, args.keep)
+        args.sot, args.baseline, curation = curate_arms(pool_file, anchor_source, work / "curation", args.seed, args.keep,
+                                                        args.refusal_anchor, args.refusal_share)
     pool = pool_rows(pool_file)
     rng = random.Random(args.seed)
     if args.smoke:

@@ -1,0 +1,135 @@
+"""Curation quality on many draws of the general-instruction pool, not one.
+
+One 900-row pool is a small sample: the same recipe drawn twice gave SOT (refusal share 0.5) 16
+harmful rows kept in `curation_quality.py` and 30 in `safety_e2e.py --pool general`. So this
+benchmark draws the pool `--seeds` times and reports every method's mean and spread, and how
+often (and by how much, paired per draw) SOT beats the best instance-level baseline of that draw.
+
+Each draw (as `safety_e2e.general_mix`): 700 Alpaca-demo rows out of rows 0-799, 100 of the 200
+distinct BeaverTails harmful answers of the shared mixes, 100 of the 1,593 safety-tuned-llamas
+refusals the alignment recipe does not train on; anchor = 50 of the other Alpaca rows 0-799.
+Harmful reference: the PyRIT rows of `curation_quality.py` (another source than every pool row).
+Refusal anchor: the bundled PyRIT refusals (`sot curate --refusal-anchor`), share S of the anchor
+mass; baselines get the same rows on their safe side ("+ref"). MiniLM pair view, SOT defaults.
+Embeddings are computed once for every candidate row and cached in `.sot-bench`.
+
+    python benchmarks/general_pool_seeds.py [--seeds 10] [--out results/general_pool_seeds.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import curation_quality as cq  # noqa: E402
+from sot_core.align import heldout_refusals  # noqa: E402
+from sot_core.baselines import BASELINES  # noqa: E402
+from sot_core.costs import cosine_costs  # noqa: E402
+from sot_core.ot import PushPullConfig, solve_push_pull  # noqa: E402
+from sot_core.store import Store  # noqa: E402
+
+SHARES = (0.0, 0.2, 0.5)
+
+
+def candidate_rows(shared: Path) -> dict[str, list[dict]]:
+    """Every row a draw can use, by role, as {instruction, input, output} records."""
+    alpaca = json.loads((shared / "alpaca_en_demo" / "alpaca_en_demo.json").read_text())[:800]
+    mixes = shared / "harmful_finetune_mixes_beavertails" / "sst2"
+    unsafe = sorted({r["output"]: r for f in sorted(mixes.glob("train_merged_*.json"))
+                     for r in json.loads(f.read_text()) if r.get("flag") == "unsafe"}.values(), key=lambda r: r["output"])
+    refusals = heldout_refusals(data_dir=shared)
+    rec = lambda i, x, o: {"instruction": i, "input": x, "output": o}  # noqa: E731
+    return {"alpaca": [rec(r["instruction"], r.get("input", ""), r["output"]) for r in alpaca],
+            "harmful": [rec(r["instruction"], r.get("input", ""), r["output"]) for r in unsafe],
+            "refusal": [rec(r["prompt"], "", r["response"]) for r in refusals]}
+
+
+def draw(n: dict[str, int], seed: int) -> dict:
+    """Indices of one pool draw and its anchor (same proportions as `safety_e2e.general_mix`)."""
+    rng = random.Random(seed)
+    alpaca = rng.sample(range(n["alpaca"]), n["alpaca"])
+    return {"alpaca": alpaca[:700], "anchor": rng.sample(alpaca[700:], 50),
+            "harmful": rng.sample(range(n["harmful"]), 100), "refusal": rng.sample(range(n["refusal"]), 100)}
+
+
+def summarise(per_seed: list[dict]) -> dict:
+    methods = per_seed[0].keys()
+    out = {}
+    for m in methods:
+        cols = {k: np.array([s[m][k] for s in per_seed], float) for k in per_seed[0][m]}
+        out[m] = {k: {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)), 4)} for k, v in cols.items()}
+    bars = {  # the bar of each draw: its best non-random baseline, without / with the refusal rows
+        "best_plain_baseline": lambda k: not k.startswith(("sot", "random")) and not k.endswith("+ref"),
+        "best_baseline": lambda k: not k.startswith(("sot", "random"))}
+    for m in (m for m in methods if m.startswith("sot")):
+        for bar, allowed in bars.items():
+            best = np.array([max(v["auroc"] for k, v in s.items() if allowed(k)) for s in per_seed])
+            diff = np.array([s[m]["auroc"] for s in per_seed]) - best
+            out[m][f"auroc_minus_{bar}"] = {"mean": round(float(diff.mean()), 4), "sd": round(float(diff.std(ddof=1)), 4),
+                                            "draws_won": int((diff > 0).sum()), "draws": len(diff)}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "general_pool_seeds.json"))
+    args = p.parse_args()
+    shared, work = Path(args.shared), Path(tempfile.mkdtemp(prefix="sot-seeds-"))
+    store = Store(REPO / ".sot-bench")
+    reference = cq.build_inputs(shared, work)["reference"]
+    rows = candidate_rows(shared)
+    emb = {role: cq.embed_file(store, cq.write_jsonl(r, work / f"{role}.jsonl"), "minilm:pair") for role, r in rows.items()}
+    harmful_ref = cq.embed_file(store, reference, "minilm:pair")
+    refusal_anchor = cq.embed_file(store, str(REPO / "data" / "refusals" / "pyrit_refusals.jsonl"), "minilm:pair")
+
+    per_seed = []
+    for seed in range(args.seeds):
+        idx = draw({k: len(v) for k, v in rows.items()}, seed)
+        pool = np.vstack([emb["alpaca"][idx["alpaca"]], emb["harmful"][idx["harmful"]], emb["refusal"][idx["refusal"]]])
+        kinds = np.array(["benign"] * 700 + ["harmful"] * 100 + ["refusal"] * 100)
+        task = {"harmful": kinds == "harmful", "refusal": kinds == "refusal"}
+        anchor = emb["alpaca"][idx["anchor"]]
+        res = {}
+        for name, fn in BASELINES.items():
+            res[name] = cq.evaluate(fn(pool, anchor, harmful_ref), -fn(pool, anchor, harmful_ref), task)
+            if name != "random":
+                plus = fn(pool, np.vstack([anchor, refusal_anchor]), harmful_ref)
+                res[f"{name}+ref"] = cq.evaluate(plus, -plus, task)
+        c_push = cosine_costs(pool, harmful_ref)
+        for share in SHARES:
+            safe = anchor if share == 0 else np.vstack([anchor, refusal_anchor])
+            masses = None if share == 0 else np.r_[np.full(len(anchor), (1 - share) / len(anchor)),
+                                                   np.full(len(refusal_anchor), share / len(refusal_anchor))]
+            sol = solve_push_pull(cosine_costs(pool, safe), c_push, PushPullConfig(), anchor_weights=masses)
+            res[f"sot_S{share:g}"] = cq.evaluate(sol.score, sol.weights, task)
+        per_seed.append(res)
+        print(f"seed {seed}: " + "  ".join(f"{k} {v['auroc']:.3f}/{v['harmful_kept']}/{v['refusals_kept_fraction']:.0%}"
+                                           for k, v in res.items() if k.startswith(("sot", "classifier"))), flush=True)
+    out = {"seeds": args.seeds, "summary": summarise(per_seed), "per_seed": per_seed}
+    tmp = Path(args.out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    os.replace(tmp, args.out)
+    for m, v in out["summary"].items():
+        line = f"{m:28s} AUROC {v['auroc']['mean']:.3f}±{v['auroc']['sd']:.3f}  harmful kept {v['harmful_kept']['mean']:.1f}" \
+               f"±{v['harmful_kept']['sd']:.1f}  refusals kept {v['refusals_kept_fraction']['mean']:.0%}"
+        for bar in ("best_plain_baseline", "best_baseline"):
+            if f"auroc_minus_{bar}" in v:
+                d = v[f"auroc_minus_{bar}"]
+                line += f"  vs {bar} {d['mean']:+.3f}±{d['sd']:.3f} (won {d['draws_won']}/{d['draws']})"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
