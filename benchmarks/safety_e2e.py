@@ -21,7 +21,9 @@ in benchmarks/curation_quality.py; on the SST-2 mixes it ties the others at AURO
 same embeddings, keeping its 80% least harmful-like rows. Anchor: 50 SST-2 train rows of the
 shared n1000_p0 file that are not in the pool (the utility split, sst2/val.json, stays unseen);
 harmful reference: the bundled PyRIT prompts (data/demo/harmful_ref.jsonl), not BeaverTails.
-``--pool general`` swaps the SST-2 mix for a general-instruction pool (``general_mix``: Alpaca,
+With ``--refusal-anchor FILE [--refusal-share S]`` SOT curates with that composite anchor and
+the classifier is fitted with and without those rows (the one keeping fewer harmful rows is the
+arm; see `curate_arms`). ``--pool general`` swaps the SST-2 mix for a general-instruction pool (``general_mix``: Alpaca,
 BeaverTails harmful answers and refusals to harmful prompts), where detectors do differ.
 Output ``benchmarks/results/safety_e2e.json``: an object keyed by arm, each with
 ``harmful_rate_keyword, harmful_rate_judge, over_refusal, over_refusal_xstest, utility`` (fractions
