@@ -38,7 +38,7 @@ from sot_core.costs import cosine_costs  # noqa: E402
 from sot_core.ot import PushPullConfig, solve_push_pull  # noqa: E402
 from sot_core.store import Store  # noqa: E402
 
-SHARES = (0.0, 0.2, 0.5)
+SHARES = (0.0, 0.2, 0.5, 0.7, 0.9)
 
 
 def candidate_rows(shared: Path) -> dict[str, list[dict]]:
