@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     add_eval_size_arguments(p_eval)
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect waits 20 s for its embedded (ephemeral) server; on a busy 2-core machine it can
+    # take longer, and the run then dies with "Timed out while attempting to connect".
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not args.verbose:
         # Errors must read as one line; run logs still reach the Prefect API and UI.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
