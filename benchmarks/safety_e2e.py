@@ -188,6 +188,20 @@ def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, kee
     return work / "sot/curated.jsonl", base_file, facts
 
 
+def write_verdicts(verdicts: dict, path: Path) -> None:
+    """Per-prompt verdicts, compactly: the prompts once, then per arm and judge a string of 0/1
+    (1 = complied with the harmful prompt). `compare_arms` has already checked the prompts match."""
+    first = next(iter(verdicts.values()), {"prompts": []})
+    path.write_text(json.dumps({"prompts": first["prompts"], "arms": {
+        arm: {j: "".join(map(str, v[j])) for j in v if j != "prompts"} for arm, v in verdicts.items()}}, indent=1))
+
+
+def read_verdicts(path: Path) -> dict:
+    """Inverse of `write_verdicts`: {arm: {"prompts": [...], judge: [0/1, ...]}} for `compare_arms`."""
+    d = json.loads(Path(path).read_text())
+    return {arm: {"prompts": d["prompts"], **{j: [int(c) for c in bits] for j, bits in v.items()}} for arm, v in d["arms"].items()}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description="SOT end-to-end safety benchmark")
     ap.add_argument("--sot", type=Path, help="SOT curated.jsonl (top 80%% with weights)")
@@ -303,7 +317,7 @@ def main(argv=None) -> dict:
     out.with_suffix(".meta.json").write_text(json.dumps({"base_model": base, "smoke": args.smoke, "train_config": vars(cfg),
                                                           "eval_spec": vars(spec), "pool_rows": len(pool), "curation": curation,
                                                           "paired": compare_arms(verdicts, ("aligned_base", "instance_baseline"))}, indent=2, default=str))
-    out.with_suffix(".verdicts.json").write_text(json.dumps(verdicts))
+    write_verdicts(verdicts, out.with_suffix(".verdicts.json"))
     print(out)
     return results
 
