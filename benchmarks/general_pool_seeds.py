@@ -84,11 +84,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--harmful-ref", default=None,
+                   help="harmful reference file (default: the 463 PyRIT rows of curation_quality.py)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "general_pool_seeds.json"))
     args = p.parse_args()
     shared, work = Path(args.shared), Path(tempfile.mkdtemp(prefix="sot-seeds-"))
     store = Store(REPO / ".sot-bench")
-    reference = cq.build_inputs(shared, work)["reference"]
+    reference = args.harmful_ref or cq.build_inputs(shared, work)["reference"]
     rows = candidate_rows(shared)
     emb = {role: cq.embed_file(store, cq.write_jsonl(r, work / f"{role}.jsonl"), "minilm:pair") for role, r in rows.items()}
     harmful_ref = cq.embed_file(store, reference, "minilm:pair")
