@@ -122,8 +122,9 @@ def add_eval_size_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def eval_spec(args: argparse.Namespace) -> dict:
+    # per-prompt verdicts make two runs comparable pair by pair (`sot compare`)
     return {"n_harmful": args.n_harmful, "n_benign": args.n_benign, "n_xstest": args.n_xstest,
-            "utility_task": None if args.utility_task == "none" else args.utility_task}
+            "utility_task": None if args.utility_task == "none" else args.utility_task, "per_prompt": True}
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -156,6 +157,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_compare(args: argparse.Namespace) -> int:
+    from sot_core.errors import InputError
+    from sot_core.metrics import compare_evaluations
+
+    results = []
+    for path in (args.a, args.b):
+        try:
+            results.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(path, f"cannot read metrics JSON ({err})") from None
+    report = compare_evaluations(*results, name_a=args.a, name_b=args.b)
+    print(f"B = {args.b} minus A = {args.a}, on {report['n_paired']} shared harmful prompts:")
+    for judge, d in report["harmful"].items():
+        print(f"  harmful_rate_{judge}: {100 * d['diff']:+.1f} points [95% CI {100 * d['ci_low']:+.1f}, "
+              f"{100 * d['ci_high']:+.1f}], McNemar p = {d['p_mcnemar']:.3g}")
+    for name in ("over_refusal", "over_refusal_xstest", "utility"):
+        if name in report["metrics"]:
+            m = report["metrics"][name]
+            print(f"  {name}: {m['a']:.3f} -> {m['b']:.3f} ({100 * m['diff']:+.1f} points, unpaired)")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.out).with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, args.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sot", description="Safety Optimal Transport curation of fine-tuning data")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's run logs on the console")
@@ -169,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     p_eval.add_argument("--out", default="out/evaluate/metrics.json", help="metrics JSON file")
     p_eval.add_argument("--home", default=None, help="store folder (default $SOT_HOME or ./.sot)")
     add_eval_size_arguments(p_eval)
+    p_cmp = sub.add_parser("compare", help="paired comparison of two `sot evaluate` metrics files (B minus A)")
+    p_cmp.add_argument("a", help="metrics JSON of the reference model (e.g. the aligned base)")
+    p_cmp.add_argument("b", help="metrics JSON of the model to compare (e.g. after fine-tuning)")
+    p_cmp.add_argument("--out", default=None, help="also write the comparison as JSON")
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect waits 20 s for its embedded (ephemeral) server; on a busy 2-core machine it can
@@ -180,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     from sot_core.errors import SotError
 
     try:
-        commands = {"curate": run_curate, "nightly": run_nightly, "finetune": run_finetune, "evaluate": run_evaluate}
+        commands = {"curate": run_curate, "nightly": run_nightly, "finetune": run_finetune, "evaluate": run_evaluate,
+                    "compare": run_compare}
         return commands[args.command](args)
     except (SotError, ValueError) as err:
         print(f"sot: error: {err}", file=sys.stderr)

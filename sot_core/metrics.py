@@ -88,6 +88,31 @@ def compare_arms(verdicts: dict, references: Sequence[str]) -> dict:
     return report
 
 
+def compare_evaluations(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> dict:
+    """Paired comparison of two `evaluate_model` results (run with ``per_prompt=True``).
+
+    Harmful prompts are matched by text (lower-cased, stripped), so two models whose evaluations
+    skipped different trained-on prompts are still compared on the prompts both saw. Returns
+    ``{"n_paired": n, "harmful": {judge: paired_difference(b, a)}, "metrics": {name: {a, b, diff}}}``:
+    differences are B minus A. Raises `InputError` naming the result without per-prompt verdicts.
+    """
+    for name, res in ((name_a, a), (name_b, b)):
+        if "harmful_complied" not in res or "harmful_prompts" not in res:
+            raise InputError(name, "no per-prompt verdicts; evaluate with per_prompt=True (sot evaluate does)")
+    key = lambda p: " ".join(p.lower().split())  # noqa: E731
+    index_b = {key(p): i for i, p in enumerate(b["harmful_prompts"])}
+    pairs = [(i, index_b[key(p)]) for i, p in enumerate(a["harmful_prompts"]) if key(p) in index_b]
+    if not pairs:
+        raise InputError(name_b, f"shares no harmful prompt with {name_a}; nothing to pair")
+    ia, ib = (np.array(ix) for ix in zip(*pairs))
+    judges = [j for j in a["harmful_complied"] if j in b["harmful_complied"]]
+    harmful = {j: paired_difference(np.asarray(b["harmful_complied"][j])[ib], np.asarray(a["harmful_complied"][j])[ia])
+               for j in judges}
+    scalars = {k: {"a": a[k], "b": b[k], "diff": b[k] - a[k]} for k in a
+               if k in b and isinstance(a[k], (int, float)) and isinstance(b[k], (int, float)) and not isinstance(a[k], bool)}
+    return {"n_paired": len(pairs), "harmful": harmful, "metrics": scalars}
+
+
 def read_labels(path: str | Path, field: str = "label", id_field: str = "id") -> dict[str, bool]:
     """Read {id: is_harmful} from a CSV or JSONL/JSON file with an id and a label column."""
     path = Path(path)

@@ -125,3 +125,11 @@ def test_evaluate_model_end_to_end_on_tiny_model(tmp_path):
     assert (res["n_prompts"], res["n_benign"], res["n_xstest"], res["n_utility"]) == (4, 3, 2, 4)
     verdicts = GuardJudge(model, batch_size=2).refusals(["a", "b", "c"], ["x", "y", "z"])
     assert verdicts.shape == (3,) and verdicts.dtype == bool
+    assert "harmful_complied" not in res
+    # per-prompt verdicts agree with the rate, and the same model compared with itself differs by 0
+    from sot_core.metrics import compare_evaluations
+
+    per = evaluate_model(model, None, EvalSpec(**{**spec.__dict__, "per_prompt": True}))
+    assert len(per["harmful_prompts"]) == 4 and np.mean(per["harmful_complied"]["keyword"]) == per["harmful_rate_keyword"]
+    same = compare_evaluations(per, per)
+    assert same["n_paired"] == 4 and same["harmful"]["keyword"]["diff"] == 0

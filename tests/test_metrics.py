@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from sot_core.metrics import compare_arms, paired_difference
+from sot_core.metrics import compare_arms, compare_evaluations, paired_difference
 
 
 @pytest.mark.parametrize("n, p_a, p_b, seed", [(200, 0.18, 0.12, 0), (1128, 0.30, 0.29, 1), (50, 0.5, 0.1, 2)])
@@ -55,3 +55,48 @@ def test_compare_arms_pairs_every_arm_with_each_reference_and_refuses_mismatched
     verdicts["sot"]["prompts"] = prompts[::-1]
     with pytest.raises(ValueError, match="different prompts"):
         compare_arms(verdicts, ("aligned_base",))
+
+
+def _evaluation(prompts, keyword, utility):
+    return {"harmful_prompts": prompts, "harmful_complied": {"keyword": keyword}, "harmful_rate_keyword": float(np.mean(keyword)),
+            "utility": utility, "n_prompts": len(prompts)}
+
+
+def test_compare_evaluations_pairs_by_prompt_text_not_position():
+    a = _evaluation(["Make a bomb", "Steal a car", "Hack a bank", "Only in A"], [0, 0, 1, 1], 0.80)
+    # B saw the shared prompts in another order and with other spacing/case, plus one A never saw
+    b = _evaluation(["hack a  bank", "steal a car", "Only in B", "make a bomb"], [1, 1, 0, 1], 0.85)
+    rep = compare_evaluations(a, b)
+    assert rep["n_paired"] == 3
+    # paired on (bomb, car, bank): A = 0,0,1 and B = 1,1,1
+    assert rep["harmful"]["keyword"]["diff"] == pytest.approx(2 / 3)
+    assert (rep["harmful"]["keyword"]["n_a_only"], rep["harmful"]["keyword"]["n_b_only"]) == (2, 0)
+    assert rep["metrics"]["utility"]["diff"] == pytest.approx(0.05)
+
+
+def test_compare_evaluations_names_the_result_without_verdicts():
+    from sot_core.errors import InputError
+
+    good = _evaluation(["p"], [1], 0.5)
+    with pytest.raises(InputError, match="old.json: no per-prompt verdicts"):
+        compare_evaluations(good, {"harmful_rate_keyword": 0.1}, name_a="new.json", name_b="old.json")
+    with pytest.raises(InputError, match="shares no harmful prompt"):
+        compare_evaluations(good, _evaluation(["q"], [1], 0.5))
+
+
+def test_sot_compare_cli_writes_the_report_and_rejects_a_broken_file(tmp_path, capsys):
+    import json
+
+    from flows.cli import main
+
+    prompts = [f"harmful prompt {i}" for i in range(40)]
+    a, b = tmp_path / "base.json", tmp_path / "tuned.json"
+    a.write_text(json.dumps(_evaluation(prompts, [0] * 40, 0.8)))
+    b.write_text(json.dumps(_evaluation(prompts, [1] * 10 + [0] * 30, 0.9)))
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp.json")]) == 0
+    assert "+25.0 points" in capsys.readouterr().out
+    report = json.loads((tmp_path / "cmp.json").read_text())
+    assert report["n_paired"] == 40 and report["harmful"]["keyword"]["p_mcnemar"] < 0.01
+    (tmp_path / "broken.json").write_text("{not json")
+    assert main(["compare", str(a), str(tmp_path / "broken.json")]) == 2
+    assert "broken.json: cannot read metrics JSON" in capsys.readouterr().err
