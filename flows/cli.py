@@ -127,6 +127,14 @@ def eval_spec(args: argparse.Namespace) -> dict:
             "utility_task": None if args.utility_task == "none" else args.utility_task, "per_prompt": True}
 
 
+def write_json_atomic(obj, path: Path) -> None:
+    """Write JSON to a temp file beside `path`, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
 def run_finetune(args: argparse.Namespace) -> int:
     train = {"epochs": args.epochs, "batch_size": args.batch_size, "max_length": args.max_length,
              "weighting": args.weighting}
@@ -141,6 +149,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         result = finetune_and_evaluate(curated=args.curated, base_model=args.base, out_dir=args.out, train=train,
                                        evaluation=eval_spec(args), replay=args.replay,
                                        replay_fraction=args.replay_fraction, home=args.home)
+    if result.get("metrics"):  # the full metrics, per-prompt verdicts included, for `sot compare`
+        write_json_atomic(result["metrics"], Path(args.out) / "metrics.json")
     print(json.dumps({k: v for k, v in result.items() if k != "metrics"} |
                      {"metrics": {k: v for k, v in result.get("metrics", {}).items() if not isinstance(v, (dict, list))}},
                      indent=2))
@@ -151,8 +161,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from flows.finetune_eval import evaluate_only
 
     metrics = evaluate_only(base_model=args.base, adapter=args.adapter, evaluation=eval_spec(args), home=args.home)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(metrics, indent=2, default=str))
+    write_json_atomic(metrics, Path(args.out))
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=2))
     return 0
 
@@ -177,10 +186,7 @@ def run_compare(args: argparse.Namespace) -> int:
             m = report["metrics"][name]
             print(f"  {name}: {m['a']:.3f} -> {m['b']:.3f} ({100 * m['diff']:+.1f} points, unpaired)")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, args.out)
+        write_json_atomic(report, Path(args.out))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`sot finetune --no-eval` through its Prefect flow on a tiny random Llama (the real SmolLM2 is
+"""`sot finetune` through its Prefect flow on a tiny random Llama (the real SmolLM2 is
 too slow for a unit test): the adapter and its manifest appear, and a second run is served from
 the task cache keyed on the curated file's hash."""
 from __future__ import annotations
@@ -42,3 +42,19 @@ def test_finetune_cli_replay_mixes_refusals_into_training(tmp_path, prefect_back
     manifest = json.loads((tmp_path / "run" / "lora" / "adapter" / "manifest.json").read_text())
     assert manifest["curated_path"].endswith("train_with_replay.jsonl")
     assert manifest["n_rows"] == n + round(0.5 * n)
+
+
+def test_finetune_with_evaluation_writes_metrics_that_sot_compare_reads(tmp_path, prefect_backend, capsys):
+    base = make_tiny_model(tmp_path / "tiny")
+    curated = write_curated(tmp_path / "curated.jsonl")
+    run = tmp_path / "run"
+    args = ["finetune", "--curated", str(curated), "--base", str(base), "--out", str(run), "--epochs", "1",
+            "--batch-size", "4", "--max-length", "32", "--home", str(tmp_path / "home"),
+            "--n-harmful", "6", "--n-benign", "2", "--n-xstest", "2", "--utility-task", "none"]
+    assert main(args) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["harmful_prompts"]) == metrics["n_prompts"] == 6
+    assert set(metrics["harmful_complied"]) >= {"keyword"}
+    capsys.readouterr()
+    assert main(["compare", str(run / "metrics.json"), str(run / "metrics.json")]) == 0
+    assert "on 6 shared harmful prompts" in capsys.readouterr().out
