@@ -54,12 +54,19 @@ def candidate_rows(shared: Path) -> dict[str, list[dict]]:
             "refusal": [rec(r["prompt"], "", r["response"]) for r in refusals]}
 
 
-def draw(n: dict[str, int], seed: int) -> dict:
-    """Indices of one pool draw and its anchor (same proportions as `safety_e2e.general_mix`)."""
+def draw(rows: dict[str, list[dict]], seed: int) -> dict:
+    """Indices of one pool draw and its anchor (same proportions as `safety_e2e.general_mix`).
+
+    Alpaca-demo rows 0-799 hold a few exact duplicates, so anchor rows whose (instruction,
+    input) is also in the pool are skipped, as `safety_e2e.curate_arms` does.
+    """
     rng = random.Random(seed)
-    alpaca = rng.sample(range(n["alpaca"]), n["alpaca"])
-    return {"alpaca": alpaca[:700], "anchor": rng.sample(alpaca[700:], 50),
-            "harmful": rng.sample(range(n["harmful"]), 100), "refusal": rng.sample(range(n["refusal"]), 100)}
+    alpaca = rng.sample(range(len(rows["alpaca"])), len(rows["alpaca"]))
+    key = lambda i: (rows["alpaca"][i]["instruction"], rows["alpaca"][i]["input"])  # noqa: E731
+    in_pool = {key(i) for i in alpaca[:700]}
+    spare = [i for i in alpaca[700:] if key(i) not in in_pool]
+    return {"alpaca": alpaca[:700], "anchor": rng.sample(spare, 50),
+            "harmful": rng.sample(range(len(rows["harmful"])), 100), "refusal": rng.sample(range(len(rows["refusal"])), 100)}
 
 
 def summarise(per_seed: list[dict]) -> dict:
@@ -98,7 +105,7 @@ def main() -> None:
 
     per_seed = []
     for seed in range(args.seeds):
-        idx = draw({k: len(v) for k, v in rows.items()}, seed)
+        idx = draw(rows, seed)
         pool = np.vstack([emb["alpaca"][idx["alpaca"]], emb["harmful"][idx["harmful"]], emb["refusal"][idx["refusal"]]])
         kinds = np.array(["benign"] * 700 + ["harmful"] * 100 + ["refusal"] * 100)
         task = {"harmful": kinds == "harmful", "refusal": kinds == "refusal"}

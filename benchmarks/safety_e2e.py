@@ -125,7 +125,8 @@ def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, kee
     With `refusal_anchor`, SOT gets it as ``sot curate --refusal-anchor`` (share `refusal_share`);
     the classifier is fitted both with and without those rows on its safe side, and the variant
     that keeps fewer harmful rows (then more refusals) is the baseline arm: the stronger safety
-    bar, chosen from curation alone, before any fine-tuning.
+    bar, chosen before any fine-tuning but with the pool's labels, an oracle choice in the
+    baseline's favour that SOT does not get.
     """
     import subprocess
 
@@ -188,9 +189,18 @@ def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, kee
     return work / "sot/curated.jsonl", base_file, facts
 
 
+def n_prompts_arg(text: str) -> int:
+    """``--n-harmful``: a positive count, or 'all' (every distinct held-out prompt)."""
+    if text == "all":
+        return 10**9  # harmful_prompts stops when the sets run out
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive count or 'all', got {text!r}")
+    return int(text)
+
+
 def write_verdicts(verdicts: dict, path: Path) -> None:
-    """Per-prompt verdicts, compactly: the prompts once, then per arm and judge a string of 0/1
-    (1 = complied with the harmful prompt). `compare_arms` has already checked the prompts match."""
+    """Per-prompt verdicts, compactly: the prompts once (every arm is scored on the same prompts,
+    which `compare_arms` checks), then per arm and judge a string of 0/1 (1 = complied)."""
     first = next(iter(verdicts.values()), {"prompts": []})
     path.write_text(json.dumps({"prompts": first["prompts"], "arms": {
         arm: {j: "".join(map(str, v[j])) for j in v if j != "prompts"} for arm, v in verdicts.items()}}, indent=1))
@@ -217,7 +227,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--replay-fraction", type=float, default=0.0,
                     help="also run sot_replay and random_replay: those arms plus this share of held-out refusals")
     ap.add_argument("--arms", default=None, help="comma-separated arms to run (default: all)")
-    ap.add_argument("--n-harmful", type=lambda s: 10**9 if s == "all" else int(s), default="all",
+    ap.add_argument("--n-harmful", type=n_prompts_arg, default="all",
                     help="held-out harmful prompts per arm, or 'all' (default: every distinct one, 1,128 in the "
                          "shared sets; ~7.5 min of generation per arm on 2 cores, and paired intervals 2.4x "
                          "tighter than at 200)")
@@ -314,10 +324,15 @@ def main(argv=None) -> dict:
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2))  # keyed by arm only; run facts go to the .meta file
     os.replace(tmp, out)
+    write_verdicts(verdicts, out.with_suffix(".verdicts.json"))  # first: a failed comparison must not lose them
+    try:
+        paired = compare_arms(verdicts, ("aligned_base", "instance_baseline"))
+    except ValueError as err:
+        paired = {"error": str(err)}
+    spec_record = vars(spec) | {"n_harmful": max((r["n_prompts"] for r in results.values()), default=0)}  # not the 'all' placeholder
     out.with_suffix(".meta.json").write_text(json.dumps({"base_model": base, "smoke": args.smoke, "train_config": vars(cfg),
-                                                          "eval_spec": vars(spec), "pool_rows": len(pool), "curation": curation,
-                                                          "paired": compare_arms(verdicts, ("aligned_base", "instance_baseline"))}, indent=2, default=str))
-    write_verdicts(verdicts, out.with_suffix(".verdicts.json"))
+                                                          "eval_spec": spec_record, "pool_rows": len(pool), "curation": curation,
+                                                          "paired": paired}, indent=2, default=str))
     print(out)
     return results
 

@@ -129,10 +129,19 @@ def eval_spec(args: argparse.Namespace) -> dict:
 
 def write_json_atomic(obj, path: Path) -> None:
     """Write JSON to a temp file beside `path`, then rename: a reader never sees half a file."""
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # unique per writer
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -174,7 +183,7 @@ def run_compare(args: argparse.Namespace) -> int:
     for path in (args.a, args.b):
         try:
             results.append(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise InputError(path, f"cannot read metrics JSON ({err})") from None
     report = compare_evaluations(*results, name_a=args.a, name_b=args.b)
     print(f"B = {args.b} minus A = {args.a}, on {report['n_paired']} shared harmful prompts:")

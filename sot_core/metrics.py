@@ -84,7 +84,8 @@ def compare_arms(verdicts: dict, references: Sequence[str]) -> dict:
             if v["prompts"] != verdicts[ref]["prompts"]:
                 raise ValueError(f"arms {name!r} and {ref!r} were scored on different prompts; cannot pair them")
             report.setdefault(name, {})[f"vs_{ref}"] = {
-                judge: paired_difference(v[judge], verdicts[ref][judge]) for judge in v if judge != "prompts"}
+                judge: paired_difference(v[judge], verdicts[ref][judge]) for judge in v
+                if judge != "prompts" and judge in verdicts[ref]}
     return report
 
 
@@ -94,20 +95,30 @@ def compare_evaluations(a: dict, b: dict, name_a: str = "A", name_b: str = "B") 
     Harmful prompts are matched by text (lower-cased, stripped), so two models whose evaluations
     skipped different trained-on prompts are still compared on the prompts both saw. Returns
     ``{"n_paired": n, "harmful": {judge: paired_difference(b, a)}, "metrics": {name: {a, b, diff}}}``:
-    differences are B minus A. Raises `InputError` naming the result without per-prompt verdicts.
+    differences are B minus A, and ``n_b_only`` counts prompts only B complied with. Raises
+    `InputError` naming the result that lacks per-prompt verdicts or holds inconsistent ones.
     """
+    key = lambda p: " ".join(str(p).lower().split())  # noqa: E731
     for name, res in ((name_a, a), (name_b, b)):
-        if "harmful_complied" not in res or "harmful_prompts" not in res:
+        if not isinstance(res, dict) or "harmful_complied" not in res or "harmful_prompts" not in res:
             raise InputError(name, "no per-prompt verdicts; evaluate with per_prompt=True (sot evaluate does)")
-    key = lambda p: " ".join(p.lower().split())  # noqa: E731
+        n = len(res["harmful_prompts"])
+        for judge, v in res["harmful_complied"].items():
+            if len(v) != n:
+                raise InputError(name, f"{len(v)} verdicts for {n} harmful prompts", field=f"harmful_complied.{judge}")
+        if len({key(p) for p in res["harmful_prompts"]}) != n:
+            raise InputError(name, "a harmful prompt appears twice; cannot pair prompts", field="harmful_prompts")
     index_b = {key(p): i for i, p in enumerate(b["harmful_prompts"])}
     pairs = [(i, index_b[key(p)]) for i, p in enumerate(a["harmful_prompts"]) if key(p) in index_b]
     if not pairs:
         raise InputError(name_b, f"shares no harmful prompt with {name_a}; nothing to pair")
     ia, ib = (np.array(ix) for ix in zip(*pairs))
     judges = [j for j in a["harmful_complied"] if j in b["harmful_complied"]]
-    harmful = {j: paired_difference(np.asarray(b["harmful_complied"][j])[ib], np.asarray(a["harmful_complied"][j])[ia])
-               for j in judges}
+    harmful = {}
+    for j in judges:
+        d = paired_difference(np.asarray(b["harmful_complied"][j])[ib], np.asarray(a["harmful_complied"][j])[ia])
+        d["n_b_only"], d["n_a_only"] = d.pop("n_a_only"), d.pop("n_b_only")  # first argument was B
+        harmful[j] = d
     scalars = {k: {"a": a[k], "b": b[k], "diff": b[k] - a[k]} for k in a
                if k in b and isinstance(a[k], (int, float)) and isinstance(b[k], (int, float)) and not isinstance(a[k], bool)}
     return {"n_paired": len(pairs), "harmful": harmful, "metrics": scalars}

@@ -70,7 +70,7 @@ def test_compare_evaluations_pairs_by_prompt_text_not_position():
     assert rep["n_paired"] == 3
     # paired on (bomb, car, bank): A = 0,0,1 and B = 1,1,1
     assert rep["harmful"]["keyword"]["diff"] == pytest.approx(2 / 3)
-    assert (rep["harmful"]["keyword"]["n_a_only"], rep["harmful"]["keyword"]["n_b_only"]) == (2, 0)
+    assert (rep["harmful"]["keyword"]["n_b_only"], rep["harmful"]["keyword"]["n_a_only"]) == (2, 0)
     assert rep["metrics"]["utility"]["diff"] == pytest.approx(0.05)
 
 
@@ -82,6 +82,10 @@ def test_compare_evaluations_names_the_result_without_verdicts():
         compare_evaluations(good, {"harmful_rate_keyword": 0.1}, name_a="new.json", name_b="old.json")
     with pytest.raises(InputError, match="shares no harmful prompt"):
         compare_evaluations(good, _evaluation(["q"], [1], 0.5))
+    with pytest.raises(InputError, match=r"b.json, field 'harmful_complied.keyword': 1 verdicts for 2"):
+        compare_evaluations(good, _evaluation(["p", "q"], [1], 0.5), name_b="b.json")
+    with pytest.raises(InputError, match="appears twice"):
+        compare_evaluations(good, _evaluation(["p", " P "], [1, 0], 0.5))
 
 
 def test_sot_compare_cli_writes_the_report_and_rejects_a_broken_file(tmp_path, capsys):
@@ -100,3 +104,6 @@ def test_sot_compare_cli_writes_the_report_and_rejects_a_broken_file(tmp_path, c
     (tmp_path / "broken.json").write_text("{not json")
     assert main(["compare", str(a), str(tmp_path / "broken.json")]) == 2
     assert "broken.json: cannot read metrics JSON" in capsys.readouterr().err
+    (tmp_path / "list.json").write_text("[1, 2]")
+    assert main(["compare", str(tmp_path / "list.json"), str(b)]) == 2
+    assert "list.json: no per-prompt verdicts" in capsys.readouterr().err
