@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import curation_quality as cq  # noqa: E402
+from safety_e2e import beavertails_unsafe  # noqa: E402
 from sot_core.align import heldout_refusals  # noqa: E402
 from sot_core.baselines import BASELINES  # noqa: E402
 from sot_core.costs import cosine_costs  # noqa: E402
@@ -44,9 +45,7 @@ SHARES = (0.0, 0.2, 0.5, 0.7, 0.9)
 def candidate_rows(shared: Path) -> dict[str, list[dict]]:
     """Every row a draw can use, by role, as {instruction, input, output} records."""
     alpaca = json.loads((shared / "alpaca_en_demo" / "alpaca_en_demo.json").read_text())[:800]
-    mixes = shared / "harmful_finetune_mixes_beavertails" / "sst2"
-    unsafe = sorted({r["output"]: r for f in sorted(mixes.glob("train_merged_*.json"))
-                     for r in json.loads(f.read_text()) if r.get("flag") == "unsafe"}.values(), key=lambda r: r["output"])
+    unsafe = beavertails_unsafe(shared)
     refusals = heldout_refusals(data_dir=shared)
     rec = lambda i, x, o: {"instruction": i, "input": x, "output": o}  # noqa: E731
     return {"alpaca": [rec(r["instruction"], r.get("input", ""), r["output"]) for r in alpaca],
@@ -112,7 +111,8 @@ def main() -> None:
         anchor = emb["alpaca"][idx["anchor"]]
         res = {}
         for name, fn in BASELINES.items():
-            res[name] = cq.evaluate(fn(pool, anchor, harmful_ref), -fn(pool, anchor, harmful_ref), task)
+            plain = fn(pool, anchor, harmful_ref)
+            res[name] = cq.evaluate(plain, -plain, task)
             if name != "random":
                 plus = fn(pool, np.vstack([anchor, refusal_anchor]), harmful_ref)
                 res[f"{name}+ref"] = cq.evaluate(plus, -plus, task)

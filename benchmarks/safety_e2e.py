@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sot_core.evaluate import EvalSpec, evaluate_model, shared_data_dir  # noqa: E402
 from sot_core.metrics import compare_arms  # noqa: E402
+from sot_core.store import atomic_write_text  # noqa: E402
 from sot_core.train import LoraTrainConfig, read_curated, train_lora  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -81,11 +82,15 @@ def pool_rows(path: Path) -> list[dict]:
 
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    atomic_write_text("".join(json.dumps(r) + "\n" for r in rows), path)
     return path
+
+
+def beavertails_unsafe(data: Path) -> list[dict]:
+    """The 200 distinct BeaverTails harmful rows (flag "unsafe") of the shared SST-2 mixes, sorted."""
+    mixes = data / "harmful_finetune_mixes_beavertails" / "sst2"
+    return sorted({r["output"]: r for f in sorted(mixes.glob("train_merged_*.json"))
+                   for r in json.load(open(f)) if r.get("flag") == "unsafe"}.values(), key=lambda r: r["output"])
 
 
 def general_mix(data: Path, work: Path, seed: int) -> tuple[Path, Path]:
@@ -101,9 +106,7 @@ def general_mix(data: Path, work: Path, seed: int) -> tuple[Path, Path]:
     rng = random.Random(seed)
     alpaca = json.load(open(data / "alpaca_en_demo/alpaca_en_demo.json"))[:800]
     picks = rng.sample(range(len(alpaca)), len(alpaca))
-    mixes = data / "harmful_finetune_mixes_beavertails"
-    unsafe = sorted({r["output"]: r for f in sorted((mixes / "sst2").glob("train_merged_*.json"))
-                     for r in json.load(open(f)) if r.get("flag") == "unsafe"}.values(), key=lambda r: r["output"])
+    unsafe = beavertails_unsafe(data)
     row = lambda i, o, flag, inp="": {"instruction": i, "input": inp, "output": o, "flag": flag}  # noqa: E731
     rows = ([row(alpaca[i]["instruction"], alpaca[i]["output"], "finetune", alpaca[i]["input"]) for i in picks[:700]]
             + [row(r["instruction"], r["output"], "unsafe", r["input"]) for r in rng.sample(unsafe, 100)]
@@ -202,8 +205,8 @@ def write_verdicts(verdicts: dict, path: Path) -> None:
     """Per-prompt verdicts, compactly: the prompts once (every arm is scored on the same prompts,
     which `compare_arms` checks), then per arm and judge a string of 0/1 (1 = complied)."""
     first = next(iter(verdicts.values()), {"prompts": []})
-    path.write_text(json.dumps({"prompts": first["prompts"], "arms": {
-        arm: {j: "".join(map(str, v[j])) for j in v if j != "prompts"} for arm, v in verdicts.items()}}, indent=1))
+    atomic_write_text(json.dumps({"prompts": first["prompts"], "arms": {
+        arm: {j: "".join(map(str, v[j])) for j in v if j != "prompts"} for arm, v in verdicts.items()}}, indent=1), path)
 
 
 def read_verdicts(path: Path) -> dict:
@@ -320,19 +323,16 @@ def main(argv=None) -> dict:
         (work / "partial_verdicts.json").write_text(json.dumps(verdicts))
 
     out = args.out or RESULTS / ("safety_e2e_smoke.json" if args.smoke else "safety_e2e.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))  # keyed by arm only; run facts go to the .meta file
-    os.replace(tmp, out)
+    atomic_write_text(json.dumps(results, indent=2), out)  # keyed by arm only; run facts go to the .meta file
     write_verdicts(verdicts, out.with_suffix(".verdicts.json"))  # first: a failed comparison must not lose them
     try:
         paired = compare_arms(verdicts, ("aligned_base", "instance_baseline"))
     except ValueError as err:
         paired = {"error": str(err)}
     spec_record = vars(spec) | {"n_harmful": max((r["n_prompts"] for r in results.values()), default=0)}  # not the 'all' placeholder
-    out.with_suffix(".meta.json").write_text(json.dumps({"base_model": base, "smoke": args.smoke, "train_config": vars(cfg),
-                                                          "eval_spec": spec_record, "pool_rows": len(pool), "curation": curation,
-                                                          "paired": paired}, indent=2, default=str))
+    meta = {"base_model": base, "smoke": args.smoke, "train_config": vars(cfg), "eval_spec": spec_record,
+            "pool_rows": len(pool), "curation": curation, "paired": paired}
+    atomic_write_text(json.dumps(meta, indent=2, default=str), out.with_suffix(".meta.json"))
     print(out)
     return results
 

@@ -128,20 +128,9 @@ def eval_spec(args: argparse.Namespace) -> dict:
 
 
 def write_json_atomic(obj, path: Path) -> None:
-    """Write JSON to a temp file beside `path`, then rename: a reader never sees half a file."""
-    import tempfile
+    from sot_core.store import atomic_write_text
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # unique per writer
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(json.dumps(obj, indent=2, default=str), path)
 
 
 def run_finetune(args: argparse.Namespace) -> int:

@@ -1,9 +1,9 @@
 """Safety replay: mix trusted refusal rows into a curated training set.
 
 Curation removes harmful rows, but a clean benign fine-tune can still erode some refusals
-(benchmarks/RESULTS.md, "Safety end to end": SOT's top 80% kept 0 harmful rows and complied
-with 18.0% of held-out harmful prompts by the keyword judge, against 12.0% for the aligned base
-and 51.0% for the raw pool; with 10% replay, 13.5%). Replaying a small share of trusted safe
+(benchmarks/RESULTS.md, "Safety end to end", 1,128 held-out harmful prompts: SOT's top 80% kept
+0 harmful rows and complied with 18.1% by the keyword judge, against 10.5% for the aligned base
+and 47.5% for the raw pool; with 10% replay, 13.4%). Replaying a small share of trusted safe
 answers to harmful prompts during fine-tuning is the usual remedy (Bianchi et al. 2024,
 "Safety-Tuned LLaMAs", arXiv 2309.07875: a few percent of safety rows restore most refusals). The rows come from the user's trusted data, the same kind
 of data SOT's refusal anchor pulls towards; they are never drawn from evaluation prompts.

@@ -76,10 +76,15 @@ def atomic_write_table(table: pa.Table, path: Path) -> None:
 
 
 def atomic_write_text(text: str, path: Path) -> None:
+    """Write text under a unique temp name in the same folder, flush it to disk, then rename it
+    into place: a reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
