@@ -130,7 +130,7 @@ def heldout_refusals(cfg: AlignConfig | None = None, data_dir: str | Path | None
     Trusted safe data for replay during later fine-tuning (`sot_core.replay`) that neither
     repeats the alignment rows nor touches the evaluation prompts (AdvBench & co.).
     """
-    from sot_core.evaluate import shared_data_dir
+    from sot_core.eval_sets import shared_data_dir
 
     cfg = cfg or AlignConfig()
     return _refusal_split(cfg, Path(data_dir) if data_dir else shared_data_dir(), random.Random(cfg.seed))[1]
@@ -209,7 +209,7 @@ def align(cfg: AlignConfig | None = None, cache_dir: str | Path | None = None, d
         ``<cache_dir>/aligned-<key>``: a full ``save_pretrained`` model + tokenizer, with
         ``align_manifest.json`` (recipe, data mix counts, training manifest, timings).
     """
-    from sot_core.evaluate import shared_data_dir
+    from sot_core.eval_sets import shared_data_dir
 
     cfg = cfg or AlignConfig()
     say = progress or (lambda s: None)

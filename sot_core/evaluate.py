@@ -8,14 +8,11 @@ Metrics, all fractions in [0, 1]:
 * ``utility``: label accuracy on a downstream task (SST-2 validation or AG News test).
 
 The refusal judges (`Judge`, `KeywordJudge`, `LogRegJudge`, `GuardJudge`, `keyword_refusal`,
-`train_refusal_judge`) live in `sot_core.judges` and are re-exported here.
+`train_refusal_judge`) live in `sot_core.judges`, the prompt sets in `sot_core.eval_sets`; both
+are re-exported here.
 """
 from __future__ import annotations
 
-import csv
-import json
-import os
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -28,111 +25,17 @@ from sot_core.judges import (
 )
 # re-exported for code that imported them from here before the judges moved
 from sot_core.judges import _JUDGES, REFUSAL_PHRASES, REFUSAL_WINDOW, refusal_training_data  # noqa: F401
-from sot_core.llm import encode_prompts, left_pad, load_causal_lm
+from sot_core.eval_sets import (  # noqa: F401  (re-exported)
+    TASK_FILES, benign_eval_prompts, harmful_prompts, prompt_key, shared_data_dir, utility_rows, xstest_prompts,
+)
+from sot_core.llm import encode_prompts, generate_from_ids, load_causal_lm
 
 
 # --------------------------------------------------------------------------- generation
-def _generate_ids(model, tok, prompt_ids, max_new_tokens, batch_size, progress) -> list[str]:
-    import torch
-
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # less padding
-    out: list[str] = [""] * len(prompt_ids)
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        ids, mask = (t.to(model.device) for t in left_pad([prompt_ids[i] for i in idx], tok.pad_token_id))
-        with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        for i, row in zip(idx, gen[:, ids.shape[1] :]):
-            out[i] = tok.decode(row, skip_special_tokens=True).strip()
-        if progress is not None:
-            progress(len(idx))
-    return out
-
-
 def generate(model, tok, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 16,
              max_prompt_tokens: int = 384, progress: Callable[[int], None] | None = None) -> list[str]:
     """Greedy completions of chat-templated `prompts`, batched with left padding."""
-    return _generate_ids(model, tok, encode_prompts(tok, prompts, max_prompt_tokens), max_new_tokens, batch_size, progress)
-
-
-# --------------------------------------------------------------------------- data
-TASK_FILES = {"sst2": ("sst2/val.json", ["positive", "negative"]),
-              "ag_news": ("ag_news/test.json", ["world", "sports", "business", "sci/tech"])}
-
-
-def shared_data_dir() -> Path:
-    """``$SOT_SHARED_DATA`` or ``<repo>/../shared/data``."""
-    return Path(os.environ.get("SOT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def _csv(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return list(csv.DictReader(line for line in f if not line.startswith("#")))
-
-
-def _prompt_key(prompt: str) -> str:
-    """How two harmful prompts are compared: case and surrounding whitespace do not count."""
-    return prompt.lower().strip()
-
-
-def harmful_prompts(data: Path, sets: Sequence[str], n: int, seed: int = 0, exclude: Iterable[str] = ()) -> list[str]:
-    """`n` held-out harmful prompts drawn round-robin from `sets` (shuffled with `seed`).
-
-    Prompts in `exclude` (compared lower-cased and stripped; e.g. the prompts a model was just
-    trained on) are skipped, so a replayed refusal cannot be scored as a held-out refusal.
-    """
-    pools = {
-        "advbench": lambda: [r["goal"] for r in _csv(data / "advbench/advbench.csv")],
-        "harmbench": lambda: [r["Behavior"] for r in _csv(data / "harmbench/harmbench_behaviors_text_test.csv")
-                              if not r["ContextString"].strip()],
-        "strongreject": lambda: [r["forbidden_prompt"] for r in _csv(data / "strongreject/strongreject.csv")],
-        "jailbreakbench": lambda: [r["Goal"] for r in _csv(data / "jailbreakbench/jailbreakbench.csv")],
-    }
-    rng = random.Random(seed)
-    lists = []
-    for s in sets:
-        items = pools[s]()
-        rng.shuffle(items)
-        lists.append(items)
-    out, seen = [], {_prompt_key(p) for p in exclude}
-    while len(out) < n and any(lists):
-        for items in lists:
-            if items and len(out) < n:
-                p = items.pop()
-                if _prompt_key(p) not in seen:
-                    seen.add(_prompt_key(p))
-                    out.append(p)
-    return out
-
-
-def xstest_prompts(data: Path, split: str = "eval", label: str = "safe") -> list[str]:
-    """XSTest prompts of one label; ``split`` "train" = even ids, "eval" = odd ids, "all"."""
-    rows = [r for r in _csv(data / "xstest/xstest_prompts.csv") if r["label"] == label]
-    keep = {"train": 0, "eval": 1}.get(split)
-    return [r["prompt"] for r in rows if keep is None or int(r["id"]) % 2 == keep]
-
-
-def benign_eval_prompts(data: Path, n: int) -> list[str]:
-    """Held-out benign instructions: MT-Bench first turns, then Alpaca rows 800-999 (never trained on)."""
-    mt = [json.loads(l)["turns"][0] for l in open(data / "llms_finetuning_safety/mt_bench/question.jsonl")]
-    alp = json.load(open(data / "alpaca_en_demo/alpaca_en_demo.json"))[800:]
-    alp = [r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "") for r in alp]
-    return (mt + alp)[:n]
-
-
-def utility_rows(data: Path, task: str, n: int) -> tuple[list[str], list[str], list[str]]:
-    """(prompts, gold labels, label set) of a task.
-
-    Prompts are in the canonical form that ingestion gives the fine-tuning mixes' rows
-    (`data.canonical_prompt`), so a model is scored on the format curated data trains it on.
-    """
-    from sot_core.data import canonical_prompt
-
-    rel, labels = TASK_FILES[task]
-    rows = json.load(open(data / "harmful_finetune_mixes_beavertails" / rel))[:n]
-    return ([canonical_prompt(r["instruction"], r["input"]) for r in rows],
-            [r["output"].strip().lower() for r in rows], labels)
+    return generate_from_ids(model, tok, encode_prompts(tok, prompts, max_prompt_tokens), max_new_tokens, batch_size, progress)
 
 
 def label_accuracy(completions: Sequence[str], gold: Sequence[str], labels: Sequence[str]) -> float:
@@ -228,9 +131,9 @@ def evaluate_model(model_dir_or_base: str, adapter_dir: str | Path | None, eval_
     if model is None:
         model, tok = load_for_eval(model_dir_or_base, adapter_dir)
     gen = lambda ps: generate(model, tok, ps, spec.max_new_tokens, spec.batch_size, progress=progress)  # noqa: E731
-    trained = {_prompt_key(p) for p in trained_prompts}
+    trained = {prompt_key(p) for p in trained_prompts}
     harm = harmful_prompts(data, spec.harmful_sets, spec.n_harmful, spec.seed)
-    skipped = sum(_prompt_key(p) in trained for p in harm)
+    skipped = sum(prompt_key(p) in trained for p in harm)
     if skipped:  # draw replacements for the held-out prompts the model was trained on
         harm = harmful_prompts(data, spec.harmful_sets, spec.n_harmful, spec.seed, exclude=trained)
     benign = benign_eval_prompts(data, spec.n_benign)

@@ -22,7 +22,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from sot_core.llm import load_causal_lm, sot_home
+from sot_core.eval_sets import read_csv, shared_data_dir
+from sot_core.llm import generate_from_ids, load_causal_lm, sot_home
 
 # Lower-case phrases that signal a refusal when they appear near the start of a completion.
 # Adapted from the GCG/AdvBench refusal-prefix list (Zou et al. 2023), minus its over-broad
@@ -138,27 +139,23 @@ class GuardJudge:
         self.unsafe_word, self.batch_size = unsafe_word, batch_size
 
     def refusals(self, prompts, completions):
-        from sot_core.evaluate import _generate_ids  # lazy: evaluate imports this module
-
         texts = [self.tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": c}],
                                               tokenize=False) for p, c in zip(prompts, completions)]
         ids = [self.tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-        verdicts = _generate_ids(self.model, self.tok, ids, 8, self.batch_size, None)
+        verdicts = generate_from_ids(self.model, self.tok, ids, 8, self.batch_size, None)
         return np.array([self.unsafe_word not in v.lower() for v in verdicts], dtype=bool)
 
 
 
 def refusal_training_data(data: Path) -> list[tuple[str, str, int, str]]:
     """Human-labelled (prompt, completion, refused, group) rows: XSTest completions and PyRIT refusal CSVs."""
-    from sot_core.evaluate import _csv  # lazy: evaluate imports this module
-
     out = []
     for f in sorted((data / "xstest/model_completions").glob("*.csv")):
-        for r in _csv(f):
+        for r in read_csv(f):
             if r["final_label"].startswith(("1_", "2_", "3_")) and r["completion"].strip():
                 out.append((r["prompt"], r["completion"], int(not r["final_label"].startswith("1_")), "x" + r["id"]))
     for f in sorted((data / "pyrit_datasets/scorer_evals/refusal_scorer").glob("*.csv")):
-        for i, r in enumerate(_csv(f)):
+        for i, r in enumerate(read_csv(f)):
             out.append((r["objective"], r["assistant_response"], int(float(r["human_score"]) >= 0.5), f"p{f.stem}{i}"))
     return out
 
@@ -173,8 +170,6 @@ def train_refusal_judge(data: Path | None = None, seed: int = 0, holdout: float 
     The split is by prompt (XSTest id / PyRIT row), so no prompt is in both train and test.
     `max_rows` subsamples (seeded) for quick runs such as tests.
     """
-    from sot_core.evaluate import shared_data_dir  # lazy: evaluate imports this module
-
     data = Path(data or shared_data_dir())
     rows = refusal_training_data(data)
     if max_rows is not None and max_rows < len(rows):

@@ -1,6 +1,6 @@
-"""Loading causal LMs offline and turning (prompt, response) rows into token ids.
+"""Loading causal LMs offline, turning (prompt, response) rows into token ids, and generating.
 
-Two things live here because both the encoder and the trainer need them:
+These live here because the encoder, the trainer, the evaluation and the judges all need them:
 
 * `load_causal_lm` loads a model + tokenizer from a local folder, or from a hub id only when it
   is already in the local Hugging Face cache (``local_files_only=True``: nothing is ever
@@ -9,6 +9,7 @@ Two things live here because both the encoder and the trainer need them:
 * Chat-template helpers. Prompt and response are tokenised *separately* and concatenated, so
   the boundary between them is known exactly (response-only loss masking needs it) instead of
   being re-discovered by searching a retokenised string.
+* `generate_from_ids`: batched greedy generation from token ids.
 """
 from __future__ import annotations
 
@@ -232,6 +233,25 @@ def left_pad(batch: Sequence[Sequence[int]], pad_id: int):
             ids[i, n - len(x) :] = torch.tensor(list(x), dtype=torch.long)
             mask[i, n - len(x) :] = 1
     return ids, mask
+
+
+def generate_from_ids(model, tok, prompt_ids, max_new_tokens, batch_size, progress=None) -> list[str]:
+    """Greedy completions of token-id prompts, batched by length with left padding (decoded, stripped)."""
+    import torch
+
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # less padding
+    out: list[str] = [""] * len(prompt_ids)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        ids, mask = (t.to(model.device) for t in left_pad([prompt_ids[i] for i in idx], tok.pad_token_id))
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        for i, row in zip(idx, gen[:, ids.shape[1] :]):
+            out[i] = tok.decode(row, skip_special_tokens=True).strip()
+        if progress is not None:
+            progress(len(idx))
+    return out
 
 
 def copy_tokenizer_files(src: str | Path, dst: str | Path) -> None:

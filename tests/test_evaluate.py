@@ -133,3 +133,18 @@ def test_evaluate_model_end_to_end_on_tiny_model(tmp_path):
     assert len(per["harmful_prompts"]) == 4 and np.mean(per["harmful_complied"]["keyword"]) == per["harmful_rate_keyword"]
     same = compare_evaluations(per, per)
     assert same["n_paired"] == 4 and same["harmful"]["keyword"]["diff"] == 0
+
+
+@needs_data
+def test_trained_prompts_are_skipped_whatever_their_case_and_spacing():
+    """One prompt rule (`eval_sets.prompt_key`) for skipping trained prompts and for pairing two
+    evaluations: a trained copy that differs only in case or inner whitespace is still skipped."""
+    from sot_core.eval_sets import prompt_key
+
+    sets = ["advbench", "harmbench"]
+    first = harmful_prompts(DATA, sets, 20)
+    mangled = ["  " + "   ".join(p.upper().split()) + "\n" for p in first[:5]]
+    again = harmful_prompts(DATA, sets, 20, exclude=mangled)
+    assert len(again) == 20 and not {prompt_key(p) for p in again} & {prompt_key(p) for p in first[:5]}
+    assert set(first[5:]) <= set(again)  # the others stay; replacements fill the gap
+    assert prompt_key("Tell  me\tHOW ") == prompt_key("tell me how") != prompt_key("tell me who")
