@@ -145,8 +145,8 @@ def run(shared: Path, representations: list[str]) -> dict:
         encoder = f"minilm:{representation}"
         harmful_ref = embed_file(store, inputs["reference"], encoder)
         for name, task in inputs["tasks"].items():
-            if representation != "pair" and task["refusal"] is None:
-                continue  # the representation study concerns the pool with refusals
+            if representation in ("response", "both") and task["refusal"] is None:
+                continue  # these views concern the pool with refusals; contrast is checked everywhere
             pool, anchor = embed_file(store, task["pool"], encoder), embed_file(store, task["anchor"], encoder)
             c_anchor, c_harmful = cosine_costs(pool, anchor), cosine_costs(pool, harmful_ref)
             row = {}
@@ -184,7 +184,7 @@ def to_markdown(results: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--representations", default="pair,response,both")
+    p.add_argument("--representations", default="pair,response,both,contrast")
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "curation_quality.json"))
     p.add_argument("--md", default=str(REPO / "benchmarks" / "results" / "curation_quality.md"))
     p.add_argument("--results-page", default=str(REPO / "benchmarks" / "RESULTS.md"),

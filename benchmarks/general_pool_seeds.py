@@ -13,13 +13,19 @@ Refusal anchor: the bundled PyRIT refusals (`sot curate --refusal-anchor`), shar
 mass; baselines get the same rows on their safe side ("+ref"). MiniLM pair view, SOT defaults.
 Embeddings are computed once for every candidate row and cached in `.sot-bench`.
 
-    python benchmarks/general_pool_seeds.py [--seeds 10] [--out results/general_pool_seeds.json]
+`--view contrast` gives SOT the contrast view (`sot_core.encoders.contrast_view`: the pair view
+joined with what the response adds to the prompt, weight `--contrast-weight`) and runs every
+baseline twice, in the contrast view and in the pair view ("pair:" keys), so the bar of a draw is
+the best baseline in either view. `--first-seed` draws other pools than the ones a setting was
+chosen on.
+
+    python benchmarks/general_pool_seeds.py [--seeds 10] [--first-seed 0] [--view pair|contrast]
+        [--contrast-weight 0.7] [--harmful-ref FILE] [--out results/general_pool_seeds.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -36,8 +42,10 @@ from safety_e2e import beavertails_unsafe  # noqa: E402
 from sot_core.align import heldout_refusals  # noqa: E402
 from sot_core.baselines import BASELINES  # noqa: E402
 from sot_core.costs import cosine_costs  # noqa: E402
+from sot_core.data import load_rows  # noqa: E402
+from sot_core.encoders import CONTRAST_WEIGHT, MiniLMEncoder, contrast_view, l2_normalise, pair_text  # noqa: E402
 from sot_core.ot import PushPullConfig, solve_push_pull  # noqa: E402
-from sot_core.store import Store  # noqa: E402
+from sot_core.store import Store, atomic_write_text  # noqa: E402
 
 SHARES = (0.0, 0.2, 0.5, 0.7, 0.9)
 
@@ -68,6 +76,24 @@ def draw(rows: dict[str, list[dict]], seed: int) -> dict:
             "harmful": rng.sample(range(len(rows["harmful"])), 100), "refusal": rng.sample(range(len(rows["refusal"])), 100)}
 
 
+def prompt_view(path: str) -> np.ndarray:
+    """MiniLM embeddings of each row's prompt alone (as the pair view writes a row with no answer)."""
+    prompts = load_rows(path).column("prompt").to_pylist()
+    return l2_normalise(MiniLMEncoder()._embed_texts([pair_text(p, "") for p in prompts], 64, None))
+
+
+def baseline_scores(res: dict, pool, anchor, refusal_anchor, harmful_ref, task, prefix: str = "") -> None:
+    """Every instance-level baseline, plain and given the refusal rows ("+ref"), into `res`."""
+    for name, fn in BASELINES.items():
+        if prefix and name == "random":
+            continue
+        plain = fn(pool, anchor, harmful_ref)
+        res[f"{prefix}{name}"] = cq.evaluate(plain, -plain, task)
+        if name != "random":
+            plus = fn(pool, np.vstack([anchor, refusal_anchor]), harmful_ref)
+            res[f"{prefix}{name}+ref"] = cq.evaluate(plus, -plus, task)
+
+
 def summarise(per_seed: list[dict]) -> dict:
     methods = per_seed[0].keys()
     out = {}
@@ -75,7 +101,7 @@ def summarise(per_seed: list[dict]) -> dict:
         cols = {k: np.array([s[m][k] for s in per_seed], float) for k in per_seed[0][m]}
         out[m] = {k: {"mean": round(float(v.mean()), 4), "sd": round(float(v.std(ddof=1)), 4)} for k, v in cols.items()}
     bars = {  # the bar of each draw: its best non-random baseline, without / with the refusal rows
-        "best_plain_baseline": lambda k: not k.startswith(("sot", "random")) and not k.endswith("+ref"),
+        "best_plain_baseline": lambda k: not k.startswith(("sot", "random")) and not k.endswith("+ref"),  # any view
         "best_baseline": lambda k: not k.startswith(("sot", "random"))}
     for m in (m for m in methods if m.startswith("sot")):
         for bar, allowed in bars.items():
@@ -83,6 +109,9 @@ def summarise(per_seed: list[dict]) -> dict:
             diff = np.array([s[m]["auroc"] for s in per_seed]) - best
             out[m][f"auroc_minus_{bar}"] = {"mean": round(float(diff.mean()), 4), "sd": round(float(diff.std(ddof=1)), 4),
                                             "draws_won": int((diff > 0).sum()), "draws": len(diff)}
+        kept = np.array([s[m]["refusals_kept_fraction"] for s in per_seed])
+        out[m]["refusals_kept_min"] = round(float(kept.min()), 4)
+        out[m]["draws_most_refusals_kept"] = int((kept > 0.5).sum())
     return out
 
 
@@ -90,6 +119,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--first-seed", type=int, default=0, help="draws use seeds first-seed .. first-seed + seeds - 1")
+    p.add_argument("--view", choices=("pair", "contrast"), default="pair", help="representation SOT sees")
+    p.add_argument("--contrast-weight", type=float, default=CONTRAST_WEIGHT)
     p.add_argument("--harmful-ref", default=None,
                    help="harmful reference file (default: the 463 PyRIT rows of curation_quality.py)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "general_pool_seeds.json"))
@@ -98,41 +130,46 @@ def main() -> None:
     store = Store(REPO / ".sot-bench")
     reference = args.harmful_ref or cq.build_inputs(shared, work)["reference"]
     rows = candidate_rows(shared)
-    emb = {role: cq.embed_file(store, cq.write_jsonl(r, work / f"{role}.jsonl"), "minilm:pair") for role, r in rows.items()}
-    harmful_ref = cq.embed_file(store, reference, "minilm:pair")
-    refusal_anchor = cq.embed_file(store, str(REPO / "data" / "refusals" / "pyrit_refusals.jsonl"), "minilm:pair")
+    files = {role: cq.write_jsonl(r, work / f"{role}.jsonl") for role, r in rows.items()}
+    files.update(harmful_ref=reference, refusal_anchor=str(REPO / "data" / "refusals" / "pyrit_refusals.jsonl"))
+    views = {"pair": {role: cq.embed_file(store, f, "minilm:pair") for role, f in files.items()}}
+    if args.view == "contrast":
+        views["contrast"] = {role: contrast_view(views["pair"][role], prompt_view(f), args.contrast_weight)
+                             for role, f in files.items()}
 
     per_seed = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         idx = draw(rows, seed)
-        pool = np.vstack([emb["alpaca"][idx["alpaca"]], emb["harmful"][idx["harmful"]], emb["refusal"][idx["refusal"]]])
         kinds = np.array(["benign"] * 700 + ["harmful"] * 100 + ["refusal"] * 100)
         task = {"harmful": kinds == "harmful", "refusal": kinds == "refusal"}
-        anchor = emb["alpaca"][idx["anchor"]]
         res = {}
-        for name, fn in BASELINES.items():
-            plain = fn(pool, anchor, harmful_ref)
-            res[name] = cq.evaluate(plain, -plain, task)
-            if name != "random":
-                plus = fn(pool, np.vstack([anchor, refusal_anchor]), harmful_ref)
-                res[f"{name}+ref"] = cq.evaluate(plus, -plus, task)
-        c_push = cosine_costs(pool, harmful_ref)
-        for share in SHARES:
-            safe = anchor if share == 0 else np.vstack([anchor, refusal_anchor])
-            masses = None if share == 0 else np.r_[np.full(len(anchor), (1 - share) / len(anchor)),
-                                                   np.full(len(refusal_anchor), share / len(refusal_anchor))]
-            sol = solve_push_pull(cosine_costs(pool, safe), c_push, PushPullConfig(), anchor_weights=masses)
-            res[f"sot_S{share:g}"] = cq.evaluate(sol.score, sol.weights, task)
+        for view, emb in sorted(views.items(), key=lambda kv: kv[0] != args.view):  # SOT's view first
+            pool = np.vstack([emb["alpaca"][idx["alpaca"]], emb["harmful"][idx["harmful"]], emb["refusal"][idx["refusal"]]])
+            anchor, refusal_anchor, harmful_ref = emb["alpaca"][idx["anchor"]], emb["refusal_anchor"], emb["harmful_ref"]
+            baseline_scores(res, pool, anchor, refusal_anchor, harmful_ref, task, prefix="" if view == args.view else f"{view}:")
+            if view != args.view:
+                continue
+            c_push = cosine_costs(pool, harmful_ref)
+            for share in SHARES:
+                safe = anchor if share == 0 else np.vstack([anchor, refusal_anchor])
+                masses = None if share == 0 else np.r_[np.full(len(anchor), (1 - share) / len(anchor)),
+                                                       np.full(len(refusal_anchor), share / len(refusal_anchor))]
+                sol = solve_push_pull(cosine_costs(pool, safe), c_push, PushPullConfig(), anchor_weights=masses)
+                res[f"sot_S{share:g}"] = cq.evaluate(sol.score, sol.weights, task)
         per_seed.append(res)
         print(f"seed {seed}: " + "  ".join(f"{k} {v['auroc']:.3f}/{v['harmful_kept']}/{v['refusals_kept_fraction']:.0%}"
                                            for k, v in res.items() if k.startswith(("sot", "classifier"))), flush=True)
     out = {"seeds": args.seeds, "summary": summarise(per_seed), "per_seed": per_seed}
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, args.out)
+    if args.view != "pair" or args.first_seed:  # keep the default run's file as it was
+        out = {"view": args.view, "first_seed": args.first_seed, **out}
+        if args.view == "contrast":
+            out["contrast_weight"] = args.contrast_weight
+    atomic_write_text(json.dumps(out, indent=2), Path(args.out))
     for m, v in out["summary"].items():
         line = f"{m:28s} AUROC {v['auroc']['mean']:.3f}±{v['auroc']['sd']:.3f}  harmful kept {v['harmful_kept']['mean']:.1f}" \
                f"±{v['harmful_kept']['sd']:.1f}  refusals kept {v['refusals_kept_fraction']['mean']:.0%}"
+        if "draws_most_refusals_kept" in v:
+            line += f" (min {v['refusals_kept_min']:.0%}, above half in {v['draws_most_refusals_kept']})"
         for bar in ("best_plain_baseline", "best_baseline"):
             if f"auroc_minus_{bar}" in v:
                 d = v[f"auroc_minus_{bar}"]

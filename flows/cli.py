@@ -19,7 +19,7 @@ def add_curate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lam", type=float, default=1.0, help="push strength lambda (default 1.0)")
     p.add_argument("--eps", type=float, default=0.1, help="entropic regularisation epsilon (default 0.1)")
     p.add_argument("--mode", default="push-pull", choices=["push-pull", "pull", "push"])
-    p.add_argument("--encoder", default="minilm", help="minilm[:pair|response|both] or hf:<model>[:repr]")
+    p.add_argument("--encoder", default="minilm", help="minilm[:pair|response|both|contrast] or hf:<model>[:repr]")
     p.add_argument("--knn", type=int, default=None, help="k nearest reference rows per pool row (default: auto)")
     p.add_argument("--labels", help="optional id,label file: the report then states harmful rows kept")
     p.add_argument("--refusal-anchor", help="safe answers to harmful prompts added to the anchor, so refusals in "

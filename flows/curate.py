@@ -49,7 +49,7 @@ def curate_dataset(
         lam: Push strength lambda.
         eps: Entropic regularisation epsilon, in cosine-cost units.
         mode: push-pull, pull or push.
-        encoder: minilm[:pair|response|both] or hf:<model>[:repr].
+        encoder: minilm[:pair|response|both|contrast] or hf:<model>[:repr].
         knn: k nearest reference rows per pool row (empty: dense when small, kNN when large).
         labels: Optional id,label file; the report then states harmful rows kept.
         refusal_anchor: Optional safe answers to harmful prompts (e.g. data/refusals/pyrit_refusals.jsonl),

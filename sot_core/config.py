@@ -16,7 +16,7 @@ class CurateConfig:
         default=0.1, metadata={"help": "entropic regularisation of both OT problems, in cosine-cost units"}
     )
     mode: str = field(default="push-pull", metadata={"help": "push-pull | pull | push"})
-    encoder: str = field(default="minilm", metadata={"help": "encoder spec: minilm[:pair|response|both] or hf:<model>[:repr]"})
+    encoder: str = field(default="minilm", metadata={"help": "encoder spec: minilm[:pair|response|both|contrast] or hf:<model>[:repr]"})
     knn: int | None = field(
         default=None, metadata={"help": "k nearest reference rows per pool row; None: dense when small, kNN when large"}
     )

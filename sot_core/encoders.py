@@ -14,8 +14,15 @@ import numpy as np
 
 # Which text of a row is embedded. "pair" embeds prompt and response together (the paper's
 # choice); "response" embeds the answer alone, so a refusal to a harmful prompt looks like a
-# refusal, not like the harmful prompt; "both" concatenates the two views (dim doubles).
-REPRESENTATIONS = ("pair", "response", "both")
+# refusal, not like the harmful prompt; "both" concatenates the two views (dim doubles);
+# "contrast" concatenates the pair view with what the response adds to the prompt (see
+# `contrast_view`; dim doubles).
+REPRESENTATIONS = ("pair", "response", "both", "contrast")
+
+#: Weight of the "what the response adds" half of the contrast view. Chosen from {0.5, 0.7, 1.0}
+#: on ten draws of the general-instruction pool and confirmed on twenty other draws and a second
+#: harmful reference (benchmarks/general_pool_seeds.py --view contrast; RESULTS.md).
+CONTRAST_WEIGHT = 0.7
 
 
 def pair_text(prompt: str, response: str) -> str:
@@ -26,6 +33,43 @@ def pair_text(prompt: str, response: str) -> str:
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+def contrast_view(pair: np.ndarray, prompt: np.ndarray, weight: float = CONTRAST_WEIGHT) -> np.ndarray:
+    r"""Pair embedding joined with the direction the response moves it away from the prompt.
+
+    For unit vectors :math:`p_i` (prompt and response) and :math:`q_i` (prompt alone),
+
+    .. math:: z_i = \frac{[\,p_i,\; w\, d_i\,]}{\sqrt{1 + w^2}}, \qquad
+              d_i = \frac{p_i - q_i}{\lVert p_i - q_i \rVert}
+
+    so the cosine of two rows is :math:`(\cos(p_i, p_j) + w^2 \cos(d_i, d_j)) / (1 + w^2)`.
+    A refusal to a harmful prompt shares that prompt with harmful rows, which dominates the pair
+    view; its :math:`d` points towards "refusing", a harmful answer's towards the harm, so
+    the second half separates the two while the first keeps what the pair view knows. A row
+    whose response adds nothing (:math:`p_i = q_i`, e.g. an empty response) gets :math:`d_i = 0`.
+
+    Parameters
+    ----------
+    pair, prompt : (n, d) float arrays with unit-norm rows
+    weight : float
+        :math:`w`, the weight of the second half.
+
+    Returns
+    -------
+    (n, 2d) float32 array with unit-norm rows.
+    """
+    if pair.shape != prompt.shape:
+        raise ValueError(f"pair and prompt embeddings differ in shape: {pair.shape} vs {prompt.shape}")
+    delta = pair.astype(np.float32) - prompt.astype(np.float32)
+    norms = np.linalg.norm(delta, axis=1, keepdims=True)
+    delta = np.where(norms > 1e-6, delta / np.maximum(norms, 1e-12), 0.0)
+    return l2_normalise(np.concatenate([pair, weight * delta], axis=1))
+
+
+def representation_id(representation: str) -> str:
+    """The representation's part of an encoder id: the contrast weight keys the cache too."""
+    return f"contrast{CONTRAST_WEIGHT:g}" if representation == "contrast" else representation
 
 
 class Encoder(abc.ABC):
@@ -57,6 +101,10 @@ class Encoder(abc.ABC):
             return l2_normalise(self._embed_texts([pair_text(p, r) for p, r in zip(prompts, responses)], batch_size, progress))
         if self.representation == "response":
             return l2_normalise(self._embed_texts([r or p for p, r in zip(prompts, responses)], batch_size, progress))
+        if self.representation == "contrast":
+            pair = l2_normalise(self._embed_texts([pair_text(p, r) for p, r in zip(prompts, responses)], batch_size, progress))
+            prompt = l2_normalise(self._embed_texts([pair_text(p, "") for p in prompts], batch_size, None))
+            return contrast_view(pair, prompt)
         both = np.concatenate(
             [
                 l2_normalise(self._embed_texts([pair_text(p, r) for p, r in zip(prompts, responses)], batch_size, progress)),
@@ -78,8 +126,8 @@ class MiniLMEncoder(Encoder):
     def __init__(self, representation: str = "pair", device: str = "cpu"):
         super().__init__(representation)
         self.device = device
-        self.dim = self.base_dim * (2 if representation == "both" else 1)
-        self.encoder_id = f"minilm-l6-v2:{representation}:len{self.max_seq_length}:v2"
+        self.dim = self.base_dim * (2 if representation in ("both", "contrast") else 1)
+        self.encoder_id = f"minilm-l6-v2:{representation_id(representation)}:len{self.max_seq_length}:v2"
         self._model = None
 
     def _load(self):

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sot_core.encoders import Encoder, l2_normalise
+from sot_core.encoders import Encoder, contrast_view, l2_normalise, representation_id
 from sot_core.llm import encode_pair, model_fingerprint, resolve_model_path
 
 
@@ -43,9 +43,10 @@ class LastTokenEncoder(Encoder):
     ----------
     path : str
         Local model folder, ``smollm2``, or a hub id already in the local HF cache.
-    representation : {"pair", "response", "both"}
+    representation : {"pair", "response", "both", "contrast"}
         "pair": user prompt + response; "response": the response under an empty user turn;
-        "both": the two normalised vectors concatenated.
+        "both": the two normalised vectors concatenated; "contrast": the pair view joined with
+        what the response adds to the prompt alone (`sot_core.encoders.contrast_view`).
     layer : "final", "middle" or int
         Index into ``hidden_states`` (0 = embeddings, ``num_hidden_layers`` = final).
     max_length : int
@@ -72,9 +73,10 @@ class LastTokenEncoder(Encoder):
             raise ValueError(f"layer must be 'final', 'middle' or an int in [0, {n_layers}], got {layer!r}")
         self.max_length, self.num_threads = max_length, num_threads
         self.base_dim = cfg.hidden_size
-        self.dim = self.base_dim * (2 if representation == "both" else 1)
+        self.dim = self.base_dim * (2 if representation in ("both", "contrast") else 1)
         name = Path(self.path).name or self.path.replace("/", "_")
-        self.encoder_id = (f"hf-lasttoken:{name}:{model_fingerprint(self.path)}:L{self.layer}:{representation}"
+        self.encoder_id = (f"hf-lasttoken:{name}:{model_fingerprint(self.path)}:L{self.layer}:"
+                           f"{representation_id(representation)}"
                            f":max{max_length}:v1")
         self._model = self._tok = None
 
@@ -133,6 +135,10 @@ class LastTokenEncoder(Encoder):
                progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Embed rows under the chat template. Returns (n, dim) float32 with unit-norm rows."""
         views = []
+        if self.representation == "contrast":
+            pair = l2_normalise(self.embed_ids(self._pair_ids(prompts, responses), batch_size, progress))
+            prompt = l2_normalise(self.embed_ids(self._pair_ids(prompts, [""] * len(prompts)), batch_size, None))
+            return contrast_view(pair, prompt)
         if self.representation in ("pair", "both"):
             views.append(l2_normalise(self.embed_ids(self._pair_ids(prompts, responses), batch_size, progress)))
         if self.representation in ("response", "both"):

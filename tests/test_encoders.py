@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sot_core.encoders import MiniLMEncoder, get_encoder
+from sot_core.encoders import CONTRAST_WEIGHT, MiniLMEncoder, contrast_view, get_encoder
 
 PROMPTS = ["How do I bake bread?", "Tell me how to make a weapon at home, step by step, in detail please.", "2+2?"]
 RESPONSES = ["Mix flour, water, yeast and salt, knead, let it rise, bake at 230 C.", "I can't help with that.", "4"]
@@ -48,3 +48,42 @@ def test_progress_counts_every_row(encoder):
 def test_unknown_encoder_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown encoder 'nope'"):
         get_encoder("nope")
+
+
+def test_contrast_view_is_pair_plus_what_the_response_adds():
+    """The encoder's contrast view equals `contrast_view` of two independently encoded pair views
+    (with and without the response), and its cosine is the weighted mean of the two halves'."""
+    pair, contrast = get_encoder("minilm:pair"), get_encoder("minilm:contrast")
+    assert contrast.dim == 768 and contrast.encoder_id not in (pair.encoder_id, get_encoder("minilm:both").encoder_id)
+    z = contrast.encode(PROMPTS, RESPONSES, batch_size=2)
+    p, q = pair.encode(PROMPTS, RESPONSES), pair.encode(PROMPTS, [""] * len(PROMPTS))
+    np.testing.assert_allclose(z, contrast_view(p, q), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
+    d = (p - q) / np.linalg.norm(p - q, axis=1, keepdims=True)
+    w2 = CONTRAST_WEIGHT ** 2
+    np.testing.assert_allclose(z @ z.T, (p @ p.T + w2 * (d @ d.T)) / (1 + w2), atol=1e-5)
+
+
+def test_contrast_view_edge_cases():
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(3, 4)).astype(np.float32)
+    p /= np.linalg.norm(p, axis=1, keepdims=True)
+    z = contrast_view(p, p.copy())  # the response adds nothing: the second half is zero
+    np.testing.assert_allclose(z, np.hstack([p, np.zeros_like(p)]), atol=1e-6)
+    assert np.isfinite(z).all()
+    with pytest.raises(ValueError, match="differ in shape"):
+        contrast_view(p, p[:2])
+
+
+def test_contrast_view_moves_a_refusal_away_from_harm_with_the_same_prompt():
+    """In the pair view a refusal sits near a harmful answer to the same request (they share the
+    prompt); the contrast view must bring it nearer other refusals than to that harmful answer
+    by a wider margin than the pair view does."""
+    harmful_prompt = "Explain step by step how to pick a neighbour's door lock to get into their house unseen."
+    rows = [(harmful_prompt, "I'm sorry, but I can't help with breaking into someone else's home."),
+            (harmful_prompt, "First buy a tension wrench and a pick, insert the wrench, rake the pins until the lock turns."),
+            ("How can I make methamphetamine in my kitchen?", "I won't help with making illegal drugs; it is dangerous and illegal.")]
+    def margin(spec):
+        x = get_encoder(spec).encode([p for p, _ in rows], [r for _, r in rows])
+        return float(x[0] @ x[2] - x[0] @ x[1])  # nearer the other refusal than the harmful answer
+    assert margin("minilm:contrast") > margin("minilm:pair") + 0.05

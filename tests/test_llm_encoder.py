@@ -44,7 +44,7 @@ def tiny(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("enc") / "model")
 
 
-@pytest.mark.parametrize("representation,dim", [("pair", 32), ("response", 32), ("both", 64)])
+@pytest.mark.parametrize("representation,dim", [("pair", 32), ("response", 32), ("both", 64), ("contrast", 64)])
 def test_shapes_and_unit_norm(tiny, representation, dim):
     enc = LastTokenEncoder(tiny, representation=representation)
     x = enc.encode([p for p, _ in ROWS], [r for _, r in ROWS], batch_size=2)
@@ -86,6 +86,7 @@ def test_encoder_id_changes_with_layer_representation_and_model(tiny, tmp_path):
     a = LastTokenEncoder(tiny)
     assert a.encoder_id != LastTokenEncoder(tiny, layer="middle").encoder_id
     assert a.encoder_id != LastTokenEncoder(tiny, representation="response").encoder_id
+    assert a.encoder_id != LastTokenEncoder(tiny, representation="contrast").encoder_id
     assert a.encoder_id == LastTokenEncoder(tiny).encoder_id  # stable across instances
     other = make_tiny_model(tmp_path / "model", hidden=48)  # same folder name, other weights
     assert LastTokenEncoder(other).encoder_id != a.encoder_id
