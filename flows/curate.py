@@ -77,6 +77,7 @@ def curate_dataset(
     solved = stage_result(solve_weights(home, costs["cost_key"], config.to_dict(), return_state=True))
     run_info = {
         "inputs": {role: {"source": sources[role], **inputs[role]} for role in sources},
+        "encoder_id": embedded["pool"]["encoder_id"],
         "embedded_now": {role: e["n_embedded"] for role, e in embedded.items()},
         "stage_seconds": {
             "ingest": sum(i["seconds"] for i in inputs.values()),

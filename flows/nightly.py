@@ -78,6 +78,7 @@ def nightly_recuration(
     run_info = {
         "inputs": {"pool": {"source": f"accumulated:{name}", **pool, "batch": batch["dataset_id"]},
                    **{role: {"source": sources[role], **refs[role]} for role in ("safe_anchor", "harmful_ref")}},
+        "encoder_id": encoder_id,
         "embedded_now": {role: e["n_embedded"] for role, e in embedded.items()},
         "stage_seconds": {"ingest": pool["seconds"] + batch.get("seconds", 0.0),
                           "embed": sum(e["seconds"] for e in embedded.values()),

@@ -129,6 +129,7 @@ def publish(
         "code_version": CODE_VERSION,
         "config": config.to_dict(),
         "inputs": run_info.get("inputs", {}),
+        "encoder_id": run_info.get("encoder_id"),  # the exact embedding: model, view, weights
         "store": str(store.home.resolve()),
         "counts": {"pool": len(ids), "selected": int(selected.sum()),
                    "embedded_now": run_info.get("embedded_now", {})},

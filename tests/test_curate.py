@@ -92,3 +92,27 @@ def test_refusal_anchor_lifts_refusals_in_the_pool(tmp_path, prefect_backend):
     info = json.loads((tmp_path / "composite" / "run.json").read_text())
     assert info["inputs"]["refusal_anchor"]["n_rows"] == len(refusals) - 10
     assert mean_refusal_weight["composite"] > 2 * mean_refusal_weight["plain"]
+
+
+def test_contrast_view_through_the_cli_keeps_refusals_and_drops_harm(tmp_path, prefect_backend):
+    """`--encoder minilm:contrast` with the refusal anchor (the README's setting for chat pools):
+    run.json names the exact embedding, refusals in the pool get more weight than harmful rows,
+    and no harmful row survives keep = 0.8 (the pair view at the same share keeps 2 of the 10)."""
+    from pathlib import Path
+
+    refusals = [json.loads(line) for line in (Path(DEMO).parent / "refusals" / "pyrit_refusals.jsonl").open()]
+    demo = [json.loads(line) for line in (DEMO / "pool.jsonl").open()]
+    harmful = [r for r in demo if r["id"].startswith("pyrit")][:10]
+    pool = [r for r in demo if not r["id"].startswith("pyrit")][:60] + harmful + refusals[:10]
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool))
+    (tmp_path / "refusals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refusals[10:]))
+    assert main(["curate", "--pool", str(tmp_path / "pool.jsonl"), "--safe-anchor", str(DEMO / "safe_anchor.jsonl"),
+                 "--harmful-ref", str(DEMO / "harmful_ref.jsonl"), "--home", str(tmp_path / "home"),
+                 "--encoder", "minilm:contrast", "--refusal-anchor", str(tmp_path / "refusals.jsonl"),
+                 "--refusal-share", "0.5", "--out", str(tmp_path / "out")]) == 0
+    info = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert info["config"]["encoder"] == "minilm:contrast" and "contrast0.7" in info["encoder_id"]
+    table = pq.read_table(tmp_path / "out" / "weights.parquet").to_pydict()
+    w, selected = dict(zip(table["id"], table["weight"])), dict(zip(table["id"], table["selected"]))
+    assert np.mean([w[r["id"]] for r in refusals[:10]]) > np.mean([w[r["id"]] for r in harmful])
+    assert not any(selected[r["id"]] for r in harmful)
