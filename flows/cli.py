@@ -66,6 +66,8 @@ def add_nightly_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-pool", help="pool the accumulated data starts from")
     p.add_argument("--safe-anchor", default=str(DEMO / "safe_anchor.jsonl"), help="trusted safe sample")
     p.add_argument("--harmful-ref", default=str(DEMO / "harmful_ref.jsonl"), help="harmful reference set")
+    p.add_argument("--refusal-anchor", help="safe answers to harmful prompts added to the anchor (as for curate)")
+    p.add_argument("--refusal-share", type=float, default=0.2, help="anchor mass on the refusal rows (default 0.2)")
     p.add_argument("--out", default="out/nightly", help="output folder of the latest version (default out/nightly)")
     p.add_argument("--keep", type=float, default=0.8)
     p.add_argument("--lam", type=float, default=1.0)
@@ -81,7 +83,8 @@ def run_nightly(args: argparse.Namespace) -> int:
 
     result = nightly_recuration(
         incoming=args.incoming or None, incoming_table=args.incoming_table, watermark_column=args.watermark_column,
-        base_pool=args.base_pool, safe_anchor=args.safe_anchor, harmful_ref=args.harmful_ref, out_dir=args.out,
+        base_pool=args.base_pool, safe_anchor=args.safe_anchor, harmful_ref=args.harmful_ref,
+        refusal_anchor=args.refusal_anchor, refusal_share=args.refusal_share, out_dir=args.out,
         keep=args.keep, lam=args.lam, eps=args.eps, encoder=args.encoder, window=args.window, name=args.name,
         home=args.home,
     )

@@ -26,6 +26,8 @@ def nightly_recuration(
     base_pool: str | None = None,
     safe_anchor: str = str(DEMO / "safe_anchor.jsonl"),
     harmful_ref: str = str(DEMO / "harmful_ref.jsonl"),
+    refusal_anchor: str | None = None,
+    refusal_share: float = 0.2,
     out_dir: str = "out/nightly",
     keep: float = 0.8,
     lam: float = 1.0,
@@ -47,6 +49,9 @@ def nightly_recuration(
         base_pool: Pool the accumulated data starts from (e.g. the last full curation's pool).
         safe_anchor: Trusted safe sample of the task.
         harmful_ref: Harmful reference set.
+        refusal_anchor: Safe answers to harmful prompts added to the anchor so refusals in the pool
+            are kept (e.g. data/refusals/pyrit_refusals.jsonl); empty: none.
+        refusal_share: Anchor mass on the refusal rows when a refusal anchor is given.
         out_dir: Output folder of the latest version (overwritten each night).
         keep: Fraction of the accumulated pool kept.
         lam: Push strength lambda.
@@ -63,21 +68,21 @@ def nightly_recuration(
         noop_artifact(name, batch)
         print(f"nightly '{name}': nothing new past batch {batch['prev_seq']}; no-op")
         return {"status": "no-op", "name": name, "batch": batch["prev_seq"]}
-    config = CurateConfig(keep=keep, lam=lam, eps=eps, encoder=encoder, knn=knn)
-    sources = {**({"pool": base_pool} if base_pool else {}), "safe_anchor": safe_anchor, "harmful_ref": harmful_ref}
+    config = CurateConfig(keep=keep, lam=lam, eps=eps, encoder=encoder, knn=knn, refusal_share=refusal_share)
+    sources = {**({"pool": base_pool} if base_pool else {}), "safe_anchor": safe_anchor, "harmful_ref": harmful_ref,
+               **({"refusal_anchor": refusal_anchor} if refusal_anchor else {})}
     refs = ingest_inputs(home, sources, encoder, None)
     pool = accumulate_pool(home, name, refs.get("pool", {}).get("dataset_id"), batch, window)
-    ids = {"pool": pool["dataset_id"], "safe_anchor": refs["safe_anchor"]["dataset_id"],
-           "harmful_ref": refs["harmful_ref"]["dataset_id"]}
+    ids = {"pool": pool["dataset_id"], **{role: refs[role]["dataset_id"] for role in sources if role != "pool"}}
     embedded = {role: embed_dataset(home, ids[role], encoder) for role in ids}
     encoder_id = embedded["pool"]["encoder_id"]
     costs = stage_result(build_costs(home, ids["pool"], ids["safe_anchor"], ids["harmful_ref"], encoder_id, knn,
-                                     return_state=True))
+                                     ids.get("refusal_anchor"), return_state=True))
     solved = stage_result(solve_weights(home, costs["cost_key"], config.to_dict(), return_state=True))
     drift = batch_drift(home, batch["dataset_id"], ids["safe_anchor"], ids["harmful_ref"], encoder_id, eps)
     run_info = {
         "inputs": {"pool": {"source": f"accumulated:{name}", **pool, "batch": batch["dataset_id"]},
-                   **{role: {"source": sources[role], **refs[role]} for role in ("safe_anchor", "harmful_ref")}},
+                   **{role: {"source": sources[role], **refs[role]} for role in sources if role != "pool"}},
         "encoder_id": encoder_id,
         "embedded_now": {role: e["n_embedded"] for role, e in embedded.items()},
         "stage_seconds": {"ingest": pool["seconds"] + batch.get("seconds", 0.0),

@@ -144,3 +144,33 @@ def test_nightly_flow_embeds_only_new_rows_and_noops_when_quiet(nightly_env):
     assert [v[1] for v in versions] == [40, 44]
     assert (out / "curation.png").stat().st_size > 1000
     assert DEMO.exists()
+
+
+def test_nightly_with_refusal_anchor_keeps_refusals_weighted_up(tmp_path, prefect_backend):
+    """The nightly flow takes the same refusal anchor as `sot curate` (real MiniLM): refusals that
+    arrive with the day's data get more weight than without it, and run.json lists the input."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from flows.nightly import nightly_recuration
+
+    refusals = [json.loads(line) for line in (Path(DEMO).parent / "refusals" / "pyrit_refusals.jsonl").open()]
+    demo = [json.loads(line) for line in (DEMO / "pool.jsonl").open()]
+    day = [r for r in demo if not r["id"].startswith("pyrit")][:40] + refusals[:8]
+    (tmp_path / "incoming").mkdir()
+    (tmp_path / "incoming" / "day1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in day))
+    (tmp_path / "refusals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refusals[8:]))
+    mean_weight = {}
+    for tag, extra in (("plain", {}), ("composite", {"refusal_anchor": str(tmp_path / "refusals.jsonl"),
+                                                     "refusal_share": 0.5})):
+        res = nightly_recuration(incoming=str(tmp_path / "incoming"), home=str(tmp_path / "home"),
+                                 out_dir=str(tmp_path / tag), name=f"nightly-{tag}", **extra)
+        assert res["status"] == "published"
+        table = pq.read_table(tmp_path / tag / "weights.parquet").to_pydict()
+        w = dict(zip(table["id"], table["weight"]))
+        mean_weight[tag] = np.mean([w[r["id"]] for r in refusals[:8]])
+    info = json.loads((tmp_path / "composite" / "run.json").read_text())
+    assert info["inputs"]["refusal_anchor"]["n_rows"] == len(refusals) - 8
+    assert info["config"]["refusal_share"] == 0.5
+    assert mean_weight["composite"] > 1.5 * mean_weight["plain"]
