@@ -11,7 +11,7 @@ refusals the alignment recipe does not train on; anchor = 50 of the other Alpaca
 Harmful reference: the PyRIT rows of `curation_quality.py` (another source than every pool row).
 Refusal anchor: the bundled PyRIT refusals (`sot curate --refusal-anchor`), share S of the anchor
 mass; baselines get the same rows on their safe side ("+ref"). MiniLM pair view, SOT defaults.
-Embeddings are computed once for every candidate row and cached in `.sot-bench`.
+Pair embeddings are computed once for every candidate row and cached in `.sot-bench`.
 
 `--view contrast` gives SOT the contrast view (`sot_core.encoders.contrast_view`: the pair view
 joined with what the response adds to the prompt, weight `--contrast-weight`) and runs every
@@ -43,7 +43,7 @@ from sot_core.align import heldout_refusals  # noqa: E402
 from sot_core.baselines import BASELINES  # noqa: E402
 from sot_core.costs import cosine_costs  # noqa: E402
 from sot_core.data import load_rows  # noqa: E402
-from sot_core.encoders import CONTRAST_WEIGHT, MiniLMEncoder, contrast_view, l2_normalise, pair_text  # noqa: E402
+from sot_core.encoders import CONTRAST_WEIGHT, MiniLMEncoder, contrast_view  # noqa: E402
 from sot_core.ot import PushPullConfig, solve_push_pull  # noqa: E402
 from sot_core.store import Store, atomic_write_text  # noqa: E402
 
@@ -76,10 +76,11 @@ def draw(rows: dict[str, list[dict]], seed: int) -> dict:
             "harmful": rng.sample(range(len(rows["harmful"])), 100), "refusal": rng.sample(range(len(rows["refusal"])), 100)}
 
 
-def prompt_view(path: str) -> np.ndarray:
-    """MiniLM embeddings of each row's prompt alone (as the pair view writes a row with no answer)."""
+def prompt_view(encoder: MiniLMEncoder, path: str) -> np.ndarray:
+    """Each row's prompt embedded alone: the pair view of the row without its answer (not cached;
+    about 30 s for every candidate row on 2 cores)."""
     prompts = load_rows(path).column("prompt").to_pylist()
-    return l2_normalise(MiniLMEncoder()._embed_texts([pair_text(p, "") for p in prompts], 64, None))
+    return encoder.encode(prompts, [""] * len(prompts))
 
 
 def baseline_scores(res: dict, pool, anchor, refusal_anchor, harmful_ref, task, prefix: str = "") -> None:
@@ -134,7 +135,8 @@ def main() -> None:
     files.update(harmful_ref=reference, refusal_anchor=str(REPO / "data" / "refusals" / "pyrit_refusals.jsonl"))
     views = {"pair": {role: cq.embed_file(store, f, "minilm:pair") for role, f in files.items()}}
     if args.view == "contrast":
-        views["contrast"] = {role: contrast_view(views["pair"][role], prompt_view(f), args.contrast_weight)
+        encoder = MiniLMEncoder("pair")
+        views["contrast"] = {role: contrast_view(views["pair"][role], prompt_view(encoder, f), args.contrast_weight)
                              for role, f in files.items()}
 
     per_seed = []
@@ -160,8 +162,8 @@ def main() -> None:
         print(f"seed {seed}: " + "  ".join(f"{k} {v['auroc']:.3f}/{v['harmful_kept']}/{v['refusals_kept_fraction']:.0%}"
                                            for k, v in res.items() if k.startswith(("sot", "classifier"))), flush=True)
     out = {"seeds": args.seeds, "summary": summarise(per_seed), "per_seed": per_seed}
-    if args.view != "pair" or args.first_seed:  # keep the default run's file as it was
-        out = {"view": args.view, "first_seed": args.first_seed, **out}
+    if args.view != "pair" or args.first_seed or args.harmful_ref:  # keep the default run's file as it was
+        out = {"view": args.view, "first_seed": args.first_seed, "harmful_ref": args.harmful_ref or "PyRIT (463 rows)", **out}
         if args.view == "contrast":
             out["contrast_weight"] = args.contrast_weight
     atomic_write_text(json.dumps(out, indent=2), Path(args.out))

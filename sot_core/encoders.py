@@ -20,9 +20,13 @@ import numpy as np
 REPRESENTATIONS = ("pair", "response", "both", "contrast")
 
 #: Weight of the "what the response adds" half of the contrast view. Chosen from {0.5, 0.7, 1.0}
-#: on ten draws of the general-instruction pool and confirmed on twenty other draws and a second
-#: harmful reference (benchmarks/general_pool_seeds.py --view contrast; RESULTS.md).
+#: on ten draws of the general-instruction pool and confirmed on twenty other draws; with a
+#: second, weaker harmful reference SOT's lead held in 8 of 10 draws
+#: (benchmarks/general_pool_seeds.py --view contrast; RESULTS.md). Measured with MiniLM only.
 CONTRAST_WEIGHT = 0.7
+# A residual |p - q| below this is float noise (batching, padding), not something the response
+# said; real residuals on the demo pool are >= 0.1.
+_CONTRAST_MIN_RESIDUAL = 1e-3
 
 
 def pair_text(prompt: str, response: str) -> str:
@@ -35,7 +39,7 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
 
-def contrast_view(pair: np.ndarray, prompt: np.ndarray, weight: float = CONTRAST_WEIGHT) -> np.ndarray:
+def contrast_view(pair: np.ndarray, prompt: np.ndarray, weight: float | None = None) -> np.ndarray:
     r"""Pair embedding joined with the direction the response moves it away from the prompt.
 
     For unit vectors :math:`p_i` (prompt and response) and :math:`q_i` (prompt alone),
@@ -46,14 +50,18 @@ def contrast_view(pair: np.ndarray, prompt: np.ndarray, weight: float = CONTRAST
     so the cosine of two rows is :math:`(\cos(p_i, p_j) + w^2 \cos(d_i, d_j)) / (1 + w^2)`.
     A refusal to a harmful prompt shares that prompt with harmful rows, which dominates the pair
     view; its :math:`d` points towards "refusing", a harmful answer's towards the harm, so
-    the second half separates the two while the first keeps what the pair view knows. A row
-    whose response adds nothing (:math:`p_i = q_i`, e.g. an empty response) gets :math:`d_i = 0`.
+    the second half separates the two while the first keeps what the pair view knows.
+
+    A row whose response adds nothing (:math:`\lVert p_i - q_i \rVert < 10^{-3}`: an empty
+    response, or a prompt that fills the encoder's token window so the response is never seen)
+    gets :math:`d_i = 0`, i.e. :math:`z_i = [p_i, 0]`; its cosines with other rows are then
+    :math:`\cos(p_i, p_j) / \sqrt{1 + w^2}` instead of the formula above.
 
     Parameters
     ----------
     pair, prompt : (n, d) float arrays with unit-norm rows
-    weight : float
-        :math:`w`, the weight of the second half.
+    weight : float, optional
+        :math:`w`, the weight of the second half; default `CONTRAST_WEIGHT`.
 
     Returns
     -------
@@ -61,15 +69,19 @@ def contrast_view(pair: np.ndarray, prompt: np.ndarray, weight: float = CONTRAST
     """
     if pair.shape != prompt.shape:
         raise ValueError(f"pair and prompt embeddings differ in shape: {pair.shape} vs {prompt.shape}")
+    weight = CONTRAST_WEIGHT if weight is None else weight
     delta = pair.astype(np.float32) - prompt.astype(np.float32)
     norms = np.linalg.norm(delta, axis=1, keepdims=True)
-    delta = np.where(norms > 1e-6, delta / np.maximum(norms, 1e-12), 0.0)
+    delta = np.where(norms >= _CONTRAST_MIN_RESIDUAL, delta / np.maximum(norms, 1e-12), 0.0)
     return l2_normalise(np.concatenate([pair, weight * delta], axis=1))
 
 
-def representation_id(representation: str) -> str:
-    """The representation's part of an encoder id: the contrast weight keys the cache too."""
-    return f"contrast{CONTRAST_WEIGHT:g}" if representation == "contrast" else representation
+def representation_id(representation: str, contrast_weight: float | None = None) -> str:
+    """The representation's part of an encoder id: the contrast weight (and the view's version)
+    key the cache too, so vectors made with another weight or formula are never reused."""
+    if representation != "contrast":
+        return representation
+    return f"contrast{CONTRAST_WEIGHT if contrast_weight is None else contrast_weight:g}.v1"
 
 
 class Encoder(abc.ABC):
@@ -84,6 +96,14 @@ class Encoder(abc.ABC):
         if representation not in REPRESENTATIONS:
             raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
         self.representation = representation
+        # fixed at construction, so the id and the vectors always use the same weight
+        self.contrast_weight = CONTRAST_WEIGHT
+
+    @property
+    def passes(self) -> int:
+        """Encoder passes over the rows ("both" and "contrast" embed two texts per row); progress
+        callbacks receive rows once per pass."""
+        return 2 if getattr(self, "representation", "pair") in ("both", "contrast") else 1
 
     @abc.abstractmethod
     def _embed_texts(self, texts: Sequence[str], batch_size: int, progress: Callable[[int], None] | None) -> np.ndarray:
@@ -103,8 +123,8 @@ class Encoder(abc.ABC):
             return l2_normalise(self._embed_texts([r or p for p, r in zip(prompts, responses)], batch_size, progress))
         if self.representation == "contrast":
             pair = l2_normalise(self._embed_texts([pair_text(p, r) for p, r in zip(prompts, responses)], batch_size, progress))
-            prompt = l2_normalise(self._embed_texts([pair_text(p, "") for p in prompts], batch_size, None))
-            return contrast_view(pair, prompt)
+            prompt = l2_normalise(self._embed_texts([pair_text(p, "") for p in prompts], batch_size, progress))
+            return contrast_view(pair, prompt, self.contrast_weight)
         both = np.concatenate(
             [
                 l2_normalise(self._embed_texts([pair_text(p, r) for p, r in zip(prompts, responses)], batch_size, progress)),
@@ -127,7 +147,8 @@ class MiniLMEncoder(Encoder):
         super().__init__(representation)
         self.device = device
         self.dim = self.base_dim * (2 if representation in ("both", "contrast") else 1)
-        self.encoder_id = f"minilm-l6-v2:{representation_id(representation)}:len{self.max_seq_length}:v2"
+        self.encoder_id = (f"minilm-l6-v2:{representation_id(representation, self.contrast_weight)}"
+                           f":len{self.max_seq_length}:v2")
         self._model = None
 
     def _load(self):

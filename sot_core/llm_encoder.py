@@ -46,7 +46,8 @@ class LastTokenEncoder(Encoder):
     representation : {"pair", "response", "both", "contrast"}
         "pair": user prompt + response; "response": the response under an empty user turn;
         "both": the two normalised vectors concatenated; "contrast": the pair view joined with
-        what the response adds to the prompt alone (`sot_core.encoders.contrast_view`).
+        what the response adds to the prompt alone (`sot_core.encoders.contrast_view`; benchmarked
+        with MiniLM only, experimental here).
     layer : "final", "middle" or int
         Index into ``hidden_states`` (0 = embeddings, ``num_hidden_layers`` = final).
     max_length : int
@@ -76,7 +77,7 @@ class LastTokenEncoder(Encoder):
         self.dim = self.base_dim * (2 if representation in ("both", "contrast") else 1)
         name = Path(self.path).name or self.path.replace("/", "_")
         self.encoder_id = (f"hf-lasttoken:{name}:{model_fingerprint(self.path)}:L{self.layer}:"
-                           f"{representation_id(representation)}"
+                           f"{representation_id(representation, self.contrast_weight)}"
                            f":max{max_length}:v1")
         self._model = self._tok = None
 
@@ -137,8 +138,9 @@ class LastTokenEncoder(Encoder):
         views = []
         if self.representation == "contrast":
             pair = l2_normalise(self.embed_ids(self._pair_ids(prompts, responses), batch_size, progress))
-            prompt = l2_normalise(self.embed_ids(self._pair_ids(prompts, [""] * len(prompts)), batch_size, None))
-            return contrast_view(pair, prompt)
+            # the prompt alone ends at the assistant header: d is what the answer did to the state
+            prompt = l2_normalise(self.embed_ids(self._pair_ids(prompts, [""] * len(prompts)), batch_size, progress))
+            return contrast_view(pair, prompt, self.contrast_weight)
         if self.representation in ("pair", "both"):
             views.append(l2_normalise(self.embed_ids(self._pair_ids(prompts, responses), batch_size, progress)))
         if self.representation in ("response", "both"):

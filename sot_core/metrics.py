@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from sot_core.errors import InputError
+from sot_core.eval_sets import prompt_key
 
 POSITIVE = {"1", "true", "yes", "unsafe", "harmful"}
 
@@ -92,14 +93,14 @@ def compare_arms(verdicts: dict, references: Sequence[str]) -> dict:
 def compare_evaluations(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> dict:
     """Paired comparison of two `evaluate_model` results (run with ``per_prompt=True``).
 
-    Harmful prompts are matched by `eval_sets.prompt_key` (case and whitespace runs ignored), so two models whose evaluations
-    skipped different trained-on prompts are still compared on the prompts both saw. Returns
+    Harmful prompts are matched by `eval_sets.prompt_key` (case and whitespace runs ignored),
+    so two models whose evaluations skipped different trained-on prompts are still compared on
+    the prompts both saw. Returns
     ``{"n_paired": n, "harmful": {judge: paired_difference(b, a)}, "metrics": {name: {a, b, diff}}}``:
     differences are B minus A, and ``n_b_only`` counts prompts only B complied with. Raises
     `InputError` naming the result that lacks per-prompt verdicts or holds inconsistent ones.
     """
-    from sot_core.eval_sets import prompt_key as key
-
+    key = prompt_key
     for name, res in ((name_a, a), (name_b, b)):
         if not isinstance(res, dict) or "harmful_complied" not in res or "harmful_prompts" not in res:
             raise InputError(name, "no per-prompt verdicts; evaluate with per_prompt=True (sot evaluate does)")

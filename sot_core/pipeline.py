@@ -80,7 +80,9 @@ def embed(store: Store, dataset_id: str, encoder_spec: str, batch_size: int = 64
                 prompts.append(p), responses.append(r), order.append(h)
         from tqdm.auto import tqdm
 
-        with tqdm(total=len(order), desc=f"embed {dataset_id}", unit="row", disable=not show_progress) as bar:
+        passes = encoder.passes  # two-text views count each row once per pass
+        desc = f"embed {dataset_id}" + (f" ({passes} passes)" if passes > 1 else "")
+        with tqdm(total=len(order) * passes, desc=desc, unit="row", disable=not show_progress) as bar:
             vectors = encoder.encode(prompts, responses, batch_size=batch_size, progress=bar.update)
         store.put_embeddings(encoder.encoder_id, order, vectors)
     return {"dataset_id": dataset_id, "encoder_id": encoder.encoder_id, "n_rows": len(hashes),

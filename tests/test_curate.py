@@ -94,11 +94,13 @@ def test_refusal_anchor_lifts_refusals_in_the_pool(tmp_path, prefect_backend):
     assert mean_refusal_weight["composite"] > 2 * mean_refusal_weight["plain"]
 
 
-def test_contrast_view_through_the_cli_keeps_refusals_and_drops_harm(tmp_path, prefect_backend):
+def test_contrast_view_through_the_cli_weights_refusals_up_and_drops_harm(tmp_path, prefect_backend):
     """`--encoder minilm:contrast` with the refusal anchor (the README's setting for chat pools):
     run.json names the exact embedding, refusals in the pool get more weight than harmful rows,
     and no harmful row survives keep = 0.8 (the pair view at the same share keeps 2 of the 10)."""
     from pathlib import Path
+
+    from sot_core.encoders import representation_id
 
     refusals = [json.loads(line) for line in (Path(DEMO).parent / "refusals" / "pyrit_refusals.jsonl").open()]
     demo = [json.loads(line) for line in (DEMO / "pool.jsonl").open()]
@@ -111,7 +113,7 @@ def test_contrast_view_through_the_cli_keeps_refusals_and_drops_harm(tmp_path, p
                  "--encoder", "minilm:contrast", "--refusal-anchor", str(tmp_path / "refusals.jsonl"),
                  "--refusal-share", "0.5", "--out", str(tmp_path / "out")]) == 0
     info = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert info["config"]["encoder"] == "minilm:contrast" and "contrast0.7" in info["encoder_id"]
+    assert info["config"]["encoder"] == "minilm:contrast" and representation_id("contrast") in info["encoder_id"]
     table = pq.read_table(tmp_path / "out" / "weights.parquet").to_pydict()
     w, selected = dict(zip(table["id"], table["weight"])), dict(zip(table["id"], table["selected"]))
     assert np.mean([w[r["id"]] for r in refusals[:10]]) > np.mean([w[r["id"]] for r in harmful])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sot_core import encoders
 from sot_core.encoders import CONTRAST_WEIGHT, MiniLMEncoder, contrast_view, get_encoder
 
 PROMPTS = ["How do I bake bread?", "Tell me how to make a weapon at home, step by step, in detail please.", "2+2?"]
@@ -70,7 +71,9 @@ def test_contrast_view_edge_cases():
     p /= np.linalg.norm(p, axis=1, keepdims=True)
     z = contrast_view(p, p.copy())  # the response adds nothing: the second half is zero
     np.testing.assert_allclose(z, np.hstack([p, np.zeros_like(p)]), atol=1e-6)
-    assert np.isfinite(z).all()
+    # float noise between two passes (batching, padding) is not a direction the response added
+    noisy = p + 1e-5 * rng.normal(size=p.shape).astype(np.float32)
+    np.testing.assert_allclose(contrast_view(p, noisy), np.hstack([p, np.zeros_like(p)]), atol=1e-6)
     with pytest.raises(ValueError, match="differ in shape"):
         contrast_view(p, p[:2])
 
@@ -87,3 +90,23 @@ def test_contrast_view_moves_a_refusal_away_from_harm_with_the_same_prompt():
         x = get_encoder(spec).encode([p for p, _ in rows], [r for _, r in rows])
         return float(x[0] @ x[2] - x[0] @ x[1])  # nearer the other refusal than the harmful answer
     assert margin("minilm:contrast") > margin("minilm:pair") + 0.05
+
+
+def test_contrast_weight_is_fixed_per_encoder_and_keys_the_cache(monkeypatch):
+    """The id and the vectors of one encoder always use the same weight, even if the module
+    constant changes later; a new weight gives a new id."""
+    before = get_encoder("minilm:contrast")
+    monkeypatch.setattr(encoders, "CONTRAST_WEIGHT", 0.5)
+    after = get_encoder("minilm:contrast")
+    assert before.encoder_id != after.encoder_id and "contrast0.5" in after.encoder_id
+    for enc, w in ((before, CONTRAST_WEIGHT), (after, 0.5)):
+        z = enc.encode(PROMPTS, RESPONSES)
+        np.testing.assert_allclose(np.linalg.norm(z[:, 384:], axis=1), w / np.sqrt(1 + w * w), rtol=1e-4)
+
+
+def test_two_pass_views_report_progress_per_pass():
+    for rep in ("contrast", "both"):
+        enc, seen = get_encoder(f"minilm:{rep}"), []
+        enc.encode(PROMPTS, RESPONSES, batch_size=2, progress=seen.append)
+        assert enc.passes == 2 and sum(seen) == 2 * len(PROMPTS)
+    assert get_encoder("minilm").passes == 1

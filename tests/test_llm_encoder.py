@@ -109,3 +109,17 @@ def test_get_encoder_hf_spec_layer_suffix(tiny):
     assert get_encoder(f"hf:{tiny}:pair@final").encoder_id == LastTokenEncoder(tiny).encoder_id
     with pytest.raises(ValueError, match="layer"):
         get_encoder(f"hf:{tiny}@9")
+
+
+def test_contrast_second_half_is_what_the_answer_adds_to_the_prompt_state(tiny):
+    """The contrast view is `contrast_view` of the state after the whole pair and the state at
+    the assistant header of the prompt alone."""
+    from sot_core.encoders import contrast_view, l2_normalise
+
+    enc = LastTokenEncoder(tiny, representation="contrast")
+    prompts, responses = [p for p, _ in ROWS], [r for _, r in ROWS]
+    z = enc.encode(prompts, responses, batch_size=2)
+    pair = l2_normalise(enc.embed_ids(enc._pair_ids(prompts, responses)))
+    prompt = l2_normalise(enc.embed_ids(enc._pair_ids(prompts, [""] * len(prompts))))
+    np.testing.assert_allclose(z, contrast_view(pair, prompt, enc.contrast_weight), atol=1e-5)
+    assert not np.allclose(z[:, 32:], 0)  # the answers did move the state
