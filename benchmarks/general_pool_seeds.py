@@ -20,7 +20,8 @@ the best baseline in either view. `--first-seed` draws other pools than the ones
 chosen on.
 
     python benchmarks/general_pool_seeds.py [--seeds 10] [--first-seed 0] [--view pair|contrast]
-        [--contrast-weight 0.7] [--harmful-ref FILE] [--out results/general_pool_seeds.json]
+        [--contrast-weight 0.7] [--harmful-ref FILE] [--encoder minilm|hf:MODEL]
+        [--out results/general_pool_seeds.json]
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ from sot_core.align import heldout_refusals  # noqa: E402
 from sot_core.baselines import BASELINES  # noqa: E402
 from sot_core.costs import cosine_costs  # noqa: E402
 from sot_core.data import load_rows  # noqa: E402
-from sot_core.encoders import CONTRAST_WEIGHT, MiniLMEncoder, contrast_view  # noqa: E402
+from sot_core.encoders import CONTRAST_WEIGHT, Encoder, contrast_view, get_encoder  # noqa: E402
 from sot_core.ot import PushPullConfig, solve_push_pull  # noqa: E402
 from sot_core.store import Store, atomic_write_text  # noqa: E402
 
@@ -76,7 +77,7 @@ def draw(rows: dict[str, list[dict]], seed: int) -> dict:
             "harmful": rng.sample(range(len(rows["harmful"])), 100), "refusal": rng.sample(range(len(rows["refusal"])), 100)}
 
 
-def prompt_view(encoder: MiniLMEncoder, path: str) -> np.ndarray:
+def prompt_view(encoder: Encoder, path: str) -> np.ndarray:
     """Each row's prompt embedded alone: the pair view of the row without its answer (not cached;
     about 30 s for every candidate row on 2 cores)."""
     prompts = load_rows(path).column("prompt").to_pylist()
@@ -123,6 +124,7 @@ def main() -> None:
     p.add_argument("--first-seed", type=int, default=0, help="draws use seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--view", choices=("pair", "contrast"), default="pair", help="representation SOT sees")
     p.add_argument("--contrast-weight", type=float, default=CONTRAST_WEIGHT)
+    p.add_argument("--encoder", default="minilm", help="encoder without its view: minilm or hf:<model folder>")
     p.add_argument("--harmful-ref", default=None,
                    help="harmful reference file (default: the 463 PyRIT rows of curation_quality.py)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "general_pool_seeds.json"))
@@ -133,9 +135,9 @@ def main() -> None:
     rows = candidate_rows(shared)
     files = {role: cq.write_jsonl(r, work / f"{role}.jsonl") for role, r in rows.items()}
     files.update(harmful_ref=reference, refusal_anchor=str(REPO / "data" / "refusals" / "pyrit_refusals.jsonl"))
-    views = {"pair": {role: cq.embed_file(store, f, "minilm:pair") for role, f in files.items()}}
+    views = {"pair": {role: cq.embed_file(store, f, f"{args.encoder}:pair") for role, f in files.items()}}
     if args.view == "contrast":
-        encoder = MiniLMEncoder("pair")
+        encoder = get_encoder(f"{args.encoder}:pair")
         views["contrast"] = {role: contrast_view(views["pair"][role], prompt_view(encoder, f), args.contrast_weight)
                              for role, f in files.items()}
 
@@ -162,8 +164,9 @@ def main() -> None:
         print(f"seed {seed}: " + "  ".join(f"{k} {v['auroc']:.3f}/{v['harmful_kept']}/{v['refusals_kept_fraction']:.0%}"
                                            for k, v in res.items() if k.startswith(("sot", "classifier"))), flush=True)
     out = {"seeds": args.seeds, "summary": summarise(per_seed), "per_seed": per_seed}
-    if args.view != "pair" or args.first_seed or args.harmful_ref:  # keep the default run's file as it was
-        out = {"view": args.view, "first_seed": args.first_seed, "harmful_ref": args.harmful_ref or "PyRIT (463 rows)", **out}
+    if args.view != "pair" or args.first_seed or args.harmful_ref or args.encoder != "minilm":  # keep the default run's file as it was
+        out = {"view": args.view, "first_seed": args.first_seed, "harmful_ref": args.harmful_ref or "PyRIT (463 rows)",
+               **({"encoder": args.encoder} if args.encoder != "minilm" else {}), **out}
         if args.view == "contrast":
             out["contrast_weight"] = args.contrast_weight
     atomic_write_text(json.dumps(out, indent=2), Path(args.out))
