@@ -9,6 +9,7 @@ part the share s of the anchor mass (s = 0: the task anchor alone). Baselines ar
 plain anchor and with the task + refusal rows ("+ref"), the best of either is the bar to beat.
 
     python benchmarks/refusal_anchor.py [--representations pair,both,response] [--shares 0,0.2,0.5]
+    python benchmarks/refusal_anchor.py --representations contrast --out results/refusal_anchor_contrast.json
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def main() -> None:
         enc = f"{args.encoder}:{rep}"
         harmful, refusal = cq.embed_file(store, inputs["reference"], enc), cq.embed_file(store, refusals, enc)
         for name, task in inputs["tasks"].items():
-            if name == "general_refusal_anchor" or (rep != "pair" and task["refusal"] is None):
+            if name == "general_refusal_anchor" or (rep in ("response", "both") and task["refusal"] is None):
                 continue
             if args.tasks and name not in args.tasks.split(","):
                 continue
