@@ -20,7 +20,7 @@ the best baseline in either view. `--first-seed` draws other pools than the ones
 chosen on.
 
     python benchmarks/general_pool_seeds.py [--seeds 10] [--first-seed 0] [--view pair|contrast]
-        [--contrast-weight 0.7] [--harmful-ref FILE] [--encoder minilm|hf:MODEL]
+        [--contrast-weight 0.7] [--harmful-ref FILE] [--encoder minilm|hf:MODEL] [--pool-harmful pyrit]
         [--out results/general_pool_seeds.json]
 """
 from __future__ import annotations
@@ -127,14 +127,21 @@ def main() -> None:
     p.add_argument("--encoder", default="minilm", help="encoder without its view: minilm or hf:<model folder>")
     p.add_argument("--harmful-ref", default=None,
                    help="harmful reference file (default: the 463 PyRIT rows of curation_quality.py)")
+    p.add_argument("--pool-harmful", choices=("beavertails", "pyrit"), default="beavertails",
+                   help="source of the pool's harmful rows; 'pyrit' swaps the roles: 100 of the PyRIT rows go into "
+                        "the pool and the 200 BeaverTails answers become the harmful reference")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "general_pool_seeds.json"))
     args = p.parse_args()
+    if args.pool_harmful == "pyrit" and args.harmful_ref:
+        p.error("--pool-harmful pyrit sets the harmful reference itself")
     shared, work = Path(args.shared), Path(tempfile.mkdtemp(prefix="sot-seeds-"))
     store = Store(REPO / ".sot-bench")
     reference = args.harmful_ref or cq.build_inputs(shared, work)["reference"]
     rows = candidate_rows(shared)
     files = {role: cq.write_jsonl(r, work / f"{role}.jsonl") for role, r in rows.items()}
     files.update(harmful_ref=reference, refusal_anchor=str(REPO / "data" / "refusals" / "pyrit_refusals.jsonl"))
+    if args.pool_harmful == "pyrit":  # same draws of everything else; only the harmful sources swap
+        files["harmful"], files["harmful_ref"] = reference, files["harmful"]
     views = {"pair": {role: cq.embed_file(store, f, f"{args.encoder}:pair") for role, f in files.items()}}
     if args.view == "contrast":
         encoder = get_encoder(f"{args.encoder}:pair")
@@ -144,6 +151,8 @@ def main() -> None:
     per_seed = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         idx = draw(rows, seed)
+        if args.pool_harmful == "pyrit":
+            idx["harmful"] = random.Random(1000 + seed).sample(range(len(views["pair"]["harmful"])), 100)
         kinds = np.array(["benign"] * 700 + ["harmful"] * 100 + ["refusal"] * 100)
         task = {"harmful": kinds == "harmful", "refusal": kinds == "refusal"}
         res = {}
@@ -164,8 +173,10 @@ def main() -> None:
         print(f"seed {seed}: " + "  ".join(f"{k} {v['auroc']:.3f}/{v['harmful_kept']}/{v['refusals_kept_fraction']:.0%}"
                                            for k, v in res.items() if k.startswith(("sot", "classifier"))), flush=True)
     out = {"seeds": args.seeds, "summary": summarise(per_seed), "per_seed": per_seed}
-    if args.view != "pair" or args.first_seed or args.harmful_ref or args.encoder != "minilm":  # keep the default run's file as it was
-        out = {"view": args.view, "first_seed": args.first_seed, "harmful_ref": args.harmful_ref or "PyRIT (463 rows)",
+    if args.view != "pair" or args.first_seed or args.harmful_ref or args.encoder != "minilm" or args.pool_harmful != "beavertails":
+        # (the default run's file keeps its old layout)
+        ref_name = "BeaverTails (200 rows)" if args.pool_harmful == "pyrit" else args.harmful_ref or "PyRIT (463 rows)"
+        out = {"view": args.view, "first_seed": args.first_seed, "harmful_ref": ref_name, "pool_harmful": args.pool_harmful,
                **({"encoder": args.encoder} if args.encoder != "minilm" else {}), **out}
         if args.view == "contrast":
             out["contrast_weight"] = args.contrast_weight
