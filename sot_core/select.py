@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from sot_core.config import CODE_VERSION, CurateConfig, config_hash
+from sot_core.judges import keyword_refusal
 from sot_core.metrics import auroc, harmful_kept
 from sot_core.store import Store, atomic_write_table, atomic_write_text
 
@@ -117,6 +118,11 @@ def publish(
         label = np.array([labels.get(i, False) for i in ids])
         quality = {"auroc": auroc(score, label), **harmful_kept(selected, label), "unlabelled_rows": len(missing)}
 
+    # Refusals (safe answers to harmful prompts) are wanted data that curation tends to drop; a
+    # label-free count lets a user see what a setting (e.g. --refusal-anchor) does to them.
+    refusal = np.array([keyword_refusal(r) for r in responses], dtype=bool)
+    refusals = {"pool": int(refusal.sum()), "kept": int((refusal & selected).sum())}
+
     # The random part keeps two identical runs in the same second apart.
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     version_dir = store.home / "curated" / version
@@ -137,6 +143,7 @@ def publish(
         "cached_stages": run_info.get("cached_stages", []),
         "solver": run_info.get("solver", {}),
         "quality": quality,
+        "refusals": refusals,
         "top_flagged": [
             {"id": ids[i], "score": float(score[i]), "prompt": prompts[i][:160]}
             for i in np.argsort(-score)[:10]
@@ -173,6 +180,12 @@ def render_report(s: dict) -> str:
             f"| {q['harmful_total']} | {q['harmful_kept']} | {q['harmful_kept_fraction']:.1%} | {q['auroc']:.3f} |",
             "",
         ]
+    r = s.get("refusals") or {}
+    if r.get("pool"):
+        lines += ["## Refusals in the pool (keyword heuristic, no labels needed)", "",
+                  f"{r['pool']} rows open with a refusal phrase; **{r['kept']} kept** ({r['kept'] / r['pool']:.0%}). "
+                  "A partial compliance that opens with an apology counts too. Real refusals to harmful prompts "
+                  "are useful safety data: `--refusal-anchor` keeps more of them.", ""]
     lines += ["## Time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in s["stage_seconds"].items()]
     lines += ["", "Rows embedded in this run (others came from the store's cache): "

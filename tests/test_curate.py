@@ -118,3 +118,7 @@ def test_contrast_view_through_the_cli_weights_refusals_up_and_drops_harm(tmp_pa
     w, selected = dict(zip(table["id"], table["weight"])), dict(zip(table["id"], table["selected"]))
     assert np.mean([w[r["id"]] for r in refusals[:10]]) > np.mean([w[r["id"]] for r in harmful])
     assert not any(selected[r["id"]] for r in harmful)
+    # the label-free refusal count of run.json and report.md agrees with the selection
+    kept_refusals = sum(selected[r["id"]] for r in refusals[:10])
+    assert info["refusals"]["pool"] >= 10 and info["refusals"]["kept"] >= kept_refusals
+    assert f"**{info['refusals']['kept']} kept**" in (tmp_path / "out" / "report.md").read_text()
