@@ -77,6 +77,12 @@ def draw(rows: dict[str, list[dict]], seed: int) -> dict:
             "harmful": rng.sample(range(len(rows["harmful"])), 100), "refusal": rng.sample(range(len(rows["refusal"])), 100)}
 
 
+def with_view(encoder: str, view: str) -> str:
+    """`minilm` -> `minilm:pair`; `hf:M@middle` -> `hf:M:pair@middle` (the layer comes last)."""
+    head, at, layer = encoder.rpartition("@") if encoder.startswith("hf:") and "@" in encoder else (encoder, "", "")
+    return f"{head}:{view}{at}{layer}"
+
+
 def prompt_view(encoder: Encoder, path: str) -> np.ndarray:
     """Each row's prompt embedded alone: the pair view of the row without its answer (not cached;
     about 30 s for every candidate row on 2 cores)."""
@@ -142,9 +148,9 @@ def main() -> None:
     files.update(harmful_ref=reference, refusal_anchor=str(REPO / "data" / "refusals" / "pyrit_refusals.jsonl"))
     if args.pool_harmful == "pyrit":  # same draws of everything else; only the harmful sources swap
         files["harmful"], files["harmful_ref"] = reference, files["harmful"]
-    views = {"pair": {role: cq.embed_file(store, f, f"{args.encoder}:pair") for role, f in files.items()}}
+    views = {"pair": {role: cq.embed_file(store, f, with_view(args.encoder, "pair")) for role, f in files.items()}}
     if args.view == "contrast":
-        encoder = get_encoder(f"{args.encoder}:pair")
+        encoder = get_encoder(with_view(args.encoder, "pair"))
         views["contrast"] = {role: contrast_view(views["pair"][role], prompt_view(encoder, f), args.contrast_weight)
                              for role, f in files.items()}
 

@@ -59,6 +59,17 @@ def select_stratified(weights: np.ndarray, keep: float, groups: np.ndarray) -> n
     return mask
 
 
+def count_refusals(responses: list[str], selected: np.ndarray, harmful: np.ndarray | None = None) -> dict:
+    """Rows whose response contains a refusal phrase early (`judges.keyword_refusal`), and how
+    many were kept. Refusals to harmful prompts are wanted data that curation tends to drop, and
+    this count needs no labels. The heuristic also flags partial compliances that open with an
+    apology, so rows labelled harmful (when `harmful` is given) are left out of the count."""
+    refusal = np.array([keyword_refusal(r) for r in responses], dtype=bool)
+    if harmful is not None:
+        refusal &= ~harmful
+    return {"pool": int(refusal.sum()), "kept": int((refusal & selected).sum()), "labels_used": harmful is not None}
+
+
 def training_weights(weights: np.ndarray, scheme: str) -> np.ndarray:
     """Per-sample loss weights of the kept rows, mean 1.
 
@@ -118,10 +129,7 @@ def publish(
         label = np.array([labels.get(i, False) for i in ids])
         quality = {"auroc": auroc(score, label), **harmful_kept(selected, label), "unlabelled_rows": len(missing)}
 
-    # Refusals (safe answers to harmful prompts) are wanted data that curation tends to drop; a
-    # label-free count lets a user see what a setting (e.g. --refusal-anchor) does to them.
-    refusal = np.array([keyword_refusal(r) for r in responses], dtype=bool)
-    refusals = {"pool": int(refusal.sum()), "kept": int((refusal & selected).sum())}
+    refusals = count_refusals(responses, selected, None if labels is None else np.array([labels.get(i, False) for i in ids]))
 
     # The random part keeps two identical runs in the same second apart.
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -182,10 +190,12 @@ def render_report(s: dict) -> str:
         ]
     r = s.get("refusals") or {}
     if r.get("pool"):
-        lines += ["## Refusals in the pool (keyword heuristic, no labels needed)", "",
-                  f"{r['pool']} rows open with a refusal phrase; **{r['kept']} kept** ({r['kept'] / r['pool']:.0%}). "
-                  "A partial compliance that opens with an apology counts too. Real refusals to harmful prompts "
-                  "are useful safety data: `--refusal-anchor` keeps more of them.", ""]
+        caveat = ("Rows labelled harmful are not counted." if r.get("labels_used") else
+                  "Without labels, a partial compliance that opens with an apology counts too.")
+        lines += ["## Refusals in the pool (keyword heuristic)", "",
+                  f"{r['pool']} rows contain a refusal phrase early; **{r['kept']} kept** ({r['kept'] / r['pool']:.0%}). "
+                  f"{caveat} Real refusals to harmful prompts are useful safety data: `--refusal-anchor` keeps more "
+                  "of them.", ""]
     lines += ["## Time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in s["stage_seconds"].items()]
     lines += ["", "Rows embedded in this run (others came from the store's cache): "

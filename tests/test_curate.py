@@ -119,6 +119,10 @@ def test_contrast_view_through_the_cli_weights_refusals_up_and_drops_harm(tmp_pa
     assert np.mean([w[r["id"]] for r in refusals[:10]]) > np.mean([w[r["id"]] for r in harmful])
     assert not any(selected[r["id"]] for r in harmful)
     # the label-free refusal count of run.json and report.md agrees with the selection
-    kept_refusals = sum(selected[r["id"]] for r in refusals[:10])
-    assert info["refusals"]["pool"] >= 10 and info["refusals"]["kept"] >= kept_refusals
+    from sot_core.judges import keyword_refusal
+
+    response = {r["id"]: r["response"] for r in pool}
+    flagged = [i for i in table["id"] if keyword_refusal(response[i])]
+    assert len(flagged) >= 10
+    assert info["refusals"] == {"pool": len(flagged), "kept": sum(selected[i] for i in flagged), "labels_used": False}
     assert f"**{info['refusals']['kept']} kept**" in (tmp_path / "out" / "report.md").read_text()

@@ -123,3 +123,8 @@ def test_contrast_second_half_is_what_the_answer_adds_to_the_prompt_state(tiny):
     prompt = l2_normalise(enc.embed_ids(enc._pair_ids(prompts, [""] * len(prompts))))
     np.testing.assert_allclose(z, contrast_view(pair, prompt, enc.contrast_weight), atol=1e-5)
     assert not np.allclose(z[:, 32:], 0)  # the answers did move the state
+    # "the prompt alone" is the pair's own prefix, up to the assistant header: d compares the state
+    # before the answer with the state after it, nothing else
+    for r, with_answer, alone in zip(responses, enc._pair_ids(prompts, responses), enc._pair_ids(prompts, [""] * len(prompts))):
+        assert with_answer[: len(alone)] == alone and (len(alone) < len(with_answer)) == bool(r)
+    assert np.allclose(z[responses.index(""), 32:], 0)  # an empty answer adds nothing

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sot_core.select import label_groups, select_stratified, select_top, training_weights
+from sot_core.select import count_refusals, label_groups, render_report, select_stratified, select_top, training_weights
 
 
 def test_select_top_keeps_the_largest_weights():
@@ -42,3 +42,22 @@ def test_stratified_keeps_label_shares_and_still_drops_harmful():
 def test_training_weights_have_mean_one(scheme):
     w = np.random.default_rng(1).random(50)
     assert np.isclose(training_weights(w, scheme).mean(), 1.0)
+
+
+def test_refusal_count_follows_the_selection_and_skips_labelled_harm():
+    responses = ["I'm sorry, but I can't help with that.", "I cannot assist with this request.",
+                 "Sorry, I can't... but here is how: step 1, buy the parts.", "Positive", "Here is a cake recipe."]
+    selected = np.array([True, False, True, True, False])
+    assert count_refusals(responses, selected) == {"pool": 3, "kept": 2, "labels_used": False}
+    harmful = np.array([False, False, True, False, False])  # the partial compliance is labelled harmful
+    assert count_refusals(responses, selected, harmful) == {"pool": 2, "kept": 1, "labels_used": True}
+
+
+def test_report_shows_the_refusal_section_only_when_there_are_refusals():
+    summary = {"version": "v", "counts": {"selected": 1, "pool": 2, "embedded_now": {}},
+               "config": {"keep": 0.5, "lam": 1, "eps": 0.1, "mode": "push-pull", "encoder": "minilm"},
+               "solver": {}, "stage_seconds": {}, "top_flagged": [], "quality": None,
+               "refusals": {"pool": 4, "kept": 3, "labels_used": True}}
+    assert "**3 kept** (75%)" in render_report(summary) and "labelled harmful are not counted" in render_report(summary)
+    summary["refusals"] = {"pool": 0, "kept": 0, "labels_used": False}
+    assert "Refusals in the pool" not in render_report(summary)
