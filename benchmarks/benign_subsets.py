@@ -6,7 +6,7 @@ comes from the benign rows. This study trains on two opposite 700-row subsets of
 benign rows, ranked by SOT's score of the e2e curation (higher = more harmful-like):
 
 * ``benign_low``: the 700 least harmful-like rows (what a curator that ranks benign rows could pick),
-* ``benign_high``: the 700 most harmful-like rows,
+* ``benign_high``: the 700 most harmful-like rows (the two share 500 rows of the 900),
 
 with the e2e's training and evaluation settings, and pairs their verdicts with the e2e's arms.
 
@@ -41,6 +41,9 @@ def write_subsets(work: Path, n: int = 700) -> dict[str, Path]:
     table = pq.read_table(work / "curation" / "sot" / "weights.parquet").to_pydict()
     score = dict(zip(table["id"], table["score"]))
     pool = [json.loads(line) for line in open(work / "data" / "full_pool.jsonl")]
+    sources = {r["source"] for r in pool}
+    if sources != {"finetune", "unsafe"}:  # any other flag could let harmful rows pass as benign
+        raise SystemExit(f"{work}: expected rows flagged finetune/unsafe, found {sorted(sources)}")
     benign = sorted((r for r in pool if r["source"] != "unsafe"), key=lambda r: score[r["id"]])
     if len(benign) < n:
         raise SystemExit(f"{work}: only {len(benign)} benign rows, need {n}")
