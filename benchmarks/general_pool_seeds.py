@@ -46,6 +46,7 @@ from sot_core.costs import cosine_costs  # noqa: E402
 from sot_core.data import load_rows  # noqa: E402
 from sot_core.encoders import CONTRAST_WEIGHT, Encoder, contrast_view, get_encoder  # noqa: E402
 from sot_core.ot import PushPullConfig, solve_push_pull  # noqa: E402
+from sot_core.pipeline import composite_anchor_masses  # noqa: E402
 from sot_core.store import Store, atomic_write_text  # noqa: E402
 
 SHARES = (0.0, 0.2, 0.5, 0.7, 0.9)
@@ -171,8 +172,7 @@ def main() -> None:
             c_push = cosine_costs(pool, harmful_ref)
             for share in SHARES:
                 safe = anchor if share == 0 else np.vstack([anchor, refusal_anchor])
-                masses = None if share == 0 else np.r_[np.full(len(anchor), (1 - share) / len(anchor)),
-                                                       np.full(len(refusal_anchor), share / len(refusal_anchor))]
+                masses = None if share == 0 else composite_anchor_masses(len(anchor), len(refusal_anchor), share)
                 sol = solve_push_pull(cosine_costs(pool, safe), c_push, PushPullConfig(), anchor_weights=masses)
                 res[f"sot_S{share:g}"] = cq.evaluate(sol.score, sol.weights, task)
         per_seed.append(res)

@@ -29,6 +29,7 @@ import curation_quality as cq  # noqa: E402
 from sot_core.baselines import BASELINES  # noqa: E402
 from sot_core.costs import cosine_costs  # noqa: E402
 from sot_core.ot import PushPullConfig, solve_push_pull  # noqa: E402
+from sot_core.pipeline import composite_anchor_masses  # noqa: E402
 from sot_core.store import Store  # noqa: E402
 
 
@@ -68,7 +69,7 @@ def main() -> None:
                 if share == 0:
                     res = solve_push_pull(cosine_costs(pool, anchor), c_harm, PushPullConfig(eps=args.eps))
                 else:
-                    masses = np.r_[np.full(len(anchor), (1 - share) / len(anchor)), np.full(len(refusal), share / len(refusal))]
+                    masses = composite_anchor_masses(len(anchor), len(refusal), share)
                     res = solve_push_pull(cosine_costs(pool, both), c_harm, PushPullConfig(eps=args.eps), anchor_weights=masses)
                 row[f"sot_share{share:g}"] = cq.evaluate(res.score, res.weights, task)
             results[f"{name}/{enc}"] = row

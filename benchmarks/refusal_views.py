@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import curation_quality as cq  # noqa: E402
 from sot_core.costs import cosine_costs  # noqa: E402
 from sot_core.ot import PushPullConfig, solve_push_pull  # noqa: E402
+from sot_core.pipeline import composite_anchor_masses  # noqa: E402
 from sot_core.store import Store  # noqa: E402
 
 VIEWS = [("pair", "pair"), ("pair", "response"), ("pair", "max"), ("both", "both"), ("max", "max"), ("response", "response"),
@@ -63,7 +64,7 @@ def main() -> None:
     for pull, push in VIEWS:
         c_push = view_costs(emb, "pool", "harmful", push)
         for share in (float(s) for s in args.shares.split(",")):
-            masses = None if share == 0 else np.r_[np.full(n_anchor, (1 - share) / n_anchor), np.full(n_ref, share / n_ref)]
+            masses = None if share == 0 else composite_anchor_masses(n_anchor, n_ref, share)
             if pull == "pair+response-refusals":  # task anchor by pair, refusal anchor by response
                 c_pull = view_costs(emb, "pool", "anchor", "pair")
                 if share:

@@ -117,22 +117,16 @@ class Encoder(abc.ABC):
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Embed rows. Returns an (n, dim) float32 array with unit-norm rows."""
+        embed = lambda texts: l2_normalise(self._embed_texts(texts, batch_size, progress))  # noqa: E731
+        pair = lambda: embed([pair_text(p, r) for p, r in zip(prompts, responses)])  # noqa: E731
+        response = lambda: embed([r or p for p, r in zip(prompts, responses)])  # noqa: E731
         if self.representation == "pair":
-            return l2_normalise(self._embed_texts([pair_text(p, r) for p, r in zip(prompts, responses)], batch_size, progress))
+            return pair()
         if self.representation == "response":
-            return l2_normalise(self._embed_texts([r or p for p, r in zip(prompts, responses)], batch_size, progress))
+            return response()
         if self.representation == "contrast":
-            pair = l2_normalise(self._embed_texts([pair_text(p, r) for p, r in zip(prompts, responses)], batch_size, progress))
-            prompt = l2_normalise(self._embed_texts([pair_text(p, "") for p in prompts], batch_size, progress))
-            return contrast_view(pair, prompt, self.contrast_weight)
-        both = np.concatenate(
-            [
-                l2_normalise(self._embed_texts([pair_text(p, r) for p, r in zip(prompts, responses)], batch_size, progress)),
-                l2_normalise(self._embed_texts([r or p for p, r in zip(prompts, responses)], batch_size, progress)),
-            ],
-            axis=1,
-        )
-        return l2_normalise(both)
+            return contrast_view(pair(), embed([pair_text(p, "") for p in prompts]), self.contrast_weight)
+        return l2_normalise(np.concatenate([pair(), response()], axis=1))
 
 
 class MiniLMEncoder(Encoder):

@@ -100,7 +100,6 @@ def compare_evaluations(a: dict, b: dict, name_a: str = "A", name_b: str = "B") 
     differences are B minus A, and ``n_b_only`` counts prompts only B complied with. Raises
     `InputError` naming the result that lacks per-prompt verdicts or holds inconsistent ones.
     """
-    key = prompt_key
     for name, res in ((name_a, a), (name_b, b)):
         if not isinstance(res, dict) or "harmful_complied" not in res or "harmful_prompts" not in res:
             raise InputError(name, "no per-prompt verdicts; evaluate with per_prompt=True (sot evaluate does)")
@@ -108,10 +107,10 @@ def compare_evaluations(a: dict, b: dict, name_a: str = "A", name_b: str = "B") 
         for judge, v in res["harmful_complied"].items():
             if len(v) != n:
                 raise InputError(name, f"{len(v)} verdicts for {n} harmful prompts", field=f"harmful_complied.{judge}")
-        if len({key(p) for p in res["harmful_prompts"]}) != n:
+        if len({prompt_key(p) for p in res["harmful_prompts"]}) != n:
             raise InputError(name, "a harmful prompt appears twice; cannot pair prompts", field="harmful_prompts")
-    index_b = {key(p): i for i, p in enumerate(b["harmful_prompts"])}
-    pairs = [(i, index_b[key(p)]) for i, p in enumerate(a["harmful_prompts"]) if key(p) in index_b]
+    index_b = {prompt_key(p): i for i, p in enumerate(b["harmful_prompts"])}
+    pairs = [(i, index_b[prompt_key(p)]) for i, p in enumerate(a["harmful_prompts"]) if prompt_key(p) in index_b]
     if not pairs:
         raise InputError(name_b, f"shares no harmful prompt with {name_a}; nothing to pair")
     ia, ib = (np.array(ix) for ix in zip(*pairs))

@@ -142,16 +142,21 @@ def load_cost(path: Path, name: str):
     )
 
 
+def composite_anchor_masses(n_task: int, n_refusal: int, share: float) -> np.ndarray:
+    """Masses of a composite anchor (task rows first, then refusal rows): 1 - share spread evenly
+    over the task rows, share over the refusal rows."""
+    return np.r_[np.full(n_task, (1.0 - share) / n_task), np.full(n_refusal, share / n_refusal)]
+
+
 def anchor_masses(costs_dir: Path, config: CurateConfig) -> np.ndarray | None:
-    """Anchor masses of a composite anchor: 1 - share spread over the task rows, share over the
-    refusal rows; None (uniform) for a plain anchor."""
+    """Anchor masses of the run's composite anchor; None (uniform) for a plain anchor."""
     parts_file = costs_dir / "anchor_parts.json"
     if not parts_file.exists():
         return None
     parts, share = json.loads(parts_file.read_text()), config.refusal_share
     if share == 0.0:  # refusal rows present but massless: drop them from the measure
         share = 1e-12
-    return np.r_[np.full(parts["task"], (1.0 - share) / parts["task"]), np.full(parts["refusal"], share / parts["refusal"])]
+    return composite_anchor_masses(parts["task"], parts["refusal"], share)
 
 
 def solve(store: Store, cost_key: str, config: CurateConfig, show_progress: bool = True) -> dict:

@@ -123,13 +123,12 @@ def publish(
     ]
     atomic_write_text("\n".join(curated_lines) + "\n", out_dir / "curated.jsonl")
 
-    quality = None
+    quality, label = None, None
     if labels is not None:
         missing = [i for i in ids if i not in labels]
         label = np.array([labels.get(i, False) for i in ids])
         quality = {"auroc": auroc(score, label), **harmful_kept(selected, label), "unlabelled_rows": len(missing)}
-
-    refusals = count_refusals(responses, selected, None if labels is None else np.array([labels.get(i, False) for i in ids]))
+    refusals = count_refusals(responses, selected, label)
 
     # The random part keeps two identical runs in the same second apart.
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
