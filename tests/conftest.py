@@ -1,6 +1,7 @@
 """Shared fixtures: a throwaway Prefect backend, the shared data folder, the demo data."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -30,3 +31,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared datasets not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.open()]
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def refusal_rows() -> tuple[list[dict], list[dict], list[dict]]:
+    """(benign, harmful, refusal) rows of the bundled demo data: the demo pool split by its PyRIT
+    (harmful) ids, and the bundled PyRIT refusals, for tests of the refusal anchor."""
+    demo = read_jsonl(DEMO / "pool.jsonl")
+    return ([r for r in demo if not r["id"].startswith("pyrit")], [r for r in demo if r["id"].startswith("pyrit")],
+            read_jsonl(DEMO.parent / "refusals" / "pyrit_refusals.jsonl"))

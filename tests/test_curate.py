@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import DEMO
+from conftest import DEMO, refusal_rows, write_jsonl
 from flows.cli import main
 from sot_core.store import Store
 
@@ -73,14 +73,9 @@ def test_second_run_embeds_nothing(demo_run):
 
 def test_refusal_anchor_lifts_refusals_in_the_pool(tmp_path, prefect_backend):
     """A composite anchor (task rows + refusals) must raise the weight of refusals in the pool."""
-    from pathlib import Path
-
-    refusals = [json.loads(line) for line in (Path(DEMO).parent / "refusals" / "pyrit_refusals.jsonl").open()]
-    demo = [json.loads(line) for line in (DEMO / "pool.jsonl").open()]
-    harmful = {r["id"] for r in demo if r["id"].startswith("pyrit")}
-    pool = [r for r in demo if r["id"] not in harmful][:60] + [r for r in demo if r["id"] in harmful][:10] + refusals[:10]
-    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool))
-    (tmp_path / "refusals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refusals[10:]))
+    benign, harmful, refusals = refusal_rows()
+    write_jsonl(benign[:60] + harmful[:10] + refusals[:10], tmp_path / "pool.jsonl")
+    write_jsonl(refusals[10:], tmp_path / "refusals.jsonl")
     common = ["--pool", str(tmp_path / "pool.jsonl"), "--safe-anchor", str(DEMO / "safe_anchor.jsonl"),
               "--harmful-ref", str(DEMO / "harmful_ref.jsonl"), "--home", str(tmp_path / "home")]
     mean_refusal_weight = {}
@@ -98,16 +93,13 @@ def test_contrast_view_through_the_cli_weights_refusals_up_and_drops_harm(tmp_pa
     """`--encoder minilm:contrast` with the refusal anchor (the README's setting for chat pools):
     run.json names the exact embedding, refusals in the pool get more weight than harmful rows,
     and no harmful row survives keep = 0.8 (the pair view at the same share keeps 2 of the 10)."""
-    from pathlib import Path
-
     from sot_core.encoders import representation_id
 
-    refusals = [json.loads(line) for line in (Path(DEMO).parent / "refusals" / "pyrit_refusals.jsonl").open()]
-    demo = [json.loads(line) for line in (DEMO / "pool.jsonl").open()]
-    harmful = [r for r in demo if r["id"].startswith("pyrit")][:10]
-    pool = [r for r in demo if not r["id"].startswith("pyrit")][:60] + harmful + refusals[:10]
-    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool))
-    (tmp_path / "refusals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refusals[10:]))
+    benign, harmful, refusals = refusal_rows()
+    harmful = harmful[:10]
+    pool = benign[:60] + harmful + refusals[:10]
+    write_jsonl(pool, tmp_path / "pool.jsonl")
+    write_jsonl(refusals[10:], tmp_path / "refusals.jsonl")
     assert main(["curate", "--pool", str(tmp_path / "pool.jsonl"), "--safe-anchor", str(DEMO / "safe_anchor.jsonl"),
                  "--harmful-ref", str(DEMO / "harmful_ref.jsonl"), "--home", str(tmp_path / "home"),
                  "--encoder", "minilm:contrast", "--refusal-anchor", str(tmp_path / "refusals.jsonl"),

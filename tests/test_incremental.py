@@ -8,7 +8,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from conftest import DEMO
+from conftest import DEMO, refusal_rows, write_jsonl
 from sot_core import incremental
 from sot_core.encoders import ENCODERS, Encoder
 from sot_core.errors import StoreError
@@ -149,18 +149,14 @@ def test_nightly_flow_embeds_only_new_rows_and_noops_when_quiet(nightly_env):
 def test_nightly_with_refusal_anchor_keeps_refusals_weighted_up(tmp_path, prefect_backend):
     """The nightly flow takes the same refusal anchor as `sot curate` (real MiniLM): refusals that
     arrive with the day's data get more weight than without it, and run.json lists the input."""
-    from pathlib import Path
-
     import pyarrow.parquet as pq
 
     from flows.nightly import nightly_recuration
 
-    refusals = [json.loads(line) for line in (Path(DEMO).parent / "refusals" / "pyrit_refusals.jsonl").open()]
-    demo = [json.loads(line) for line in (DEMO / "pool.jsonl").open()]
-    day = [r for r in demo if not r["id"].startswith("pyrit")][:40] + refusals[:8]
+    benign, _, refusals = refusal_rows()
     (tmp_path / "incoming").mkdir()
-    (tmp_path / "incoming" / "day1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in day))
-    (tmp_path / "refusals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refusals[8:]))
+    write_jsonl(benign[:40] + refusals[:8], tmp_path / "incoming" / "day1.jsonl")
+    write_jsonl(refusals[8:], tmp_path / "refusals.jsonl")
     mean_weight = {}
     for tag, extra in (("plain", {}), ("composite", {"refusal_anchor": str(tmp_path / "refusals.jsonl"),
                                                      "refusal_share": 0.5})):
