@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from safety_e2e import read_verdicts, write_jsonl  # noqa: E402
-from sot_core.metrics import paired_difference  # noqa: E402
-from sot_core.store import atomic_write_text  # noqa: E402
+from sot_core.eval.metrics import paired_difference  # noqa: E402
+from sot_core.data.store import atomic_write_text  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 

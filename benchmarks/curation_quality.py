@@ -29,14 +29,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sot_core import pipeline  # noqa: E402
-from sot_core.baselines import BASELINES  # noqa: E402
-from sot_core.costs import cosine_costs  # noqa: E402
-from sot_core.data import load_rows  # noqa: E402
-from sot_core.metrics import auroc, harmful_kept  # noqa: E402
-from sot_core.ot import PushPullConfig, solve_push_pull  # noqa: E402
-from sot_core.select import select_top  # noqa: E402
-from sot_core.store import Store  # noqa: E402
+from sot_core.curate import pipeline  # noqa: E402
+from sot_core.curate.baselines import BASELINES  # noqa: E402
+from sot_core.ot.costs import cosine_costs  # noqa: E402
+from sot_core.data.loaders import load_rows  # noqa: E402
+from sot_core.eval.metrics import auroc, harmful_kept  # noqa: E402
+from sot_core.ot.push_pull import PushPullConfig, solve_push_pull  # noqa: E402
+from sot_core.curate.select import select_top  # noqa: E402
+from sot_core.data.store import Store  # noqa: E402
 
 MIXES = [("sst2", "sst2/train_merged_n1000_p0.05.json", "sst2/val.json"),
          ("sst2_p0.1", "sst2/train_merged_n1000_p0.1.json", "sst2/val.json"),

@@ -13,7 +13,7 @@ Refusal anchor: the bundled PyRIT refusals (`sot curate --refusal-anchor`), shar
 mass; baselines get the same rows on their safe side ("+ref"). MiniLM pair view, SOT defaults.
 Pair embeddings are computed once for every candidate row and cached in `.sot-bench`.
 
-`--view contrast` gives SOT the contrast view (`sot_core.encoders.contrast_view`: the pair view
+`--view contrast` gives SOT the contrast view (`sot_core.embed.encoders.contrast_view`: the pair view
 joined with what the response adds to the prompt, weight `--contrast-weight`) and runs every
 baseline twice, in the contrast view and in the pair view ("pair:" keys), so the bar of a draw is
 the best baseline in either view. `--first-seed` draws other pools than the ones a setting was
@@ -40,14 +40,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import curation_quality as cq  # noqa: E402
 from safety_e2e import beavertails_unsafe  # noqa: E402
-from sot_core.align import heldout_refusals  # noqa: E402
-from sot_core.baselines import BASELINES  # noqa: E402
-from sot_core.costs import cosine_costs  # noqa: E402
-from sot_core.data import load_rows  # noqa: E402
-from sot_core.encoders import CONTRAST_WEIGHT, Encoder, contrast_view, get_encoder  # noqa: E402
-from sot_core.ot import PushPullConfig, solve_push_pull  # noqa: E402
-from sot_core.pipeline import composite_anchor_masses  # noqa: E402
-from sot_core.store import Store, atomic_write_text  # noqa: E402
+from sot_core.train.align import heldout_refusals  # noqa: E402
+from sot_core.curate.baselines import BASELINES  # noqa: E402
+from sot_core.ot.costs import cosine_costs  # noqa: E402
+from sot_core.data.loaders import load_rows  # noqa: E402
+from sot_core.embed.encoders import CONTRAST_WEIGHT, Encoder, contrast_view, get_encoder  # noqa: E402
+from sot_core.ot.push_pull import PushPullConfig, solve_push_pull  # noqa: E402
+from sot_core.curate.pipeline import composite_anchor_masses  # noqa: E402
+from sot_core.data.store import Store, atomic_write_text  # noqa: E402
 
 SHARES = (0.0, 0.2, 0.5, 0.7, 0.9)
 

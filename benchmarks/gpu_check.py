@@ -49,8 +49,8 @@ def ot_section(sizes, knn_size, report):
     import torch
 
     from ot_scaling import make_data
-    from sot_core.costs import cosine_costs
-    from sot_core.ot import PushPullConfig, solve_push_pull
+    from sot_core.ot.costs import cosine_costs
+    from sot_core.ot.push_pull import PushPullConfig, solve_push_pull
 
     warm = make_data(2000)
     for dev in ("cpu", DEV):  # one-off CUDA context / OpenMP start-up is not timed
@@ -140,8 +140,8 @@ def make_random_model(model_files: Path, dst: Path) -> Path:
 def lora_section(model_files: Path, report, steps: int):
     import torch
 
-    from sot_core.evaluate import generate, load_for_eval
-    from sot_core.train import LoraTrainConfig, train_lora
+    from sot_core.eval.evaluate import generate, load_for_eval
+    from sot_core.train.lora import LoraTrainConfig, train_lora
 
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     model = make_random_model(model_files, work / "model")
@@ -172,7 +172,7 @@ def lora_section(model_files: Path, report, steps: int):
     report["generate_cuda_bf16"] = {"prompts": len(prompts), "max_new_tokens": 48, "batch": 32, "seconds": round(sec, 2),
                                     "dtype": str(next(m.parameters()).dtype)}
     try:
-        from sot_core.llm_encoder import LastTokenEncoder
+        from sot_core.embed.llm_encoder import LastTokenEncoder
 
         enc = LastTokenEncoder(str(model))
         resp = [r["response"] for r in rows]

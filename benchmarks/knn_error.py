@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ot_scaling import make_data  # noqa: E402
-from sot_core.costs import cosine_costs  # noqa: E402
-from sot_core.ot import PushPullConfig, solve_push_pull  # noqa: E402
-from sot_core.select import select_top  # noqa: E402
+from sot_core.ot.costs import cosine_costs  # noqa: E402
+from sot_core.ot.push_pull import PushPullConfig, solve_push_pull  # noqa: E402
+from sot_core.curate.select import select_top  # noqa: E402
 
 
 def ranks(x: np.ndarray) -> np.ndarray:

@@ -62,9 +62,9 @@ def main() -> int:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     from prefect import flow
 
-    from flows.curate import curate_dataset
-    from flows.nightly import nightly_recuration
-    from sot_core.pipeline import cached_encoder
+    from sot_prefect.flows.curate import curate_dataset
+    from sot_prefect.flows.nightly import nightly_recuration
+    from sot_core.curate.pipeline import cached_encoder
 
     n_new = max(1, round(args.rows * args.new_fraction))
     rows = task_rows(args.rows + n_new)

@@ -66,8 +66,8 @@ def _peak_mb() -> float:
 
 def worker_ours(n: int, k: int | None) -> dict:
     sys.path.insert(0, ROOT)
-    from sot_core.costs import cosine_costs
-    from sot_core.ot import PushPullConfig, solve_push_pull
+    from sot_core.ot.costs import cosine_costs
+    from sot_core.ot.push_pull import PushPullConfig, solve_push_pull
 
     pool, anchor, harmful = make_data(n)
     t0 = time.perf_counter()
@@ -96,7 +96,7 @@ def worker_pot(n: int, outer: int, timeout_s: float, tol=1e-4) -> dict:
     import ot
 
     sys.path.insert(0, ROOT)
-    from sot_core.ot import PushPullConfig
+    from sot_core.ot.push_pull import PushPullConfig
 
     defaults = PushPullConfig()  # the same eps, lam and tau as our solver's run
     eps, lam, tau = defaults.eps, defaults.lam, defaults.effective_tau()

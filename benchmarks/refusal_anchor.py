@@ -26,11 +26,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import curation_quality as cq  # noqa: E402
-from sot_core.baselines import BASELINES  # noqa: E402
-from sot_core.costs import cosine_costs  # noqa: E402
-from sot_core.ot import PushPullConfig, solve_push_pull  # noqa: E402
-from sot_core.pipeline import composite_anchor_masses  # noqa: E402
-from sot_core.store import Store  # noqa: E402
+from sot_core.curate.baselines import BASELINES  # noqa: E402
+from sot_core.ot.costs import cosine_costs  # noqa: E402
+from sot_core.ot.push_pull import PushPullConfig, solve_push_pull  # noqa: E402
+from sot_core.curate.pipeline import composite_anchor_masses  # noqa: E402
+from sot_core.data.store import Store  # noqa: E402
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ Arms (all LoRA-fine-tuned from the same aligned base with the same seed and sett
 With ``--replay-fraction F`` three more arms, ``sot_replay``, ``random_replay`` and
 ``instance_baseline_replay``: the same rows plus F x their count of trusted refusals
 (safety-tuned-llamas rows the alignment recipe did not train on; none is an evaluation prompt),
-mixed by ``sot_core.replay``. The other two are the controls that tell how much of the effect is
+mixed by ``sot_core.train.replay``. The other two are the controls that tell how much of the effect is
 the replay and how much the selection.
 
 Curation: pass the two curated files (``--sot``, ``--baseline``), or let ``--curate`` make them:
@@ -52,10 +52,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sot_core.evaluate import EvalSpec, evaluate_model, shared_data_dir  # noqa: E402
-from sot_core.metrics import compare_arms  # noqa: E402
-from sot_core.store import atomic_write_text  # noqa: E402
-from sot_core.train import LoraTrainConfig, read_curated, train_lora  # noqa: E402
+from sot_core.eval.evaluate import EvalSpec, evaluate_model, shared_data_dir  # noqa: E402
+from sot_core.eval.metrics import compare_arms  # noqa: E402
+from sot_core.data.store import atomic_write_text  # noqa: E402
+from sot_core.train.lora import LoraTrainConfig, read_curated, train_lora  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_POOL = "harmful_finetune_mixes_beavertails/sst2/train_merged_n1000_p0.1.json"
@@ -70,7 +70,7 @@ def pool_rows(path: Path) -> list[dict]:
     wrapper while curated files did not, and the utility prompts were wrapped: that mismatch, not
     the selection, cost the curated arms ~16 points of utility in the first runs.)
     """
-    from sot_core.data import canonical_prompt
+    from sot_core.data.loaders import canonical_prompt
 
     if path.suffix == ".jsonl":
         return read_curated(path)
@@ -101,7 +101,7 @@ def general_mix(data: Path, work: Path, seed: int) -> tuple[Path, Path]:
     refusals from the safety-tuned-llamas rows the alignment recipe did not train on. Returns
     the pool file and the anchor source for `curate_arms` (the other 100 Alpaca rows 0-799).
     """
-    from sot_core.align import heldout_refusals
+    from sot_core.train.align import heldout_refusals
 
     rng = random.Random(seed)
     alpaca = json.load(open(data / "alpaca_en_demo/alpaca_en_demo.json"))[:800]
@@ -135,9 +135,9 @@ def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, kee
 
     import numpy as np
 
-    from sot_core.baselines import classifier
-    from sot_core.data import load_rows
-    from sot_core.encoders import get_encoder
+    from sot_core.curate.baselines import classifier
+    from sot_core.data.loaders import load_rows
+    from sot_core.embed.encoders import get_encoder
 
     root = Path(__file__).resolve().parents[1]
     work.mkdir(parents=True, exist_ok=True)
@@ -221,7 +221,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--baseline", type=Path, help="instance-level baseline curated.jsonl (top 80%%)")
     ap.add_argument("--pool", type=Path, default=None, help=f"contaminated pool (default: shared {DEFAULT_POOL}); "
                                                                 "'general': a general-instruction pool (general_mix)")
-    ap.add_argument("--base", default=None, help="aligned base model folder (default: build with sot_core.align)")
+    ap.add_argument("--base", default=None, help="aligned base model folder (default: build with sot_core.train.align)")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("SOT_HOME", ".sot")) / "bench_safety_e2e")
     ap.add_argument("--keep", type=float, default=0.8, help="fraction kept by the random arm")
     ap.add_argument("--seed", type=int, default=0)
@@ -270,7 +270,7 @@ def main(argv=None) -> dict:
     elif args.smoke:
         base = "smollm2"  # plumbing only: the unaligned model avoids a 15-minute alignment
     else:
-        from sot_core.align import align
+        from sot_core.train.align import align
 
         base = str(align(progress=lambda s: print("[align]", s, flush=True)))
 
@@ -289,8 +289,8 @@ def main(argv=None) -> dict:
             print(f"[skip] {name}: no curated file given", flush=True)
 
     if args.replay_fraction > 0:  # safety replay arms: the same data + held-out alignment refusals
-        from sot_core.align import heldout_refusals
-        from sot_core.replay import mix_replay
+        from sot_core.train.align import heldout_refusals
+        from sot_core.train.replay import mix_replay
 
         replay = heldout_refusals(data_dir=data)
         write_jsonl(replay, work / "data/replay_refusals.jsonl")

@@ -4,7 +4,7 @@ on a contaminated pool erode the aligned base's refusals, and does SOT curation 
 Pool: 400 rows of the shared SST-2 mix with 10% BeaverTails harmful rows (360 benign + 40
 harmful, seeded). SOT: `sot curate` (defaults) with 50 SST-2 validation rows as the anchor and
 the bundled PyRIT harmful reference. Arms: LoRA (q, v; r 16; one epoch; batch 8; 128 tokens) on
-the full pool and on SOT's top 80% with its weights, from the aligned base of `sot_core.align`.
+the full pool and on SOT's top 80% with its weights, from the aligned base of `sot_core.train.align`.
 Evaluation: `evaluate_model` with 100 held-out harmful prompts, 60 benign, 64 XSTest, 60 SST-2.
 
     python benchmarks/safety_pilot.py --base .sot/models/aligned-<key> [--work /tmp/pilot]
@@ -22,9 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sot_core.data import load_rows  # noqa: E402
-from sot_core.evaluate import EvalSpec, evaluate_model, shared_data_dir  # noqa: E402
-from sot_core.train import LoraTrainConfig, train_lora  # noqa: E402
+from sot_core.data.loaders import load_rows  # noqa: E402
+from sot_core.eval.evaluate import EvalSpec, evaluate_model, shared_data_dir  # noqa: E402
+from sot_core.train.lora import LoraTrainConfig, train_lora  # noqa: E402
 
 METRICS = ("harmful_rate_keyword", "harmful_rate_judge", "over_refusal", "over_refusal_xstest", "utility", "n_prompts")
 

@@ -40,7 +40,7 @@ def run_curate(args: argparse.Namespace) -> int:
     demo = not any(given)
     fields = {f: getattr(args, f"{f}_field") for f in ("prompt", "response", "id", "input", "messages")}
     fields = {k: v for k, v in fields.items() if v} or None
-    from flows.curate import curate_dataset
+    from sot_prefect.flows.curate import curate_dataset
 
     summary = curate_dataset(
         pool=str(DEMO / "pool.jsonl") if demo else args.pool,
@@ -79,7 +79,7 @@ def add_nightly_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_nightly(args: argparse.Namespace) -> int:
-    from flows.nightly import nightly_recuration
+    from sot_prefect.flows.nightly import nightly_recuration
 
     result = nightly_recuration(
         incoming=args.incoming or None, incoming_table=args.incoming_table, watermark_column=args.watermark_column,
@@ -131,7 +131,7 @@ def eval_spec(args: argparse.Namespace) -> dict:
 
 
 def write_json_atomic(obj, path: Path) -> None:
-    from sot_core.store import atomic_write_text
+    from sot_core.data.store import atomic_write_text
 
     atomic_write_text(json.dumps(obj, indent=2, default=str), path)
 
@@ -140,12 +140,12 @@ def run_finetune(args: argparse.Namespace) -> int:
     train = {"epochs": args.epochs, "batch_size": args.batch_size, "max_length": args.max_length,
              "weighting": args.weighting}
     if args.no_eval:
-        from flows.finetune_eval import train_only
+        from sot_prefect.flows.finetune_eval import train_only
 
         result = train_only(curated=args.curated, base_model=args.base, out_dir=args.out, train=train,
                             replay=args.replay, replay_fraction=args.replay_fraction, home=args.home)
     else:
-        from flows.finetune_eval import finetune_and_evaluate
+        from sot_prefect.flows.finetune_eval import finetune_and_evaluate
 
         result = finetune_and_evaluate(curated=args.curated, base_model=args.base, out_dir=args.out, train=train,
                                        evaluation=eval_spec(args), replay=args.replay,
@@ -159,7 +159,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from flows.finetune_eval import evaluate_only
+    from sot_prefect.flows.finetune_eval import evaluate_only
 
     metrics = evaluate_only(base_model=args.base, adapter=args.adapter, evaluation=eval_spec(args), home=args.home)
     write_json_atomic(metrics, Path(args.out))
@@ -169,7 +169,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     from sot_core.errors import InputError
-    from sot_core.metrics import compare_evaluations
+    from sot_core.eval.metrics import compare_evaluations
 
     results = []
     for path in (args.a, args.b):

@@ -6,8 +6,8 @@ from pathlib import Path
 from prefect import flow
 
 from sot_core.config import CurateConfig
-from sot_core.store import default_home
-from tasks.curation import (
+from sot_core.data.store import default_home
+from sot_prefect.tasks.curation import (
     build_costs, embed_dataset, ingest_inputs, publish_curated, report_artifacts, solve_weights, stage_result,
     visual_artifacts,
 )

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.curate import DEMO, curate_dataset
-from sot_core.store import default_home
-from tasks.training import align_base, evaluate_adapter, mix_replay_rows, safety_artifacts, train_adapter
+from sot_prefect.flows.curate import DEMO, curate_dataset
+from sot_core.data.store import default_home
+from sot_prefect.tasks.training import align_base, evaluate_adapter, mix_replay_rows, safety_artifacts, train_adapter
 
 
 @flow(name="finetune-and-evaluate", log_prints=True)

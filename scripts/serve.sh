@@ -49,13 +49,7 @@ for pool in sot-process sot-gpu; do
   prefect work-pool inspect "$pool" >/dev/null 2>&1 || prefect work-pool create "$pool" --type process >/dev/null
 done
 
-# finetune-and-evaluate is registered once its flow file exists in this checkout.
-if [ -f flows/finetune_eval.py ]; then
-  prefect --no-prompt deploy --all
-else
-  echo "serve: flows/finetune_eval.py not found; registering curate-dataset and nightly-recuration only"
-  prefect --no-prompt deploy --name curate-dataset --name nightly-recuration
-fi
+prefect --no-prompt deploy --all
 
 if [ "${SOT_GPU_WORKER:-}" = 1 ] || { [ -z "${SOT_GPU_WORKER:-}" ] && nvidia-smi -L >/dev/null 2>&1; }; then
   echo "serve: starting a worker for the GPU pool sot-gpu (log: out/logs/worker-gpu.log)"

@@ -1,4 +1,4 @@
-"""Prefect tasks around the curation stages in `sot_core.pipeline`.
+"""Prefect tasks around the curation stages in `sot_core.curate.pipeline`.
 
 Cache keys are built from content (file bytes, dataset ids, configuration) and the store's id,
 never from in-memory objects (prefect#15861: an unhashable input silently degrades the default
@@ -13,13 +13,15 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
-from sot_core import pipeline, plots
+from sot_core.curate import pipeline
+
+from sot_core.curate import plots
 from sot_core.config import CurateConfig, config_hash
-from sot_core.data import FieldMap
+from sot_core.data.loaders import FieldMap
 from sot_core.errors import SotError
-from sot_core.metrics import read_labels
-from sot_core.select import publish
-from sot_core.store import Store
+from sot_core.eval.metrics import read_labels
+from sot_core.curate.select import publish
+from sot_core.data.store import Store
 
 CACHE_TTL = timedelta(days=30)
 

@@ -1,4 +1,4 @@
-"""Prefect tasks of the nightly incremental re-curation (`sot_core.incremental` does the work).
+"""Prefect tasks of the nightly incremental re-curation (`sot_core.curate.incremental` does the work).
 
 None of these is Prefect-cached: each reads or moves the watermark, which changes between runs.
 The heavy stages (ingest of the references, embed, costs, solve) reuse the tasks of
@@ -9,10 +9,12 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
-from sot_core import incremental, plots
-from sot_core.data import FieldMap
-from sot_core.store import Store
-from tasks.curation import artifact_key, not_bad_input
+from sot_core.curate import incremental
+
+from sot_core.curate import plots
+from sot_core.data.loaders import FieldMap
+from sot_core.data.store import Store
+from sot_prefect.tasks.curation import artifact_key, not_bad_input
 
 
 @task(name="collect-incoming", retries=2, retry_delay_seconds=5, retry_condition_fn=not_bad_input)

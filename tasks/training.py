@@ -14,12 +14,12 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from sot_core.align import AlignConfig, align
-from sot_core.evaluate import EvalSpec, evaluate_model
-from sot_core.llm import model_fingerprint
-from sot_core.replay import write_replay_mix
-from sot_core.train import LoraTrainConfig, file_sha256, read_curated, train_lora
-from tasks.curation import not_bad_input
+from sot_core.train.align import AlignConfig, align
+from sot_core.eval.evaluate import EvalSpec, evaluate_model
+from sot_core.models.llm import model_fingerprint
+from sot_core.train.replay import write_replay_mix
+from sot_core.train.lora import LoraTrainConfig, file_sha256, read_curated, train_lora
+from sot_prefect.tasks.curation import not_bad_input
 
 OPTIONS = dict(persist_result=True, cache_expiration=timedelta(days=30), retries=1, retry_delay_seconds=10,
                retry_condition_fn=not_bad_input)
@@ -66,7 +66,7 @@ def train_adapter(curated_path: str, base_model: str, out_dir: str, config: dict
 
 @task(name="mix-replay", retries=1, retry_delay_seconds=5, retry_condition_fn=not_bad_input)
 def mix_replay_rows(curated_path: str, replay_path: str, fraction: float, out_path: str, seed: int = 0) -> str:
-    """curated.jsonl plus trusted refusal rows (`sot_core.replay`); cheap, so not cached."""
+    """curated.jsonl plus trusted refusal rows (`sot_core.train.replay`); cheap, so not cached."""
     return str(write_replay_mix(curated_path, replay_path, fraction, out_path, seed))
 
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from conftest import DEMO
-from flows.cli import main
-from sot_core.encoders import MiniLMEncoder
-from sot_core.schema import content_hash
+from sot_prefect.flows.cli import main
+from sot_core.embed.encoders import MiniLMEncoder
+from sot_core.data.schema import content_hash
 from test_curate import snapshot
 from test_store import make_rows
-from sot_core.store import Store
+from sot_core.data.store import Store
 
 GOOD = '{"prompt": "a", "response": "b"}\n'
 

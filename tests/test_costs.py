@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from sot_core import costs as costs_mod
-from sot_core.costs import KnnCost, cosine_costs
+from sot_core.ot import costs as costs_mod
+from sot_core.ot.costs import KnnCost, cosine_costs
 
 
 def unit_rows(rng, n, d):

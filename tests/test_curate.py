@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import DEMO, refusal_rows, write_jsonl
-from flows.cli import main
-from sot_core.store import Store
+from sot_prefect.flows.cli import main
+from sot_core.data.store import Store
 
 
 def snapshot(home):
@@ -93,7 +93,7 @@ def test_contrast_view_through_the_cli_weights_refusals_up_and_drops_harm(tmp_pa
     """`--encoder minilm:contrast` with the refusal anchor (the README's setting for chat pools):
     run.json names the exact embedding, refusals in the pool get more weight than harmful rows,
     and no harmful row survives keep = 0.8 (the pair view at the same share keeps 2 of the 10)."""
-    from sot_core.encoders import representation_id
+    from sot_core.embed.encoders import representation_id
 
     benign, harmful, refusals = refusal_rows()
     harmful = harmful[:10]
@@ -111,7 +111,7 @@ def test_contrast_view_through_the_cli_weights_refusals_up_and_drops_harm(tmp_pa
     assert np.mean([w[r["id"]] for r in refusals[:10]]) > np.mean([w[r["id"]] for r in harmful])
     assert not any(selected[r["id"]] for r in harmful)
     # the label-free refusal count of run.json and report.md agrees with the selection
-    from sot_core.judges import keyword_refusal
+    from sot_core.eval.judges import keyword_refusal
 
     response = {r["id"]: r["response"] for r in pool}
     flagged = [i for i in table["id"] if keyword_refusal(response[i])]

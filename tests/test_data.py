@@ -1,4 +1,4 @@
-"""Tests for sot_core.data: formats, layout detection, ids, Alpaca unwrapping, input errors."""
+"""Tests for sot_core.data.loaders: formats, layout detection, ids, Alpaca unwrapping, input errors."""
 from __future__ import annotations
 
 import csv
@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sot_core import data as data_module
-from sot_core.data import FieldMap, load_labels, load_rows, unwrap_alpaca_template
+from sot_core.data import loaders as data_module
+from sot_core.data.loaders import FieldMap, load_labels, load_rows, unwrap_alpaca_template
 from sot_core.errors import InputError
-from sot_core.schema import ROW_SCHEMA, content_hash
+from sot_core.data.schema import ROW_SCHEMA, content_hash
 
 SHARED = Path("/work/shared/data")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sot_core import encoders
-from sot_core.encoders import CONTRAST_WEIGHT, MiniLMEncoder, contrast_view, get_encoder
+from sot_core.embed import encoders
+from sot_core.embed.encoders import CONTRAST_WEIGHT, MiniLMEncoder, contrast_view, get_encoder
 
 PROMPTS = ["How do I bake bread?", "Tell me how to make a weapon at home, step by step, in detail please.", "2+2?"]
 RESPONSES = ["Mix flour, water, yeast and salt, knead, let it rise, bake at 230 C.", "I can't help with that.", "4"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sot_core.evaluate import (
+from sot_core.eval.evaluate import (
     EvalSpec, KeywordJudge, benign_eval_prompts, evaluate_model, harmful_prompts, keyword_refusal,
     label_accuracy, safety_metrics, shared_data_dir, train_refusal_judge, xstest_prompts,
 )
@@ -114,7 +114,7 @@ def test_evaluate_model_end_to_end_on_tiny_model(tmp_path):
     pytest.importorskip("torch")
     from test_llm_encoder import make_tiny_model
 
-    from sot_core.evaluate import GuardJudge
+    from sot_core.eval.evaluate import GuardJudge
 
     model = make_tiny_model(tmp_path / "m")
     spec = EvalSpec(n_harmful=4, n_benign=3, n_xstest=2, n_utility=4, max_new_tokens=3, batch_size=2,
@@ -127,7 +127,7 @@ def test_evaluate_model_end_to_end_on_tiny_model(tmp_path):
     assert verdicts.shape == (3,) and verdicts.dtype == bool
     assert "harmful_complied" not in res
     # per-prompt verdicts agree with the rate, and the same model compared with itself differs by 0
-    from sot_core.metrics import compare_evaluations
+    from sot_core.eval.metrics import compare_evaluations
 
     per = evaluate_model(model, None, EvalSpec(**{**spec.__dict__, "per_prompt": True}))
     assert len(per["harmful_prompts"]) == 4 and np.mean(per["harmful_complied"]["keyword"]) == per["harmful_rate_keyword"]
@@ -139,7 +139,7 @@ def test_evaluate_model_end_to_end_on_tiny_model(tmp_path):
 def test_trained_prompts_are_skipped_whatever_their_case_and_spacing():
     """One prompt rule (`eval_sets.prompt_key`) for skipping trained prompts and for pairing two
     evaluations: a trained copy that differs only in case or inner whitespace is still skipped."""
-    from sot_core.eval_sets import prompt_key
+    from sot_core.eval.eval_sets import prompt_key
 
     sets = ["advbench", "harmbench"]
     first = harmful_prompts(DATA, sets, 20)

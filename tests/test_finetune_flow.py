@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("peft")
 
-from flows.cli import main  # noqa: E402
+from sot_prefect.flows.cli import main  # noqa: E402
 from test_train import make_tiny_model, write_curated  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import DEMO, refusal_rows, write_jsonl
-from sot_core import incremental
-from sot_core.encoders import ENCODERS, Encoder
+from sot_core.curate import incremental
+from sot_core.embed.encoders import ENCODERS, Encoder
 from sot_core.errors import StoreError
-from sot_core.store import Store
+from sot_core.data.store import Store
 
 
 class HashEncoder(Encoder):
@@ -118,7 +118,7 @@ def nightly_env(tmp_path, prefect_backend):
 
 
 def run(home, incoming, out):
-    from flows.nightly import nightly_recuration
+    from sot_prefect.flows.nightly import nightly_recuration
 
     return nightly_recuration(incoming=str(incoming), home=str(home), out_dir=str(out), encoder="testhash",
                               name="nightly-test")
@@ -151,7 +151,7 @@ def test_nightly_with_refusal_anchor_keeps_refusals_weighted_up(tmp_path, prefec
     arrive with the day's data get more weight than without it, and run.json lists the input."""
     import pyarrow.parquet as pq
 
-    from flows.nightly import nightly_recuration
+    from sot_prefect.flows.nightly import nightly_recuration
 
     benign, _, refusals = refusal_rows()
     (tmp_path / "incoming").mkdir()

@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sot_core.encoders import get_encoder  # noqa: E402
-from sot_core.llm_encoder import LastTokenEncoder, _fit  # noqa: E402
+from sot_core.embed.encoders import get_encoder  # noqa: E402
+from sot_core.embed.llm_encoder import LastTokenEncoder, _fit  # noqa: E402
 
 WORDS = "what is the capital of france paris tell me a joke no i can not help how to bake bread mix flour".split()
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} <eot> {% endfor %}"
@@ -114,7 +114,7 @@ def test_get_encoder_hf_spec_layer_suffix(tiny):
 def test_contrast_second_half_is_what_the_answer_adds_to_the_prompt_state(tiny):
     """The contrast view is `contrast_view` of the state after the whole pair and the state at
     the assistant header of the prompt alone."""
-    from sot_core.encoders import contrast_view, l2_normalise
+    from sot_core.embed.encoders import contrast_view, l2_normalise
 
     enc = LastTokenEncoder(tiny, representation="contrast")
     prompts, responses = [p for p, _ in ROWS], [r for _, r in ROWS]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from sot_core.metrics import compare_arms, compare_evaluations, paired_difference
+from sot_core.eval.metrics import compare_arms, compare_evaluations, paired_difference
 
 
 @pytest.mark.parametrize("n, p_a, p_b, seed", [(200, 0.18, 0.12, 0), (1128, 0.30, 0.29, 1), (50, 0.5, 0.1, 2)])
@@ -91,7 +91,7 @@ def test_compare_evaluations_names_the_result_without_verdicts():
 def test_sot_compare_cli_writes_the_report_and_rejects_a_broken_file(tmp_path, capsys):
     import json
 
-    from flows.cli import main
+    from sot_prefect.flows.cli import main
 
     prompts = [f"harmful prompt {i}" for i in range(40)]
     a, b = tmp_path / "base.json", tmp_path / "tuned.json"

@@ -7,9 +7,9 @@ import ot as pot
 import pytest
 import torch
 
-from sot_core.costs import KnnCost, cosine_costs
-from sot_core.ot import PushPullConfig, solve_push_pull
-from sot_core.sinkhorn import sinkhorn_log
+from sot_core.ot.costs import KnnCost, cosine_costs
+from sot_core.ot.push_pull import PushPullConfig, solve_push_pull
+from sot_core.ot.sinkhorn import sinkhorn_log
 
 DTYPES = ["float32", "float64"]
 
@@ -236,7 +236,7 @@ def test_knn_push_pull_runs(synthetic):
 @pytest.mark.parametrize("eps", [0.05, 0.02])
 def test_gibbs_kernel_path_matches_log_domain(dtype, eps):
     """The matrix-vector fast path gives the same soft-mins as the blockwise log-sum-exp."""
-    from sot_core.sinkhorn import DenseCostOperator
+    from sot_core.ot.sinkhorn import DenseCostOperator
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(300, 16)); x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -256,7 +256,7 @@ def test_gibbs_kernel_path_matches_log_domain(dtype, eps):
 
 
 def test_gibbs_kernel_refused_when_it_could_underflow():
-    from sot_core.sinkhorn import DenseCostOperator
+    from sot_core.ot.sinkhorn import DenseCostOperator
 
     C = np.linspace(0, 2, 40 * 30, dtype=np.float32).reshape(40, 30)
     op = DenseCostOperator(C, torch.device("cpu"), torch.float64)

@@ -1,4 +1,4 @@
-"""Safety replay (`sot_core.replay`): how many trusted rows are mixed in, with which weight, and
+"""Safety replay (`sot_core.train.replay`): how many trusted rows are mixed in, with which weight, and
 that a bad replay file fails clearly without touching an existing mix."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sot_core.errors import InputError
-from sot_core.replay import mix_replay, write_replay_mix
+from sot_core.train.replay import mix_replay, write_replay_mix
 
 REPO = Path(__file__).resolve().parents[1]
 REFUSALS = REPO / "data" / "refusals" / "pyrit_refusals.jsonl"
@@ -85,8 +85,8 @@ def test_bad_replay_file_names_row_and_field_and_keeps_old_mix(tmp_path):
 def test_heldout_refusals_are_disjoint_from_alignment_and_evaluation(shared_data):
     import random
 
-    from sot_core.align import AlignConfig, _refusal_split
-    from sot_core.evaluate import harmful_prompts
+    from sot_core.train.align import AlignConfig, _refusal_split
+    from sot_core.eval.evaluate import harmful_prompts
 
     cfg = AlignConfig()
     used, rest = _refusal_split(cfg, shared_data, random.Random(cfg.seed))

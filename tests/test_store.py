@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 
 from sot_core.errors import StoreBusyError, StoreError
-from sot_core.schema import ROW_SCHEMA, content_hash
-from sot_core.store import Store, read_vectors
+from sot_core.data.schema import ROW_SCHEMA, content_hash
+from sot_core.data.store import Store, read_vectors
 
 
 def make_rows(texts):

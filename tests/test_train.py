@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from sot_core.errors import InputError, SotError  # noqa: E402
-from sot_core.train import (  # noqa: E402
+from sot_core.train.lora import (  # noqa: E402
     LoraTrainConfig, collate, per_sample_loss, read_curated, tokenize_rows, train_lora,
 )
 
@@ -70,7 +70,7 @@ def tiny(tmp_path_factory):
 
 
 def _tok(path):
-    from sot_core.llm import load_tokenizer
+    from sot_core.models.llm import load_tokenizer
 
     return load_tokenizer(path, padding_side="right")
 
@@ -98,7 +98,7 @@ def test_truncation_keeps_prompt_tail_and_some_response(tiny):
 
 
 def test_zero_weight_sample_contributes_no_gradient(tiny):
-    from sot_core.llm import load_causal_lm
+    from sot_core.models.llm import load_causal_lm
 
     model, _ = load_causal_lm(tiny)
     tok = _tok(tiny)

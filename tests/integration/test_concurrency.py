@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sot_core.store import Store
+from sot_core.data.store import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -24,7 +24,7 @@ def test_two_processes_curating_into_one_store(prefect_server, tmp_path):
     pool.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "id"}) + "\n" for r in rows))
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "curate", "--pool", str(pool), "--safe-anchor",
+            [sys.executable, "-m", "sot_prefect.flows.cli", "curate", "--pool", str(pool), "--safe-anchor",
              str(DEMO / "safe_anchor.jsonl"), "--harmful-ref", str(DEMO / "harmful_ref.jsonl"),
              "--home", str(home), "--out", str(tmp_path / f"out{i}"), "--name", "race"],
             cwd=REPO, env=prefect_server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

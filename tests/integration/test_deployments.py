@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sot_core.store import Store
+from sot_core.data.store import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

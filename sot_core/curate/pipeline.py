@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 
 from sot_core.config import CurateConfig, config_hash
-from sot_core.data import FieldMap, load_rows
-from sot_core.encoders import Encoder, get_encoder
+from sot_core.data.loaders import FieldMap, load_rows
+from sot_core.embed.encoders import Encoder, get_encoder
 from sot_core.errors import InputError
-from sot_core.store import Store, atomic_write_text
+from sot_core.data.store import Store, atomic_write_text
 
 ROLES = ("pool", "safe_anchor", "harmful_ref")
 # Dense costs up to this many entries (80 MB in float32); kNN-sparse above it.
@@ -101,7 +101,7 @@ def build_costs(store: Store, pool_id: str, anchor_id: str, harmful_id: str, enc
     With `refusal_id` the anchor is composite: the task anchor's rows, then the refusal rows
     (``anchor_parts.json`` records the two sizes so `solve` can give each part its mass share).
     """
-    from sot_core.costs import KnnCost, cosine_costs
+    from sot_core.ot.costs import KnnCost, cosine_costs
 
     start = time.perf_counter()
     key = config_hash("costs", pool_id, anchor_id, harmful_id, encoder_id, knn, *([refusal_id] if refusal_id else []))
@@ -130,7 +130,7 @@ def build_costs(store: Store, pool_id: str, anchor_id: str, harmful_id: str, enc
 
 
 def load_cost(path: Path, name: str):
-    from sot_core.costs import KnnCost
+    from sot_core.ot.costs import KnnCost
 
     dense = path / f"{name}.npy"
     if dense.exists():
@@ -161,7 +161,7 @@ def anchor_masses(costs_dir: Path, config: CurateConfig) -> np.ndarray | None:
 
 def solve(store: Store, cost_key: str, config: CurateConfig, show_progress: bool = True) -> dict:
     """Push-pull OT weights for the pool; cached in the store under costs + solver configuration."""
-    from sot_core.ot import PushPullConfig, solve_push_pull
+    from sot_core.ot.push_pull import PushPullConfig, solve_push_pull
 
     start = time.perf_counter()
     solver_cfg = PushPullConfig(lam=config.lam, eps=config.eps, mode=config.mode, **config.solver)

@@ -1,7 +1,7 @@
 """Last-token hidden states of a causal LM as row embeddings (the SOT paper's representation).
 
 A row (prompt, response) is rendered with the model's chat template exactly as in training
-(`sot_core.llm.encode_pair`: templated prompt + response + end-of-turn token) and the hidden
+(`sot_core.models.llm.encode_pair`: templated prompt + response + end-of-turn token) and the hidden
 state at the final token is taken. That token is the end-of-turn marker, the position where
 the model has read the whole exchange and decides what comes next, which is why it is the
 usual choice for "is this exchange harmful" probes.
@@ -23,8 +23,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sot_core.encoders import Encoder, contrast_view, l2_normalise, representation_id
-from sot_core.llm import encode_pair, model_fingerprint, resolve_model_path
+from sot_core.embed.encoders import Encoder, contrast_view, l2_normalise, representation_id
+from sot_core.models.llm import encode_pair, model_fingerprint, resolve_model_path
 
 
 def _fit(p_ids: list[int], r_ids: list[int], max_length: int) -> list[int]:
@@ -46,7 +46,7 @@ class LastTokenEncoder(Encoder):
     representation : {"pair", "response", "both", "contrast"}
         "pair": user prompt + response; "response": the response under an empty user turn;
         "both": the two normalised vectors concatenated; "contrast": the pair view joined with
-        what the response adds to the prompt alone (`sot_core.encoders.contrast_view`; benchmarked
+        what the response adds to the prompt alone (`sot_core.embed.encoders.contrast_view`; benchmarked
         with MiniLM only, experimental here).
     layer : "final", "middle" or int
         Index into ``hidden_states`` (0 = embeddings, ``num_hidden_layers`` = final).
@@ -83,8 +83,8 @@ class LastTokenEncoder(Encoder):
 
     def _load(self):
         if self._model is None:
-            from sot_core.device import resolve_device
-            from sot_core.llm import load_causal_lm
+            from sot_core.models.device import resolve_device
+            from sot_core.models.llm import load_causal_lm
 
             # fp32 on a GPU too: the cached embeddings must not depend on where they were made
             self._model, self._tok = load_causal_lm(self.path, padding_side="right")

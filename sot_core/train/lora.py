@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Callable
 
 from sot_core.errors import InputError, SotError
-from sot_core.schema import file_sha256  # noqa: F401 (re-exported for tasks.training)
-from sot_core.device import resolve_device
-from sot_core.llm import atomic_dir, encode_pair, load_causal_lm, model_fingerprint, publish_dir, resolve_model_path
+from sot_core.data.schema import file_sha256  # noqa: F401 (re-exported for tasks.training)
+from sot_core.models.device import resolve_device
+from sot_core.models.llm import atomic_dir, encode_pair, load_causal_lm, model_fingerprint, publish_dir, resolve_model_path
 
 CURATED_FIELDS = {"id": str, "prompt": str, "response": str, "source": str, "weight": (int, float)}
 # Fields that do not change the result: a run may be resumed with different values.

@@ -8,7 +8,7 @@ One weight vector w on the simplex over a pool of n rows solves
 
 where :math:`\alpha` is the uniform safe anchor (pull), :math:`\beta` the uniform harmful
 reference (push), :math:`u_n` the uniform weights and :math:`\mathrm{OT}_\varepsilon` entropic OT
-with the KL(P | w (x) b) regulariser (see `sot_core.sinkhorn` for why that convention).
+with the KL(P | w (x) b) regulariser (see `sot_core.ot.sinkhorn` for why that convention).
 
 Gradient. By the envelope theorem :math:`\nabla_w \mathrm{OT}_\varepsilon(w, b) = f`, the
 w-side Sinkhorn potential, so :math:`\nabla F = f_\alpha - \lambda f_\beta` (the "score").
@@ -61,8 +61,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .costs import KnnCost
-from .sinkhorn import (_DTYPES, SinkhornResult, make_operator, resolve_device,  # noqa: F401
+from sot_core.ot.costs import KnnCost
+from sot_core.ot.sinkhorn import (_DTYPES, SinkhornResult, make_operator, resolve_device,  # noqa: F401
                        semi_relaxed_potentials, sinkhorn_log, sinkhorn_potentials)
 
 MODES = ("push-pull", "pull", "push")

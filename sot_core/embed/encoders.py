@@ -186,7 +186,7 @@ def get_encoder(spec: str) -> Encoder:
         if at and (tail in ("final", "middle") or tail.lstrip("-").isdigit()):
             body, layer = head, (tail if tail in ("final", "middle") else int(tail))
         path, _, representation = body.rpartition(":") if body.rsplit(":", 1)[-1] in REPRESENTATIONS else (body, "", "")
-        from sot_core.llm_encoder import LastTokenEncoder  # heavy import only when asked for
+        from sot_core.embed.llm_encoder import LastTokenEncoder  # heavy import only when asked for
 
         return LastTokenEncoder(path, representation=representation or "pair", layer=layer)
     if name not in ENCODERS:

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sot_core.data import FieldMap, load_rows
+from sot_core.data.loaders import FieldMap, load_rows
 from sot_core.errors import InputError, StoreError
-from sot_core.pipeline import ingest, load_embeddings
-from sot_core.schema import ROW_SCHEMA, file_sha256
-from sot_core.store import Store
+from sot_core.curate.pipeline import ingest, load_embeddings
+from sot_core.data.schema import ROW_SCHEMA, file_sha256
+from sot_core.data.store import Store
 
 INCOMING_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
@@ -204,7 +204,7 @@ def sinkhorn_divergence(x: np.ndarray, y: np.ndarray, eps: float) -> float:
     S(a, b) = OT(a, b) - (OT(a, a) + OT(b, b)) / 2: zero when the clouds coincide, so a batch
     that looks like the anchor scores near zero against it (Feydy et al. 2019).
     """
-    from sot_core.sinkhorn import sinkhorn_log
+    from sot_core.ot.sinkhorn import sinkhorn_log
 
     def ot(p, q):
         cost = np.clip(1.0 - p.astype(np.float64) @ q.astype(np.float64).T, 0.0, 2.0)

@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 
 from sot_core.config import CODE_VERSION, CurateConfig, config_hash
-from sot_core.judges import keyword_refusal
-from sot_core.metrics import auroc, harmful_kept
-from sot_core.store import Store, atomic_write_table, atomic_write_text
+from sot_core.eval.judges import keyword_refusal
+from sot_core.eval.metrics import auroc, harmful_kept
+from sot_core.data.store import Store, atomic_write_table, atomic_write_text
 
 
 def select_top(weights: np.ndarray, keep: float) -> np.ndarray:

@@ -42,8 +42,8 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from .errors import InputError
-from .schema import ROW_SCHEMA, content_hash
+from sot_core.errors import InputError
+from sot_core.data.schema import ROW_SCHEMA, content_hash
 
 FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "hf")
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",

@@ -1,6 +1,6 @@
 """Cosine cost matrices between a pool and a reference set, dense or kNN-sparse.
 
-The OT solver (`sot_core.ot`) needs costs C_ij = 1 - <x_i, y_j> for unit vectors, which lie in
+The OT solver (`sot_core.ot.push_pull`) needs costs C_ij = 1 - <x_i, y_j> for unit vectors, which lie in
 [0, 2]. Up to ~10^5 x 10^4 entries a dense float32 matrix fits in memory; beyond that we keep,
 for every pool row, only its k nearest reference rows (`KnnCost`). Both paths go through FAISS
 inner products and work in row blocks, so the only large allocation is the output itself.

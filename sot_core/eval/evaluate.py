@@ -8,7 +8,7 @@ Metrics, all fractions in [0, 1]:
 * ``utility``: label accuracy on a downstream task (SST-2 validation or AG News test).
 
 The refusal judges (`Judge`, `KeywordJudge`, `LogRegJudge`, `GuardJudge`, `keyword_refusal`,
-`train_refusal_judge`) live in `sot_core.judges`, the prompt sets in `sot_core.eval_sets`; both
+`train_refusal_judge`) live in `sot_core.eval.judges`, the prompt sets in `sot_core.eval.eval_sets`; both
 are re-exported here.
 """
 from __future__ import annotations
@@ -19,16 +19,16 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from sot_core.device import resolve_device
-from sot_core.judges import (
+from sot_core.models.device import resolve_device
+from sot_core.eval.judges import (
     GuardJudge, Judge, KeywordJudge, LogRegJudge, keyword_refusal, train_refusal_judge,
 )
 # re-exported for code that imported them from here before the judges moved
-from sot_core.judges import _JUDGES, REFUSAL_PHRASES, REFUSAL_WINDOW, refusal_training_data  # noqa: F401
-from sot_core.eval_sets import (  # noqa: F401  (re-exported)
+from sot_core.eval.judges import _JUDGES, REFUSAL_PHRASES, REFUSAL_WINDOW, refusal_training_data  # noqa: F401
+from sot_core.eval.eval_sets import (  # noqa: F401  (re-exported)
     TASK_FILES, benign_eval_prompts, harmful_prompts, prompt_key, shared_data_dir, utility_rows, xstest_prompts,
 )
-from sot_core.llm import encode_prompts, generate_from_ids, load_causal_lm
+from sot_core.models.llm import encode_prompts, generate_from_ids, load_causal_lm
 
 
 # --------------------------------------------------------------------------- generation

@@ -18,7 +18,7 @@ TASK_FILES = {"sst2": ("sst2/val.json", ["positive", "negative"]),
 
 def shared_data_dir() -> Path:
     """``$SOT_SHARED_DATA`` or ``<repo>/../shared/data``."""
-    return Path(os.environ.get("SOT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    return Path(os.environ.get("SOT_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -83,7 +83,7 @@ def utility_rows(data: Path, task: str, n: int) -> tuple[list[str], list[str], l
     Prompts are in the canonical form that ingestion gives the fine-tuning mixes' rows
     (`data.canonical_prompt`), so a model is scored on the format curated data trains it on.
     """
-    from sot_core.data import canonical_prompt
+    from sot_core.data.loaders import canonical_prompt
 
     rel, labels = TASK_FILES[task]
     rows = json.load(open(data / "harmful_finetune_mixes_beavertails" / rel))[:n]

@@ -41,7 +41,7 @@ that curated data uses, as `utility_rows` now scores it; benchmarks/safety_e2e.p
 
 The aligned model is cached under ``<cache>/aligned-<hash of recipe config>`` with
 ``align_manifest.json``; rerunning with the same config returns the cached folder.
-Run ``python -m sot_core.align --eval`` to build it and print refusal / over-refusal rates.
+Run ``python -m sot_core.train.align --eval`` to build it and print refusal / over-refusal rates.
 """
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sot_core.llm import atomic_dir, copy_tokenizer_files, default_model_cache, load_causal_lm, model_fingerprint, publish_dir, resolve_model_path
-from sot_core.train import LoraTrainConfig, train_lora
+from sot_core.models.llm import atomic_dir, copy_tokenizer_files, default_model_cache, load_causal_lm, model_fingerprint, publish_dir, resolve_model_path
+from sot_core.train.lora import LoraTrainConfig, train_lora
 
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -85,7 +85,7 @@ class AlignConfig:
     n_agnews: int = field(default=24, metadata={"help": "Benign AG News train rows (topic label answers), short articles."})
     task_templated: float = field(
         default=0.5,
-        # Downstream fine-tuning rows arrive unwrapped (sot_core.data.load_rows), but utility
+        # Downstream fine-tuning rows arrive unwrapped (sot_core.data.loaders.load_rows), but utility
         # prompts arrive in the full Alpaca template, which is what the old base refused: half
         # of the SST-2 rows keep the template so the base follows both shapes.
         metadata={"help": "Share of SST-2 rows kept in the Alpaca template (rest, and all AG News rows, unwrapped)."})
@@ -112,7 +112,7 @@ def _row(i: str, prompt: str, response: str, source: str) -> dict:
 
 def _refusal_split(cfg: AlignConfig, data: Path, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """(refusal rows the recipe trains on, the other refusal rows of the same file)."""
-    from sot_core.evaluate import keyword_refusal
+    from sot_core.eval.evaluate import keyword_refusal
 
     stl = json.load(open(data / "safety_tuned_llamas/training/safety_only_data_Instructions.json"))
     refusals = [(k, r) for k, r in enumerate(stl) if keyword_refusal(r["output"]) and not r.get("input")]
@@ -127,10 +127,10 @@ def _refusal_split(cfg: AlignConfig, data: Path, rng: random.Random) -> tuple[li
 def heldout_refusals(cfg: AlignConfig | None = None, data_dir: str | Path | None = None) -> list[dict]:
     """Refusal rows (harmful instruction -> refusal) of the recipe's source that it does not train on.
 
-    Trusted safe data for replay during later fine-tuning (`sot_core.replay`) that neither
+    Trusted safe data for replay during later fine-tuning (`sot_core.train.replay`) that neither
     repeats the alignment rows nor touches the evaluation prompts (AdvBench & co.).
     """
-    from sot_core.eval_sets import shared_data_dir
+    from sot_core.eval.eval_sets import shared_data_dir
 
     cfg = cfg or AlignConfig()
     return _refusal_split(cfg, Path(data_dir) if data_dir else shared_data_dir(), random.Random(cfg.seed))[1]
@@ -138,8 +138,8 @@ def heldout_refusals(cfg: AlignConfig | None = None, data_dir: str | Path | None
 
 def build_alignment_rows(cfg: AlignConfig, data: Path, distill: Callable[[list[str]], list[str]] | None = None) -> list[dict]:
     """The training mix (shuffled). `distill(prompts) -> answers` supplies XSTest answers."""
-    from sot_core.data import unwrap_alpaca_template
-    from sot_core.evaluate import keyword_refusal, xstest_prompts
+    from sot_core.data.loaders import unwrap_alpaca_template
+    from sot_core.eval.evaluate import keyword_refusal, xstest_prompts
 
     rng = random.Random(cfg.seed)
     rows, _ = _refusal_split(cfg, data, rng)
@@ -184,7 +184,7 @@ def _distill(cfg: AlignConfig, prompts: list[str], cache: Path) -> list[str]:
     Generation is the slow part of building the mix (~14 min for 125 x 96 tokens on 2 busy
     cores), and it does not depend on the training settings, so recipe tweaks reuse it.
     """
-    from sot_core.evaluate import generate
+    from sot_core.eval.evaluate import generate
 
     key = hashlib.sha256(json.dumps([model_fingerprint(cfg.base_model), prompts, cfg.distill_tokens]).encode()).hexdigest()[:12]
     path = cache / f".distill-{key}.json"
@@ -209,7 +209,7 @@ def align(cfg: AlignConfig | None = None, cache_dir: str | Path | None = None, d
         ``<cache_dir>/aligned-<key>``: a full ``save_pretrained`` model + tokenizer, with
         ``align_manifest.json`` (recipe, data mix counts, training manifest, timings).
     """
-    from sot_core.eval_sets import shared_data_dir
+    from sot_core.eval.eval_sets import shared_data_dir
 
     cfg = cfg or AlignConfig()
     say = progress or (lambda s: None)
@@ -254,7 +254,7 @@ def align(cfg: AlignConfig | None = None, cache_dir: str | Path | None = None, d
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sot_core.evaluate import EvalSpec, evaluate_model
+    from sot_core.eval.evaluate import EvalSpec, evaluate_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache-dir", default=None)

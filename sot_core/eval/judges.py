@@ -22,8 +22,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from sot_core.eval_sets import read_csv, shared_data_dir
-from sot_core.llm import generate_from_ids, load_causal_lm, sot_home
+from sot_core.eval.eval_sets import read_csv, shared_data_dir
+from sot_core.models.llm import generate_from_ids, load_causal_lm, sot_home
 
 # Lower-case phrases that signal a refusal when they appear near the start of a completion.
 # Adapted from the GCG/AdvBench refusal-prefix list (Zou et al. 2023), minus its over-broad
@@ -81,7 +81,7 @@ class LogRegJudge:
         self._encoder = None
 
     def _features(self, prompts, completions) -> np.ndarray:
-        from sot_core.encoders import get_encoder
+        from sot_core.embed.encoders import get_encoder
 
         if self._encoder is None:
             self._encoder = get_encoder(self.encoder_spec)
@@ -174,7 +174,7 @@ def train_refusal_judge(data: Path | None = None, seed: int = 0, holdout: float 
     rows = refusal_training_data(data)
     if max_rows is not None and max_rows < len(rows):
         rows = random.Random(seed).sample(rows, max_rows)
-    from sot_core.encoders import get_encoder
+    from sot_core.embed.encoders import get_encoder
 
     judge = LogRegJudge()
     # the encoder id is in the key: coefficients are only valid for the embedding they were fit on

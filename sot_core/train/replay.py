@@ -17,9 +17,9 @@ import json
 import random
 from pathlib import Path
 
-from sot_core.data import load_rows
+from sot_core.data.loaders import load_rows
 from sot_core.errors import InputError
-from sot_core.store import atomic_write_text
+from sot_core.data.store import atomic_write_text
 
 
 def mix_replay(curated: list[dict], replay: list[dict], fraction: float, seed: int = 0) -> list[dict]:
@@ -64,7 +64,7 @@ def mix_replay(curated: list[dict], replay: list[dict], fraction: float, seed: i
 def write_replay_mix(curated_path: str | Path, replay_path: str | Path, fraction: float, out_path: str | Path,
                      seed: int = 0) -> Path:
     """Write `curated_path` + replay rows from `replay_path` (any format ``load_rows`` reads) to `out_path`."""
-    from sot_core.train import read_curated
+    from sot_core.train.lora import read_curated
 
     curated = read_curated(curated_path)
     replay = load_rows(str(replay_path)).select(["id", "prompt", "response"]).to_pylist()

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .costs import KnnCost
-from .device import resolve_device
+from sot_core.ot.costs import KnnCost
+from sot_core.models.device import resolve_device
 
 # Entries of a cost block per log-sum-exp call: large enough to amortise Python overhead,
 # small enough that the block (8 MB in float32) stays near cache.

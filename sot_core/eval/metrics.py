@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from sot_core.errors import InputError
-from sot_core.eval_sets import prompt_key
+from sot_core.eval.eval_sets import prompt_key
 
 POSITIVE = {"1", "true", "yes", "unsafe", "harmful"}
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sot_core.errors import StoreBusyError, StoreError
-from sot_core.schema import ROW_SCHEMA
+from sot_core.data.schema import ROW_SCHEMA
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS datasets (
