@@ -1,57 +1,166 @@
-"""Configuration of a curation run, as a dataclass with help text (peft style)."""
+"""Every user-facing default of the system, in one place.
+
+Configuration is a set of frozen dataclasses in the peft style: each field carries its help text
+(and, where it has them, its bounds) in ``metadata``. The `sot` command line builds its options
+from these fields, and the Prefect flows take their parameter defaults from them, so a default is
+written once (``tests/test_config_consistency.py`` checks that nothing drifts). Choices are
+``Literal`` types; `validate_fields` checks choices and bounds of any of these classes.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import typing
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
 
 CODE_VERSION = "0.1.0"
+# The bundled demo data; the default inputs of `sot curate` and the curation flow.
+DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"
+
+Mode = Literal["push-pull", "pull", "push"]
+Stratify = Literal["none", "label"]
+TrainWeighting = Literal["normalised", "uniform"]
+Dtype = Literal["float32", "float64"]
+LoraWeighting = Literal["given", "uniform"]
+Precision = Literal["auto", "fp32", "bf16"]
+UtilityTask = Literal["sst2", "ag_news", "none"]
+# Representations of a (prompt, response) row; the suffix of an encoder spec (`minilm:contrast`).
+View = Literal["pair", "response", "both", "contrast"]
 
 
-@dataclass
-class CurateConfig:
-    keep: float = field(default=0.8, metadata={"help": "fraction of the pool kept (top-K by weight)"})
-    lam: float = field(default=1.0, metadata={"help": "push strength: objective OT(w, anchor) - lam * OT(w, harmful)"})
-    eps: float = field(
-        default=0.1, metadata={"help": "entropic regularisation of both OT problems, in cosine-cost units"}
-    )
-    mode: str = field(default="push-pull", metadata={"help": "push-pull | pull | push"})
-    encoder: str = field(default="minilm", metadata={"help": "encoder spec: minilm[:pair|response|both|contrast] or hf:<model>[:repr]"})
-    knn: int | None = field(
-        default=None, metadata={"help": "k nearest reference rows per pool row; None: dense when small, kNN when large"}
-    )
-    train_weighting: str = field(
-        default="normalised",
-        metadata={"help": "training weights of kept rows: normalised (w / mean w, clipped to [0.2, 5]) | uniform"},
-    )
-    refusal_share: float = field(
-        default=0.2,
-        metadata={"help": "share of the anchor mass on the refusal rows, when a refusal anchor is given "
-                          "(safe answers to harmful prompts; see benchmarks/refusal_anchor.py)"},
-    )
-    stratify: str = field(
-        default="none",
-        metadata={"help": "none | label: keep each label's share (rows sharing a response of >= 20 rows form a "
-                          "label) while free-form rows are selected by weight alone"},
-    )
-    batch_size: int = field(default=64, metadata={"help": "encoder batch size"})
-    solver: dict = field(default_factory=dict, metadata={"help": "extra PushPullConfig fields (tau, step_size, ...)"})
+def validate_fields(obj) -> None:
+    """Check every ``Literal`` field against its choices and every bounded field against its
+    ``gt``/``ge``/``lt``/``le`` metadata; raises ValueError naming the field."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        choices = _literal_choices(hint)
+        if choices and value not in choices:
+            raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+        for key, ok, word in (("gt", value.__gt__, ">"), ("ge", value.__ge__, ">="),
+                              ("lt", value.__lt__, "<"), ("le", value.__le__, "<=")):
+            if key in f.metadata and not ok(f.metadata[key]):
+                raise ValueError(f"{f.name} must be {word} {f.metadata[key]}, got {value!r}")
+
+
+def _literal_choices(hint) -> tuple:
+    """The choices of ``Literal[...]`` or ``Literal[...] | None``; () for other types."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    for arg in typing.get_args(hint):
+        if typing.get_origin(arg) is Literal:
+            return typing.get_args(arg)
+    return ()
+
+
+def default_of(cls, name: str):
+    """The default of field `name` of dataclass `cls` (the one place it is written)."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
+def same_field(cls, name: str):
+    """A field with the default and help of `cls.name`: one class reuses another's setting."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return field(default=f.default, metadata=f.metadata)
+
+
+# --------------------------------------------------------------------------- OT solver
+@dataclass(frozen=True)
+class SolverOptions:
+    """Advanced settings of the push-pull solver; the defaults suit cosine costs."""
+
+    tau: float | None = field(default=None, metadata={
+        "gt": 0,
+        "help": "Strength of the prior tau*KL(w|uniform); empty: 2 * eps * max(1, lam). The weights are "
+                "softmax(-score/tau) at the solution: smaller tau gives sharper weights. Must exceed eps "
+                "(anchor modes) and should exceed lam*eps (against collapse)."})
+    step_size: float = field(default=1.0, metadata={
+        "gt": 0, "le": 1,
+        "help": "Damping s in (0, 1] of the linearised push between outer steps; 1 = plain DCA, "
+                "monotone in the objective."})
+    max_outer: int = field(default=50, metadata={"ge": 1, "help": "Maximum number of outer (DCA) steps."})
+    outer_tol: float = field(default=1e-3, metadata={
+        "gt": 0, "help": "Stop when ||softmax(-score/tau) - w||_1 <= outer_tol (fixed-point residual)."})
+    sinkhorn_tol: float = field(default=1e-4, metadata={
+        "gt": 0, "help": "L1 marginal error at which each inner Sinkhorn solve stops."})
+    max_sinkhorn_iter: int = field(default=1000, metadata={"ge": 1, "help": "Iteration cap per Sinkhorn solve."})
+    eps_scaling: bool = field(default=True, metadata={
+        "help": "Anneal eps (halving from the cost spread) on the first, cold solve."})
+    dtype: Dtype = field(default="float32", metadata={"help": "Floating point type of the solve."})
+    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."})
 
     def __post_init__(self):
-        if not 0.0 < self.keep <= 1.0:
-            raise ValueError(f"keep must be in (0, 1], got {self.keep}")
-        if self.eps <= 0:
-            raise ValueError(f"eps must be positive, got {self.eps}")
-        if self.lam < 0:
-            raise ValueError(f"lam must be non-negative, got {self.lam}")
-        if self.mode not in ("push-pull", "pull", "push"):
-            raise ValueError(f"mode must be push-pull, pull or push, got {self.mode!r}")
-        if not 0.0 <= self.refusal_share < 1.0:
-            raise ValueError(f"refusal_share must be in [0, 1), got {self.refusal_share}")
-        if self.stratify not in ("none", "label"):
-            raise ValueError(f"stratify must be none or label, got {self.stratify!r}")
-        if self.train_weighting not in ("normalised", "uniform"):
-            raise ValueError(f"train_weighting must be normalised or uniform, got {self.train_weighting!r}")
+        validate_fields(self)
+
+
+@dataclass(frozen=True)
+class PushPullConfig(SolverOptions):
+    """Settings of `solve_push_pull`: the objective's parameters plus the solver options."""
+
+    lam: float = field(default=1.0, metadata={
+        "ge": 0, "help": "Push strength lambda: objective OT(w, anchor) - lam * OT(w, harmful)."})
+    eps: float = field(default=0.1, metadata={
+        "gt": 0, "help": "Entropic regularisation of both OT problems, in cosine-cost units."})
+    mode: Mode = field(default="push-pull", metadata={
+        "help": "push-pull (anchor and harmful), pull (anchor only) or push (harmful only)."})
+
+    def effective_tau(self) -> float:
+        return self.tau if self.tau is not None else 2.0 * self.eps * max(1.0, self.lam)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        validate_fields(self)
+        tau = self.effective_tau()
+        if self.mode != "push" and tau <= self.eps:
+            raise ValueError(f"tau={tau} must exceed eps={self.eps} when the anchor term is "
+                             "used (the anchor step is semi-relaxed OT with rho = tau - eps > 0)")
+        if self.mode != "pull" and self.lam * self.eps >= tau:
+            warnings.warn(f"tau={tau} <= lam*eps={self.lam * self.eps}: the push term can "
+                          "collapse the weights onto a few rows; raise tau", stacklevel=4)
+
+
+# --------------------------------------------------------------------------- curation
+@dataclass(frozen=True)
+class CurateConfig:
+    """What decides a curation's result (the run's inputs and outputs are flow parameters)."""
+
+    keep: float = field(default=0.8, metadata={"gt": 0, "le": 1, "help": "Fraction of the pool kept (top-K by weight)."})
+    lam: float = same_field(PushPullConfig, "lam")
+    eps: float = same_field(PushPullConfig, "eps")
+    mode: Mode = same_field(PushPullConfig, "mode")
+    encoder: str = field(default="minilm", metadata={
+        "help": "Encoder: minilm[:pair|response|both|contrast] or hf:MODEL[:pair|response|both|contrast][@final|middle|N]."})
+    knn: int | None = field(default=None, metadata={
+        "ge": 1, "help": "k nearest reference rows per pool row; empty: dense costs when small, kNN when large."})
+    train_weighting: TrainWeighting = field(default="normalised", metadata={
+        "help": "Training weights of kept rows: normalised (w / mean w, clipped to [0.2, 5]) or uniform."})
+    refusal_share: float = field(default=0.2, metadata={
+        "ge": 0, "lt": 1,
+        "help": "Share of the anchor mass on the refusal rows when a refusal anchor is given."})
+    stratify: Stratify = field(default="none", metadata={
+        "help": "label: keep each label's share (rows sharing a response of >= 20 rows form a label); "
+                "free-form rows are selected by weight alone."})
+    batch_size: int = field(default=64, metadata={"ge": 1, "help": "Encoder batch size."})
+    solver: SolverOptions = field(default_factory=SolverOptions, metadata={"help": "Advanced solver settings."})
+
+    def __post_init__(self):
+        if isinstance(self.solver, dict):  # from JSON (run.json, a Prefect parameter)
+            object.__setattr__(self, "solver", SolverOptions(**self.solver))
+        validate_fields(self)
+
+    def push_pull(self) -> PushPullConfig:
+        return PushPullConfig(lam=self.lam, eps=self.eps, mode=self.mode, **asdict(self.solver))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,3 +170,84 @@ def config_hash(*parts) -> str:
     """Deterministic short hash of JSON-able parts (configs, dataset ids, code version)."""
     blob = json.dumps([CODE_VERSION, *parts], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
+
+
+# --------------------------------------------------------------------------- fine-tuning
+# Fields that do not change the trained adapter: a run may be resumed with other values.
+_NON_RESULT_FIELDS = ("checkpoint_every", "max_steps_this_run", "keep_checkpoints", "num_threads", "device")
+
+
+@dataclass(frozen=True)
+class LoraTrainConfig:
+    """Configuration of `train_lora`."""
+
+    r: int = field(default=16, metadata={"ge": 1, "help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"ge": 0, "lt": 1, "help": "Dropout on the LoRA input path."})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata={"help": "Module names that receive LoRA adapters (paper: q and v projections)."},
+    )
+    learning_rate: float = field(default=2e-4, metadata={"gt": 0, "help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"ge": 0, "help": "AdamW weight decay."})
+    warmup_ratio: float = field(default=0.03, metadata={
+        "ge": 0, "le": 1, "help": "Fraction of steps with linear warm-up; linear decay after."})
+    epochs: int = field(default=2, metadata={"ge": 1, "help": "Passes over the data (paper: 2)."})
+    batch_size: int = field(default=8, metadata={"ge": 1, "help": "Samples per optimizer step."})
+    max_length: int = field(default=256, metadata={"ge": 8, "help": "Token cap per sample; responses are truncated first."})
+    seed: int = field(default=0, metadata={"help": "Fixes LoRA init, data order and dropout."})
+    checkpoint_every: int = field(default=50, metadata={
+        "ge": 0, "help": "Write a resumable checkpoint every N optimizer steps (0: never)."})
+    keep_checkpoints: int = field(default=2, metadata={"ge": 1, "help": "How many recent checkpoints to keep on disk."})
+    weighting: LoraWeighting = field(default="given", metadata={
+        "help": "given: use each row's weight; uniform: every row weighs 1 (ablation)."})
+    max_grad_norm: float = field(default=1.0, metadata={"ge": 0, "help": "Gradient clipping norm (0: off)."})
+    max_steps_this_run: int | None = field(default=None, metadata={
+        "ge": 1, "help": "Stop after this many steps in this process (the run resumes later)."})
+    num_threads: int | None = field(default=None, metadata={"ge": 1, "help": "torch intra-op threads (empty: torch default)."})
+    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."})
+    # bf16 autocast halves activation memory and uses the tensor cores on a GPU; on x86 CPUs
+    # bf16 matmuls are slower than fp32, so 'auto' keeps fp32 there.
+    precision: Precision = field(default="auto", metadata={"help": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16."})
+
+    def __post_init__(self):
+        validate_fields(self)
+
+    def result_fields(self) -> dict:
+        """The fields that influence the trained adapter (what cache keys must hash)."""
+        d = {k: v for k, v in asdict(self).items() if k not in _NON_RESULT_FIELDS}
+        if d["precision"] == "auto":  # resolved by the device (fp32 on CPU), like the device itself
+            del d["precision"]
+        return d
+
+    def result_hash(self) -> str:
+        """Hash of the fields that influence the trained adapter."""
+        return hashlib.sha256(json.dumps(self.result_fields(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class EvalSpec:
+    """What `evaluate_model` measures (sizes trade precision for CPU time)."""
+
+    harmful_sets: list[str] = field(default_factory=lambda: ["advbench", "harmbench", "strongreject", "jailbreakbench"],
+                                    metadata={"help": "Held-out harmful prompt sources, sampled round-robin."})
+    n_harmful: int = field(default=200, metadata={"ge": 1, "help": "Held-out harmful prompts."})
+    n_benign: int = field(default=100, metadata={"ge": 0, "help": "Held-out benign instructions (MT-Bench, Alpaca 800+)."})
+    n_xstest: int = field(default=125, metadata={"ge": 0, "help": "XSTest safe prompts of the eval split (odd ids)."})
+    utility_task: UtilityTask = field(default="sst2", metadata={"help": "Utility task: sst2, ag_news or none."})
+    n_utility: int = field(default=200, metadata={"ge": 0, "help": "Utility rows."})
+    utility_max_new_tokens: int = field(default=16, metadata={"ge": 1, "help": "Tokens per utility answer."})
+    max_new_tokens: int = field(default=48, metadata={"ge": 1, "help": "Greedy tokens per completion."})
+    batch_size: int = field(default=16, metadata={"ge": 1, "help": "Generation batch size."})
+    seed: int = field(default=0, metadata={"help": "Seeds prompt sampling."})
+    use_learned_judge: bool = field(default=True, metadata={"help": "Also report harmful_rate_judge (MiniLM logreg)."})
+    guard_model: str | None = field(default=None, metadata={"help": "Local guard model folder (e.g. Llama Guard)."})
+    data_dir: str | None = field(default=None, metadata={"help": "Shared data folder; empty: shared_data_dir()."})
+    per_prompt: bool = field(default=False, metadata={
+        "help": "Also return the harmful prompts and each judge's 0/1 verdict per prompt (for paired comparisons)."})
+
+    def __post_init__(self):
+        if self.utility_task is None:  # the earlier spelling of "no utility task"
+            object.__setattr__(self, "utility_task", "none")
+        validate_fields(self)

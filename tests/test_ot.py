@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sot_core.ot.costs import KnnCost, cosine_costs
-from sot_core.ot.push_pull import PushPullConfig, solve_push_pull
+from sot_core.config import PushPullConfig
+from sot_core.ot.push_pull import solve_push_pull
 from sot_core.ot.sinkhorn import sinkhorn_log
 
 DTYPES = ["float32", "float64"]

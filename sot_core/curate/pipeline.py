@@ -161,10 +161,10 @@ def anchor_masses(costs_dir: Path, config: CurateConfig) -> np.ndarray | None:
 
 def solve(store: Store, cost_key: str, config: CurateConfig, show_progress: bool = True) -> dict:
     """Push-pull OT weights for the pool; cached in the store under costs + solver configuration."""
-    from sot_core.ot.push_pull import PushPullConfig, solve_push_pull
+    from sot_core.ot.push_pull import solve_push_pull
 
     start = time.perf_counter()
-    solver_cfg = PushPullConfig(lam=config.lam, eps=config.eps, mode=config.mode, **config.solver)
+    solver_cfg = config.push_pull()
     costs_dir = store.stage_dir("costs", cost_key)
     masses = anchor_masses(costs_dir, config)
     key = config_hash("solve", cost_key, solver_cfg.__dict__, *([config.refusal_share] if masses is not None else []))

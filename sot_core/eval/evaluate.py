@@ -13,12 +13,13 @@ are re-exported here.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from sot_core.config import EvalSpec
 from sot_core.models.device import resolve_device
 from sot_core.eval.judges import (
     GuardJudge, Judge, KeywordJudge, LogRegJudge, keyword_refusal, train_refusal_judge,
@@ -78,28 +79,6 @@ def safety_metrics(harm, harm_c, benign, benign_c, xs, xs_c, judges: Sequence[Ju
 
 
 # --------------------------------------------------------------------------- end to end
-@dataclass
-class EvalSpec:
-    """What `evaluate_model` measures (sizes trade precision for CPU time)."""
-
-    harmful_sets: list[str] = field(default_factory=lambda: ["advbench", "harmbench", "strongreject", "jailbreakbench"],
-                                    metadata={"help": "Held-out harmful prompt sources, sampled round-robin."})
-    n_harmful: int = field(default=200, metadata={"help": "Number of harmful prompts."})
-    n_benign: int = field(default=100, metadata={"help": "Held-out benign instructions (MT-Bench, Alpaca 800+)."})
-    n_xstest: int = field(default=125, metadata={"help": "XSTest safe prompts of the eval split (odd ids)."})
-    utility_task: str | None = field(default="sst2", metadata={"help": "'sst2', 'ag_news' or None."})
-    n_utility: int = field(default=200, metadata={"help": "Utility rows."})
-    utility_max_new_tokens: int = field(default=16, metadata={"help": "Tokens per utility answer (label + preamble)."})
-    max_new_tokens: int = field(default=48, metadata={"help": "Greedy tokens per completion; refusals show early."})
-    batch_size: int = field(default=16, metadata={"help": "Generation batch size."})
-    seed: int = field(default=0, metadata={"help": "Seeds prompt sampling."})
-    use_learned_judge: bool = field(default=True, metadata={"help": "Also report harmful_rate_judge (MiniLM logreg)."})
-    guard_model: str | None = field(default=None, metadata={"help": "Local guard model folder (e.g. Llama Guard)."})
-    data_dir: str | None = field(default=None, metadata={"help": "Shared data folder; default shared_data_dir()."})
-    per_prompt: bool = field(default=False, metadata={"help": "Also return the harmful prompts and each judge's "
-                                                                "0/1 verdict per prompt (for paired comparisons)."})
-
-
 def load_for_eval(model_dir_or_base: str, adapter_dir: str | Path | None, device: str = "auto"):
     """Base model plus optional LoRA adapter, merged (faster generation than an unmerged adapter).
 
@@ -150,7 +129,7 @@ def evaluate_model(model_dir_or_base: str, adapter_dir: str | Path | None, eval_
         res["harmful_prompts"] = harm
     if spec.use_learned_judge:
         res["judge_heldout_accuracy"] = report["accuracy"]
-    if spec.utility_task:
+    if spec.utility_task != "none":
         ups, gold, labels = utility_rows(data, spec.utility_task, spec.n_utility)
         # labels are short, but chat models often open with "The sentiment is": 16 tokens
         res["utility"] = label_accuracy(generate(model, tok, ups, spec.utility_max_new_tokens, spec.batch_size,

@@ -54,80 +54,16 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
+from sot_core.config import PushPullConfig
 from sot_core.ot.costs import KnnCost
 from sot_core.ot.sinkhorn import (_DTYPES, SinkhornResult, make_operator, resolve_device,  # noqa: F401
                        semi_relaxed_potentials, sinkhorn_log, sinkhorn_potentials)
-
-MODES = ("push-pull", "pull", "push")
-
-
-@dataclass
-class PushPullConfig:
-    """Settings of `solve_push_pull`. Defaults suit cosine costs of sentence embeddings."""
-
-    lam: float = field(default=1.0, metadata={
-        "help": "Weight lambda of the push term OT(w, harmful). Ignored in mode 'pull'."})
-    eps: float = field(default=0.1, metadata={
-        "help": "Entropic regularisation in cost units. Cosine costs of sentence embeddings "
-                "spread over ~0.3-1.3; 0.1 (about a tenth of that) ranked best in the eps sweep of "
-                "benchmarks/curation_quality.py on all six labelled pools, and Sinkhorn stays fast."})
-    mode: str = field(default="push-pull", metadata={
-        "help": "'push-pull' (anchor and harmful), 'pull' (anchor only), 'push' (harmful only)."})
-    tau: float | None = field(default=None, metadata={
-        "help": "Strength of the prior tau*KL(w|uniform); None: 2 * eps * max(1, lam), which keeps "
-                "the 2x margin below at any eps and lam. Stationary w is softmax(-score/tau). "
-                "Must exceed eps (anchor modes) and should exceed lam*eps (against collapse); "
-                "2x margin at the defaults. Smaller tau gives sharper weights."})
-    step_size: float = field(default=1.0, metadata={
-        "help": "Damping s in (0, 1] of the linearised push gradient between outer steps "
-                "(f_bar = (1-s) f_bar + s f_harmful). 1 = plain DCA, monotone in the objective."})
-    max_outer: int = field(default=50, metadata={"help": "Maximum number of outer (mirror) steps."})
-    outer_tol: float = field(default=1e-3, metadata={
-        "help": "Stop when ||softmax(-score/tau) - w||_1 <= outer_tol (fixed-point residual)."})
-    sinkhorn_tol: float = field(default=1e-4, metadata={
-        "help": "L1 marginal error at which each inner Sinkhorn solve stops."})
-    max_sinkhorn_iter: int = field(default=1000, metadata={
-        "help": "Iteration cap per inner Sinkhorn solve."})
-    eps_scaling: bool = field(default=True, metadata={
-        "help": "Anneal eps (halving from the cost spread) on the first, cold solve."})
-    dtype: str = field(default="float32", metadata={
-        "help": "'float32' (fast; safe down to eps=1e-3 in the log domain) or 'float64'."})
-    device: str = field(default="auto", metadata={
-        "help": "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."})
-
-    def effective_tau(self) -> float:
-        return self.tau if self.tau is not None else 2.0 * self.eps * max(1.0, self.lam)
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        for name in ("eps", "tau", "outer_tol", "sinkhorn_tol"):
-            value = self.effective_tau() if name == "tau" else getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        if not (math.isfinite(self.lam) and self.lam >= 0):
-            raise ValueError(f"lam must be a finite number >= 0, got {self.lam!r}")
-        if not 0 < self.step_size <= 1:
-            raise ValueError(f"step_size must be in (0, 1], got {self.step_size!r}")
-        if self.max_outer < 1 or self.max_sinkhorn_iter < 1:
-            raise ValueError("max_outer and max_sinkhorn_iter must be >= 1")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
-        tau = self.effective_tau()
-        if self.mode != "push" and tau <= self.eps:
-            raise ValueError(f"tau={tau} must exceed eps={self.eps} when the anchor term is "
-                             "used (the anchor step is semi-relaxed OT with rho = tau - eps > 0)")
-        if self.mode != "pull" and self.lam * self.eps >= tau:
-            warnings.warn(f"tau={tau} <= lam*eps={self.lam * self.eps}: the push term can "
-                          "collapse the weights onto a few rows; raise tau", stacklevel=3)
-
 
 @dataclass
 class PushPullResult:
@@ -321,8 +257,3 @@ def solve_push_pull(cost_anchor, cost_harmful, config: PushPullConfig = PushPull
         "step_size": config.step_size,
     }
     return PushPullResult(weights=weights, score=score.cpu().numpy(), diagnostics=diagnostics)
-
-
-def config_dict(config: PushPullConfig) -> dict:
-    """Plain dict of a config (for caching keys and reports)."""
-    return asdict(config)

@@ -13,80 +13,23 @@ weights to an uninterrupted run (tested in ``tests/test_train.py``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+from sot_core.config import LoraTrainConfig
 from sot_core.errors import InputError, SotError
 from sot_core.data.schema import file_sha256  # noqa: F401 (re-exported for tasks.training)
 from sot_core.models.device import resolve_device
 from sot_core.models.llm import atomic_dir, encode_pair, load_causal_lm, model_fingerprint, publish_dir, resolve_model_path
 
 CURATED_FIELDS = {"id": str, "prompt": str, "response": str, "source": str, "weight": (int, float)}
-# Fields that do not change the result: a run may be resumed with different values.
-_NON_RESULT_FIELDS = ("checkpoint_every", "max_steps_this_run", "keep_checkpoints", "num_threads", "device")
-
-
-@dataclass
-class LoraTrainConfig:
-    """Configuration of `train_lora` (peft-style: every field has help text in its metadata)."""
-
-    r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input path."})
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "v_proj"],
-        metadata={"help": "Module names that receive LoRA adapters (paper: q and v projections)."},
-    )
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "Fraction of steps with linear warm-up; linear decay after."})
-    epochs: int = field(default=2, metadata={"help": "Passes over the data (paper: 2)."})
-    batch_size: int = field(default=8, metadata={"help": "Samples per optimizer step."})
-    max_length: int = field(default=256, metadata={"help": "Token cap per sample; responses are truncated first."})
-    seed: int = field(default=0, metadata={"help": "Fixes LoRA init, data order and dropout."})
-    checkpoint_every: int = field(default=50, metadata={"help": "Write a resumable checkpoint every N optimizer steps (0: never)."})
-    keep_checkpoints: int = field(default=2, metadata={"help": "How many most recent checkpoints to keep on disk."})
-    weighting: str = field(
-        default="given",
-        metadata={"help": "'given': use each row's weight; 'uniform': every row weighs 1 (ablation)."},
-    )
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0: off)."})
-    max_steps_this_run: int | None = field(
-        default=None,
-        metadata={"help": "Stop after this many steps in this process (simulates a kill; the run resumes later)."},
-    )
-    num_threads: int | None = field(default=None, metadata={"help": "torch intra-op threads (None: torch default)."})
-    device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."})
-    # bf16 autocast halves activation memory and uses the tensor cores on a GPU; on x86 CPUs
-    # bf16 matmuls are slower than fp32, so 'auto' keeps fp32 there.
-    precision: str = field(default="auto", metadata={"help": "'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'."})
-
-    def __post_init__(self):
-        if self.weighting not in ("given", "uniform"):
-            raise ValueError(f"weighting must be 'given' or 'uniform', got {self.weighting!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
-        if self.batch_size < 1 or self.epochs < 1 or self.r < 1:
-            raise ValueError("batch_size, epochs and r must be >= 1")
-
-    def result_fields(self) -> dict:
-        """The fields that influence the trained adapter (what cache keys must hash)."""
-        d = {k: v for k, v in asdict(self).items() if k not in _NON_RESULT_FIELDS}
-        if d["precision"] == "auto":  # resolved by the device (fp32 on CPU), like the device itself
-            del d["precision"]
-        return d
-
-    def result_hash(self) -> str:
-        """Hash of the fields that influence the trained adapter."""
-        return hashlib.sha256(json.dumps(self.result_fields(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_curated(path: str | Path) -> list[dict]:
