@@ -1,39 +1,32 @@
 """Does choosing *which benign rows* to train on change how much fine-tuning erodes refusals?
 
-On the SST-2 benchmark the SOT and classifier arms drop every harmful row and still answer ~7.5
-more points of harmful prompts than the aligned base (RESULTS.md, "Safety loop"). That residue
-comes from the benign rows. This study trains on two opposite 700-row subsets of the pool's 900
-benign rows, ranked by SOT's score of the e2e curation (higher = more harmful-like):
+On the SST-2 benchmark the SOT and classifier arms drop every harmful row, so whatever erosion of
+refusals remains comes from the benign rows. This study trains on two opposite 700-row subsets
+of the pool's 900 benign rows, ranked by SOT's score of the e2e curation (higher = more
+harmful-like):
 
 * ``benign_low``: the 700 least harmful-like rows (what a curator that ranks benign rows could pick),
 * ``benign_high``: the 700 most harmful-like rows (the two share 500 rows of the 900),
 
 with the e2e's training and evaluation settings, and pairs their verdicts with the e2e's arms.
 
-    python benchmarks/benign_subsets.py write [--work .sot/bench_e2e_v2/full]
-    python benchmarks/safety_e2e.py --work .sot/bench_e2e_v2 --base .sot/models/aligned-27124fe751a7 \\
+    python -m benchmarks.benign_subsets write [--work .sot/bench_e2e_v2/full]
+    python -m benchmarks.safety_e2e --work .sot/bench_e2e_v2 --base .sot/models/aligned-27124fe751a7 \\
         --arms benign_low,benign_high --extra benign_low=F --extra benign_high=F \\
-        --out benchmarks/results/safety_e2e_benign_subsets.json      # F: the files `write` printed
-    python benchmarks/benign_subsets.py compare
+        --out benchmarks/results/benign_subsets/arms.json      # F: the files `write` printed
+    python -m benchmarks.benign_subsets compare
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from safety_e2e import read_verdicts, write_jsonl  # noqa: E402
-from sot_core.eval.metrics import paired_difference  # noqa: E402
-from sot_core.data.store import atomic_write_text  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks.common import REPO, RESULTS, read_verdicts, write_jsonl
+from sot_core.data.store import atomic_write_text
+from sot_core.eval.metrics import paired_difference
 
 
 def write_subsets(work: Path, n: int = 700) -> dict[str, Path]:
@@ -71,9 +64,9 @@ def main() -> None:
     w = sub.add_parser("write")
     w.add_argument("--work", type=Path, default=REPO / ".sot" / "bench_e2e_v2" / "full")
     c = sub.add_parser("compare")
-    c.add_argument("--subsets", type=Path, default=RESULTS / "safety_e2e_benign_subsets.verdicts.json")
-    c.add_argument("--main-run", type=Path, default=RESULTS / "safety_e2e.verdicts.json")
-    c.add_argument("--out", type=Path, default=RESULTS / "safety_e2e_benign_subsets.paired.json")
+    c.add_argument("--subsets", type=Path, default=RESULTS / "benign_subsets" / "arms.verdicts.json")
+    c.add_argument("--main-run", type=Path, default=RESULTS / "safety_e2e" / "sst2.verdicts.json")
+    c.add_argument("--out", type=Path, default=RESULTS / "benign_subsets" / "paired.json")
     args = p.parse_args()
     if args.cmd == "write":
         for name, path in write_subsets(args.work).items():

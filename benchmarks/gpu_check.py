@@ -10,8 +10,11 @@ tokenizer, no weights): the trained weights (517 MB) cannot travel to a lent GPU
 checks speed, dtype handling and finite losses of our training and generation code on CUDA, not
 model quality.
 
-    python benchmarks/gpu_check.py --json benchmarks/results/gpu_check.json \
+    python -m benchmarks.gpu_check --json benchmarks/results/gpu_check/h200.json \
         --model-files .sot/models/smollm2-135m-instruct
+
+This script imports only `sot_core` and third-party libraries, so `python benchmarks/gpu_check.py`
+works as well (a lent machine may get the repository without the benchmarks package on its path).
 """
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 import traceback
@@ -29,8 +31,31 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = "cuda"  # --dry-run-cpu swaps in "cpu" to test this script on a machine without a GPU
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+D, N_ANCHOR, N_HARMFUL, SEED = 384, 50, 5000, 0
+
+
+# The generator of ot_scaling.make_data, copied so that this script needs nothing but sot_core;
+# tests/test_benchmarks_package.py checks that the two give the same arrays.
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_data(n: int):
+    """Clustered unit vectors (as `benchmarks.ot_scaling.make_data`): pool, anchor, harmful reference."""
+    rng = np.random.default_rng(SEED)
+    safe_c, harm_c = _unit(rng.normal(size=(10, D))), _unit(rng.normal(size=(10, D)))
+
+    def sample(centres, count):
+        out = np.empty((count, D), dtype=np.float32)
+        for start in range(0, count, 100_000):
+            stop = min(start + 100_000, count)
+            noise = rng.standard_normal(size=(stop - start, D), dtype=np.float32) / np.sqrt(D)
+            out[start:stop] = _unit(centres[rng.integers(0, len(centres), stop - start)] + noise)
+        return out
+
+    n_safe = int(0.9 * n)
+    pool = np.vstack([sample(safe_c, n_safe), sample(harm_c, n - n_safe)])
+    return pool, sample(safe_c, N_ANCHOR), sample(harm_c, N_HARMFUL)
 
 
 def timed(fn, *a, **kw):
@@ -48,7 +73,6 @@ def timed(fn, *a, **kw):
 def ot_section(sizes, knn_size, report):
     import torch
 
-    from ot_scaling import make_data
     from sot_core.ot.costs import cosine_costs
     from sot_core.ot.push_pull import PushPullConfig, solve_push_pull
 
@@ -76,8 +100,8 @@ def ot_section(sizes, knn_size, report):
         report["ot_dense"][str(n)] = row
         print("ot", n, json.dumps(row), flush=True)
 
-    # small epsilon in float32 on the GPU: the log-domain path must stay finite
-    # (60 s for n=1000 on 2 CPU cores: ~470 Sinkhorn iterations of epsilon scaling)
+    # small epsilon in float32 on the GPU: the log-domain path must stay finite (a smaller pool on
+    # the CPU dry run, where epsilon scaling makes this solve slow)
     n_small = 2000 if DEV == "cuda" else 200
     pool, anchor, harmful = make_data(n_small)
     res, sec = timed(solve_push_pull, cosine_costs(pool, anchor), cosine_costs(pool, harmful),

@@ -11,8 +11,9 @@ process (ephemeral API, warmed up first), into one fresh store:
 
 The encoder model is loaded once before either run is timed: model load is EXCLUDED from both.
 
-    .venv/bin/python benchmarks/nightly_incremental.py --rows 5000
-Results go to benchmarks/results/nightly_incremental.md.
+    python -m benchmarks.nightly_incremental [--rows 5000] [--new-fraction 0.01] [--out FILE]
+
+The default output is results/nightly_incremental/rows<N>.md.
 """
 from __future__ import annotations
 
@@ -26,10 +27,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-SHARED = Path(os.environ.get("SOT_SHARED_DATA", REPO.parent / "shared" / "data"))
-DEMO = REPO / "data" / "demo"
+from benchmarks.common import DEMO, SHARED, result_path
 
 
 def task_rows(n: int) -> list[dict]:
@@ -53,7 +51,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5000, help="pool size of the full run (default 5000)")
     parser.add_argument("--new-fraction", type=float, default=0.01, help="new rows per night (default 0.01)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "nightly_incremental.md"))
+    parser.add_argument("--out", default=None, help="Markdown report (default: results/nightly_incremental/rows<N>.md)")
     args = parser.parse_args()
     if not SHARED.exists():
         print(f"skip: shared data not found at {SHARED}")
@@ -104,7 +102,7 @@ def main() -> int:
     lines = [
         "# Nightly incremental re-curation vs full run",
         "",
-        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `benchmarks/nightly_incremental.py --rows {args.rows}`.",
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `python -m benchmarks.nightly_incremental --rows {args.rows}`.",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{platform.platform()}; load average at the end {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} "
         "(the machine is shared: other jobs ran meanwhile).",
@@ -136,7 +134,7 @@ def main() -> int:
         "`solve_push_pull` takes no initial weights or potentials); embedding touches only the new rows.",
         "",
     ]
-    out = Path(args.out)
+    out = Path(args.out or result_path("nightly_incremental", f"rows{args.rows}.md"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
     print("\n".join(lines))

@@ -18,8 +18,16 @@ Each measurement runs in a fresh subprocess; peak memory is that process's RSS h
 Times: ``*_cost_s`` builds the costs, ``*_s`` is the solve alone. ``*_tol`` is the largest L1
 marginal error reached over the two problems at the last outer step.
 
-    python benchmarks/ot_scaling.py --sizes 5000 50000 --json benchmarks/results/ot_scaling.json \
-        --md benchmarks/results/ot_scaling.md
+``--knn-error K [K ...]`` measures instead, at each size, how far the kNN-sparse harmful cost
+moves the solve from the dense one: the L1 distance of the two weight vectors, the fraction of
+rows on which the keep-80% selections agree, and the Spearman correlation of the two scores.
+
+    python -m benchmarks.ot_scaling --sizes 5000 50000 --json benchmarks/results/ot_scaling/cpu_2cores.json \
+        --md benchmarks/results/ot_scaling/cpu_2cores.md
+    python -m benchmarks.ot_scaling --sizes 20000 --knn-error 8 32 128
+
+This script imports only `sot_core` and third-party libraries, so `python benchmarks/ot_scaling.py`
+works as well.
 """
 from __future__ import annotations
 
@@ -34,7 +42,6 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D, N_ANCHOR, N_HARMFUL, SEED = 384, 50, 5000, 0
 
 
@@ -65,7 +72,6 @@ def _peak_mb() -> float:
 
 
 def worker_ours(n: int, k: int | None) -> dict:
-    sys.path.insert(0, ROOT)
     from sot_core.ot.costs import cosine_costs
     from sot_core.ot.push_pull import PushPullConfig, solve_push_pull
 
@@ -95,7 +101,6 @@ def worker_ours(n: int, k: int | None) -> dict:
 def worker_pot(n: int, outer: int, timeout_s: float, tol=1e-4) -> dict:
     import ot
 
-    sys.path.insert(0, ROOT)
     from sot_core.ot.push_pull import PushPullConfig
 
     defaults = PushPullConfig()  # the same eps, lam and tau as our solver's run
@@ -136,6 +141,30 @@ def worker_pot(n: int, outer: int, timeout_s: float, tol=1e-4) -> dict:
     return out
 
 
+def knn_error(n: int, ks: list[int]) -> list[dict]:
+    """Distance of the kNN-sparse solve from the dense one at each k, on `make_data(n)`."""
+    from sot_core.curate.select import select_top
+    from sot_core.ot.costs import cosine_costs
+    from sot_core.ot.push_pull import PushPullConfig, solve_push_pull
+
+    def ranks(x: np.ndarray) -> np.ndarray:
+        return np.argsort(np.argsort(x))
+
+    pool, anchor, harmful = make_data(n)
+    cost_anchor = cosine_costs(pool, anchor)
+    dense = solve_push_pull(cost_anchor, cosine_costs(pool, harmful), PushPullConfig())
+    rows = []
+    for k in ks:
+        sparse = solve_push_pull(cost_anchor, cosine_costs(pool, harmful, k=k), PushPullConfig())
+        rows.append({"n": n, "k": k, "weights_l1": float(np.abs(sparse.weights - dense.weights).sum()),
+                     "keep80_agreement": float((select_top(sparse.weights, 0.8) == select_top(dense.weights, 0.8)).mean()),
+                     "score_spearman": float(np.corrcoef(ranks(sparse.score), ranks(dense.score))[0, 1])})
+        r = rows[-1]
+        print(f"n={n} k={k}: L1(w) = {r['weights_l1']:.4f}, keep-80% agreement = {r['keep80_agreement']:.4f}, "
+              f"Spearman(score) = {r['score_spearman']:.4f}", flush=True)
+    return rows
+
+
 def run_worker(args: list[str]) -> dict:
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", *args],
                           capture_output=True, text=True)
@@ -167,10 +196,19 @@ def main() -> None:
     parser.add_argument("--pot-max", type=int, default=100_000,
                         help="skip POT above this pool size (dense float64 N x 5050 costs + plan)")
     parser.add_argument("--pot-timeout", type=float, default=900.0)
+    parser.add_argument("--knn-error", type=int, nargs="+", metavar="K",
+                        help="measure the kNN-sparse solve's distance from the dense one at these k instead")
     parser.add_argument("--json")
     parser.add_argument("--md")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+
+    if args.knn_error:
+        report = {"machine": machine(), "knn_error": [r for n in args.sizes for r in knn_error(n, args.knn_error)]}
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(report, fh, indent=2)
+        return
 
     if args.worker:
         kind, n = args.worker[0], int(args.worker[1])
@@ -222,7 +260,7 @@ def main() -> None:
     if args.md:
         with open(args.md, "w") as fh:
             fh.write("# OT scaling benchmark (measured)\n\n"
-                     "Produced by `benchmarks/ot_scaling.py`; see its docstring for the setup. "
+                     "Produced by `python -m benchmarks.ot_scaling`; see its docstring for the setup. "
                      "Peak MB = RSS high-water of a fresh process (imports + data + costs + "
                      "solve). Solve times exclude cost building.\n\n" + table + "\n")
 

@@ -1,84 +1,63 @@
-"""Study: does a composite safe anchor (task rows + refusals, with a chosen mass share) keep the
-refusals of a general-instruction pool, and what does it do to AUROC on every pool?
+"""Composite safe anchor: task rows plus refusals, with refusal share S of the anchor mass. Does it
+keep the refusals of the general-instruction pool, and what does it cost on every pool?
 
 Refusal rows: the bundled `data/refusals/pyrit_refusals.jsonl` (PyRIT refusal-scorer rows with
-human_score = 1; MIT; a different source from the safety-tuned-llamas refusals injected into the
-general pool), as `sot curate --refusal-anchor` uses them. The anchor is the task anchor of
-`curation_quality.py` plus these rows; `solve_push_pull(anchor_weights=...)` gives the refusal
-part the share s of the anchor mass (s = 0: the task anchor alone). Baselines are shown with the
-plain anchor and with the task + refusal rows ("+ref"), the best of either is the bar to beat.
+human_score = 1; another source than the pool's safety-tuned-llamas refusals), as
+`sot curate --refusal-anchor` uses them. Pools and harmful reference: those of
+`benchmarks.curation_quality`. Baselines run with the plain anchor and with task + refusal rows
+("+ref"); SOT runs at each share S (S = 0: the task anchor alone), key "sot_share<S>".
 
-    python benchmarks/refusal_anchor.py [--representations pair,both,response] [--shares 0,0.2,0.5]
-    python benchmarks/refusal_anchor.py --representations contrast --out results/refusal_anchor_contrast.json
+    python -m benchmarks.refusal_anchor [--representations pair,both,response] [--shares 0,0.2,0.5]
+        [--encoder minilm|hf:MODEL] [--tasks general,...] [--eps 0.1] [--out FILE]
+
+The default output is results/refusal_anchor/<representations joined by _>.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import curation_quality as cq  # noqa: E402
-from sot_core.curate.baselines import BASELINES  # noqa: E402
-from sot_core.ot.costs import cosine_costs  # noqa: E402
-from sot_core.ot.push_pull import PushPullConfig, solve_push_pull  # noqa: E402
-from sot_core.curate.pipeline import composite_anchor_masses  # noqa: E402
-from sot_core.data.store import Store  # noqa: E402
+from benchmarks.common import PYRIT_REFUSALS, SHARED, bench_store, build_inputs, compare, embed_file, result_path
+from sot_core.ot.push_pull import PushPullConfig
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--shared", default=str(SHARED))
     p.add_argument("--representations", default="pair,both,response")
     p.add_argument("--shares", default="0,0.2,0.5")
     p.add_argument("--encoder", default="minilm", help="encoder family; ':<representation>' is appended")
     p.add_argument("--tasks", default=None, help="comma-separated pool names (default: all)")
     p.add_argument("--eps", type=float, default=PushPullConfig().eps)
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "refusal_anchor.json"))
+    p.add_argument("--out", default=None)
     args = p.parse_args()
-    shared, work = Path(args.shared), Path(tempfile.mkdtemp(prefix="sot-refusal-"))
-    store = Store(REPO / ".sot-bench")
-    inputs = cq.build_inputs(shared, work)
-    refusals = str(REPO / "data" / "refusals" / "pyrit_refusals.jsonl")
+    reps = args.representations.split(",")
+    out = Path(args.out or result_path("refusal_anchor", "_".join(reps) + ".json"))
+    store = bench_store()
+    inputs = build_inputs(Path(args.shared), Path(tempfile.mkdtemp(prefix="sot-refusal-")))
+    shares = [float(s) for s in args.shares.split(",")]
     results = {}
-    for rep in args.representations.split(","):
+    for rep in reps:
         enc = f"{args.encoder}:{rep}"
-        harmful, refusal = cq.embed_file(store, inputs["reference"], enc), cq.embed_file(store, refusals, enc)
+        harmful, refusal = embed_file(store, inputs["reference"], enc), embed_file(store, PYRIT_REFUSALS, enc)
         for name, task in inputs["tasks"].items():
             if name == "general_refusal_anchor" or (rep in ("response", "both") and task["refusal"] is None):
                 continue
             if args.tasks and name not in args.tasks.split(","):
                 continue
-            pool, anchor = cq.embed_file(store, task["pool"], enc), cq.embed_file(store, task["anchor"], enc)
-            both = np.vstack([anchor, refusal])
-            row = {}
-            for method, fn in BASELINES.items():
-                for tag, anc in (("", anchor), ("+ref", both)):
-                    if method != "random" or not tag:
-                        score = fn(pool, anc, harmful)
-                        row[method + tag] = cq.evaluate(score, -score, task)
-            c_harm = cosine_costs(pool, harmful)
-            for share in (float(s) for s in args.shares.split(",")):
-                if share == 0:
-                    res = solve_push_pull(cosine_costs(pool, anchor), c_harm, PushPullConfig(eps=args.eps))
-                else:
-                    masses = composite_anchor_masses(len(anchor), len(refusal), share)
-                    res = solve_push_pull(cosine_costs(pool, both), c_harm, PushPullConfig(eps=args.eps), anchor_weights=masses)
-                row[f"sot_share{share:g}"] = cq.evaluate(res.score, res.weights, task)
+            pool, anchor = embed_file(store, task["pool"], enc), embed_file(store, task["anchor"], enc)
+            row = compare(pool, anchor, harmful, task, refusal, shares, PushPullConfig(eps=args.eps),
+                          sot_key="sot_share{share:g}")
             results[f"{name}/{enc}"] = row
             best = max((v["auroc"], k) for k, v in row.items() if not k.startswith("sot"))
             print(f"{name}/{enc}: best baseline {best[1]} {best[0]:.3f}; " + ", ".join(
                 f"{k} {v['auroc']:.3f}/{v['harmful_kept']}/{v.get('refusals_kept_fraction', '-')}"
                 for k, v in row.items() if k.startswith("sot")), flush=True)
-    Path(args.out).write_text(json.dumps({"eps": args.eps, "refusal_rows": sum(1 for _ in open(refusals)),
-                                          "results": results}, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"eps": args.eps, "refusal_rows": sum(1 for _ in open(PYRIT_REFUSALS)),
+                               "results": results}, indent=2))
 
 
 if __name__ == "__main__":

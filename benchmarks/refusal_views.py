@@ -1,36 +1,27 @@
-"""Study: one representation per OT term. Can the pull and the push look at different views of a
-row (prompt+response "pair", "response" alone, or "max" = the larger of the two cosine costs,
-i.e. close only if close in both views) and keep most refusals while beating the baselines?
-A third setting, "pull=pair+response-refusals", compares the pool with the task part of the
-anchor in the pair view and with the refusal part in the response view (a refusal is told by
-its answer, whatever the prompt).
+"""One representation per OT term: the pull and the push may look at different views of a row
+(prompt+response "pair", "response" alone, or "max" = the larger of the two cosine costs, i.e.
+close only if close in both views). The setting "pair+response-refusals" compares the pool with
+the task part of the anchor in the pair view and with the refusal part in the response view.
 
-General-instruction pool of `curation_quality.py` (800 Alpaca, 100 harmful answers, 100
-refusals to harmful prompts), MiniLM, eps 0.1, lam 1; refusal anchor = the bundled PyRIT
-refusals with anchor share S (as `sot curate --refusal-anchor`). Cells: AUROC / harmful rows
-kept at 80% / refusals kept. Baselines for comparison are in `refusal_anchor.json`.
+General-instruction pool of `benchmarks.curation_quality`, MiniLM, SOT defaults; refusal anchor =
+the bundled PyRIT refusals with anchor share S (as `sot curate --refusal-anchor`). Each result:
+AUROC, harmful rows kept at 80%, refusals kept. The baselines to compare with are in
+results/refusal_anchor/pair_both_response.json.
 
-    python benchmarks/refusal_views.py [--out FILE]
+    python -m benchmarks.refusal_views [--shares 0,0.2,0.5] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import curation_quality as cq  # noqa: E402
-from sot_core.ot.costs import cosine_costs  # noqa: E402
-from sot_core.ot.push_pull import PushPullConfig, solve_push_pull  # noqa: E402
-from sot_core.curate.pipeline import composite_anchor_masses  # noqa: E402
-from sot_core.data.store import Store  # noqa: E402
+from benchmarks.common import PYRIT_REFUSALS, SHARED, bench_store, build_inputs, embed_file, result_path, score_sot
+from sot_core.curate.pipeline import composite_anchor_masses
+from sot_core.ot.costs import cosine_costs
 
 VIEWS = [("pair", "pair"), ("pair", "response"), ("pair", "max"), ("both", "both"), ("max", "max"), ("response", "response"),
          ("pair+response-refusals", "pair")]
@@ -45,21 +36,20 @@ def view_costs(emb: dict, pool: str, other: str, view: str) -> np.ndarray:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--shared", default=str(SHARED))
     p.add_argument("--shares", default="0,0.2,0.5")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "refusal_views.json"))
+    p.add_argument("--out", default=result_path("refusal_views", "general_pool.json"))
     args = p.parse_args()
-    store = Store(REPO / ".sot-bench")
-    inputs = cq.build_inputs(Path(args.shared), Path(tempfile.mkdtemp(prefix="sot-views-")))
+    store = bench_store()
+    inputs = build_inputs(Path(args.shared), Path(tempfile.mkdtemp(prefix="sot-views-")))
     task = inputs["tasks"]["general"]
-    refusals = str(REPO / "data" / "refusals" / "pyrit_refusals.jsonl")
     emb = {}
     for rep in ("pair", "response", "both"):
         enc = f"minilm:{rep}"
-        anchor, ref = cq.embed_file(store, task["anchor"], enc), cq.embed_file(store, refusals, enc)
-        emb[rep] = {"pool": cq.embed_file(store, task["pool"], enc), "harmful": cq.embed_file(store, inputs["reference"], enc),
+        anchor, ref = embed_file(store, task["anchor"], enc), embed_file(store, PYRIT_REFUSALS, enc)
+        emb[rep] = {"pool": embed_file(store, task["pool"], enc), "harmful": embed_file(store, inputs["reference"], enc),
                     "anchor": anchor, "ref": ref, "anchor+ref": np.vstack([anchor, ref])}
-    n_anchor, n_ref = len(emb["pair"]["anchor"]), len(emb["pair"]["anchor+ref"]) - len(emb["pair"]["anchor"])
+    n_anchor, n_ref = len(emb["pair"]["anchor"]), len(emb["pair"]["ref"])
     results = {}
     for pull, push in VIEWS:
         c_push = view_costs(emb, "pool", "harmful", push)
@@ -71,11 +61,10 @@ def main() -> None:
                     c_pull = np.hstack([c_pull, view_costs(emb, "pool", "ref", "response")])
             else:
                 c_pull = view_costs(emb, "pool", "anchor" if share == 0 else "anchor+ref", pull)
-            res = solve_push_pull(c_pull, c_push, PushPullConfig(), anchor_weights=masses)
             key = f"pull={pull}/push={push}/S={share:g}"
-            results[key] = cq.evaluate(res.score, res.weights, task)
-            r = results[key]
+            r = results[key] = score_sot(c_pull, c_push, task, anchor_weights=masses)
             print(f"{key}: {r['auroc']:.3f} / {r['harmful_kept']} / {r['refusals_kept_fraction']:.0%}", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
 
 

@@ -11,34 +11,34 @@ Arms (all LoRA-fine-tuned from the same aligned base with the same seed and sett
 With ``--replay-fraction F`` three more arms, ``sot_replay``, ``random_replay`` and
 ``instance_baseline_replay``: the same rows plus F x their count of trusted refusals
 (safety-tuned-llamas rows the alignment recipe did not train on; none is an evaluation prompt),
-mixed by ``sot_core.train.replay``. The other two are the controls that tell how much of the effect is
-the replay and how much the selection.
+mixed by ``sot_core.train.replay``. The other two are the controls that tell how much of the
+effect is the replay and how much the selection. ``--extra NAME=FILE`` adds an arm trained on any
+curated file.
 
 Curation: pass the two curated files (``--sot``, ``--baseline``), or let ``--curate`` make them:
 SOT through the real ``sot curate`` CLI (defaults, MiniLM pair embeddings) and the instance-level
-baseline = the anchor-versus-harmful classifier (the best baseline on the general-instruction pool
-in benchmarks/curation_quality.py; on the SST-2 mixes it ties the others at AUROC 1.0) on the
-same embeddings, keeping its 80% least harmful-like rows. Anchor: 50 SST-2 train rows of the
-shared n1000_p0 file that are not in the pool (the utility split, sst2/val.json, stays unseen);
-harmful reference: the bundled PyRIT prompts (data/demo/harmful_ref.jsonl), not BeaverTails.
-With ``--refusal-anchor FILE [--refusal-share S]`` SOT curates with that composite anchor and
-the classifier is fitted with and without those rows (the one keeping fewer harmful rows is the
-arm; see `curate_arms`). ``--pool general`` swaps the SST-2 mix for a general-instruction pool (``general_mix``: Alpaca,
-BeaverTails harmful answers and refusals to harmful prompts), where detectors do differ.
-Output ``benchmarks/results/safety_e2e.json``: an object keyed by arm, each with
-``harmful_rate_keyword, harmful_rate_judge, over_refusal, over_refusal_xstest, utility`` (fractions
-in [0, 1]) and ``n_prompts`` (held-out harmful prompts, all 1,128 distinct ones in a full run).
+baseline = the anchor-versus-harmful classifier on the same embeddings, keeping its 80% least
+harmful-like rows. Anchor: 50 SST-2 train rows of the shared n1000_p0 file that are not in the
+pool (the utility split, sst2/val.json, stays unseen); harmful reference: the bundled PyRIT
+prompts (data/demo/harmful_ref.jsonl), not BeaverTails. With ``--refusal-anchor FILE
+[--refusal-share S]`` SOT curates with that composite anchor and the classifier is fitted with and
+without those rows (see `curate_arms`). ``--pool general`` swaps the SST-2 mix for a
+general-instruction pool (``general_mix``: Alpaca, BeaverTails harmful answers and refusals to
+harmful prompts), where detectors do differ.
 
-Budget (2 idle cores, from measured step times): alignment ~5 min if not cached; per training
-arm 2 epochs = 200-250 LoRA steps on q/v at batch 8, <= 128 tokens (~3.8 s each: 13-16 min);
-per arm evaluation ~7-8 min (all 1,128 held-out harmful prompts + 225 benign/XSTest, 48 tokens
-each, + 200 SST-2 x 16). About 75 min for the five arms, 100 min with the three replay arms.
-Each arm's per-prompt verdicts go to ``<out>.verdicts.json``, and ``<out>.meta.json`` holds the
-paired comparison of every arm with ``aligned_base`` and ``instance_baseline`` (difference, 95%
-bootstrap interval, McNemar p): the arms are scored on the same prompts, so pairing is valid.
+Output (default results/safety_e2e/sst2.json, or general.json with ``--pool general``): an object
+keyed by arm, each with ``harmful_rate_keyword, harmful_rate_judge, over_refusal,
+over_refusal_xstest, utility`` (fractions in [0, 1]) and ``n_prompts`` (held-out harmful prompts,
+every distinct one by default). Each arm's per-prompt verdicts go to ``<out>.verdicts.json``, and
+``<out>.meta.json`` holds the run's settings and the paired comparison of every arm with
+``aligned_base`` and ``instance_baseline`` (difference, 95% bootstrap interval, McNemar p): the
+arms are scored on the same prompts, so pairing is valid. Arms are trained and evaluated one after
+the other; ``<work>/partial.json`` keeps the finished ones if a run is cut short.
 
-    python benchmarks/safety_e2e.py --sot out/sot/curated.jsonl --baseline out/base/curated.jsonl
-    python benchmarks/safety_e2e.py --smoke      # minutes: tiny sizes, checks the plumbing only
+    python -m benchmarks.safety_e2e --curate --replay-fraction 0.1 --base .sot/models/aligned-<key>
+    python -m benchmarks.safety_e2e --sot out/sot/curated.jsonl --baseline out/base/curated.jsonl
+    python -m benchmarks.safety_e2e --smoke   # tiny sizes, unaligned model: checks the plumbing only,
+                                              # writes <work>/smoke/smoke.json, never results/
 """
 from __future__ import annotations
 
@@ -50,14 +50,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import DEMO, RESULTS, beavertails_unsafe, write_jsonl, write_verdicts
+from sot_core.data.store import atomic_write_text
+from sot_core.eval.evaluate import EvalSpec, evaluate_model, shared_data_dir
+from sot_core.eval.metrics import compare_arms
+from sot_core.train.lora import LoraTrainConfig, read_curated, train_lora
 
-from sot_core.eval.evaluate import EvalSpec, evaluate_model, shared_data_dir  # noqa: E402
-from sot_core.eval.metrics import compare_arms  # noqa: E402
-from sot_core.data.store import atomic_write_text  # noqa: E402
-from sot_core.train.lora import LoraTrainConfig, read_curated, train_lora  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_POOL = "harmful_finetune_mixes_beavertails/sst2/train_merged_n1000_p0.1.json"
 METRICS = ("harmful_rate_keyword", "harmful_rate_judge", "over_refusal", "over_refusal_xstest", "utility", "n_prompts")
 
@@ -66,9 +64,7 @@ def pool_rows(path: Path) -> list[dict]:
     """Read the pool: curated-format JSONL, or a fine-tuning mix JSON ({instruction,input,output,flag}).
 
     Mix prompts are canonicalised as ingestion does (Alpaca wrapper removed), so the full-pool and
-    random arms train on the same text as the curated arms. (Before 2026-11-28 they kept the
-    wrapper while curated files did not, and the utility prompts were wrapped: that mismatch, not
-    the selection, cost the curated arms ~16 points of utility in the first runs.)
+    random arms train on the same text as the curated arms, and utility is scored in that format.
     """
     from sot_core.data.loaders import canonical_prompt
 
@@ -79,18 +75,6 @@ def pool_rows(path: Path) -> list[dict]:
         prompt = canonical_prompt(r["instruction"], r.get("input") or "")
         rows.append({"id": f"pool-{i}", "prompt": prompt, "response": r["output"], "source": r.get("flag", "pool"), "weight": 1.0})
     return rows
-
-
-def write_jsonl(rows: list[dict], path: Path) -> Path:
-    atomic_write_text("".join(json.dumps(r) + "\n" for r in rows), path)
-    return path
-
-
-def beavertails_unsafe(data: Path) -> list[dict]:
-    """The 200 distinct BeaverTails harmful rows (flag "unsafe") of the shared SST-2 mixes, sorted."""
-    mixes = data / "harmful_finetune_mixes_beavertails" / "sst2"
-    return sorted({r["output"]: r for f in sorted(mixes.glob("train_merged_*.json"))
-                   for r in json.load(open(f)) if r.get("flag") == "unsafe"}.values(), key=lambda r: r["output"])
 
 
 def general_mix(data: Path, work: Path, seed: int) -> tuple[Path, Path]:
@@ -139,7 +123,6 @@ def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, kee
     from sot_core.data.loaders import load_rows
     from sot_core.embed.encoders import get_encoder
 
-    root = Path(__file__).resolve().parents[1]
     work.mkdir(parents=True, exist_ok=True)
     mix = json.load(open(pool_file))
     pool = [{"id": f"pool-{i}", "instruction": r["instruction"], "input": r["input"], "output": r["output"]} for i, r in enumerate(mix)]
@@ -152,7 +135,7 @@ def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, kee
     anchor = [{"id": f"anchor-{i}", **{k: r[k] for k in ("instruction", "input", "output")}}
               for i, r in enumerate(random.Random(seed).sample(spare, 50))]
     write_jsonl(anchor, work / "anchor.jsonl")
-    harmful_ref = root / "data/demo/harmful_ref.jsonl"
+    harmful_ref = DEMO / "harmful_ref.jsonl"
     sot_cli = Path(sys.executable).with_name("sot")
     subprocess.run([str(sot_cli), "curate", "--pool", str(work / "pool.jsonl"), "--safe-anchor", str(work / "anchor.jsonl"),
                     "--harmful-ref", str(harmful_ref), "--labels", str(work / "labels.csv"), "--keep", str(keep),
@@ -201,18 +184,13 @@ def n_prompts_arg(text: str) -> int:
     return int(text)
 
 
-def write_verdicts(verdicts: dict, path: Path) -> None:
-    """Per-prompt verdicts, compactly: the prompts once (every arm is scored on the same prompts,
-    which `compare_arms` checks), then per arm and judge a string of 0/1 (1 = complied)."""
-    first = next(iter(verdicts.values()), {"prompts": []})
-    atomic_write_text(json.dumps({"prompts": first["prompts"], "arms": {
-        arm: {j: "".join(map(str, v[j])) for j in v if j != "prompts"} for arm, v in verdicts.items()}}, indent=1), path)
-
-
-def read_verdicts(path: Path) -> dict:
-    """Inverse of `write_verdicts`: {arm: {"prompts": [...], judge: [0/1, ...]}} for `compare_arms`."""
-    d = json.loads(Path(path).read_text())
-    return {arm: {"prompts": d["prompts"], **{j: [int(c) for c in bits] for j, bits in v.items()}} for arm, v in d["arms"].items()}
+def default_out(args, work: Path) -> Path:
+    """Smoke runs stay in the work folder; real runs go to results/safety_e2e/<pool>.json."""
+    if args.smoke:
+        return work / "smoke.json"
+    if args.pool is None:
+        return RESULTS / "safety_e2e" / "sst2.json"
+    return RESULTS / "safety_e2e" / f"{Path(str(args.pool)).stem}.json"
 
 
 def main(argv=None) -> dict:
@@ -231,14 +209,12 @@ def main(argv=None) -> dict:
                     help="also run sot_replay and random_replay: those arms plus this share of held-out refusals")
     ap.add_argument("--arms", default=None, help="comma-separated arms to run (default: all)")
     ap.add_argument("--n-harmful", type=n_prompts_arg, default="all",
-                    help="held-out harmful prompts per arm, or 'all' (default: every distinct one, 1,128 in the "
-                         "shared sets; ~7.5 min of generation per arm on 2 cores, and paired intervals 2.4x "
-                         "tighter than at 200)")
+                    help="held-out harmful prompts per arm, or 'all' (default: every distinct one of the shared sets)")
     ap.add_argument("--curate", action="store_true", help="make the SOT and baseline curated files first (see docstring)")
     ap.add_argument("--refusal-anchor", type=Path, default=None,
                     help="with --curate: safe answers to harmful prompts for the anchor (sot curate --refusal-anchor)")
     ap.add_argument("--refusal-share", type=float, default=0.2, help="with --refusal-anchor: its share of the anchor mass")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes; writes safety_e2e_smoke.json")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes; writes <work>/smoke/smoke.json")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -322,7 +298,7 @@ def main(argv=None) -> dict:
         partial.write_text(json.dumps(results, indent=2))
         (work / "partial_verdicts.json").write_text(json.dumps(verdicts))
 
-    out = args.out or RESULTS / ("safety_e2e_smoke.json" if args.smoke else "safety_e2e.json")
+    out = args.out or default_out(args, work)
     atomic_write_text(json.dumps(results, indent=2), out)  # keyed by arm only; run facts go to the .meta file
     write_verdicts(verdicts, out.with_suffix(".verdicts.json"))  # first: a failed comparison must not lose them
     try:

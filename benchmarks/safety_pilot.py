@@ -6,8 +6,9 @@ harmful, seeded). SOT: `sot curate` (defaults) with 50 SST-2 validation rows as 
 the bundled PyRIT harmful reference. Arms: LoRA (q, v; r 16; one epoch; batch 8; 128 tokens) on
 the full pool and on SOT's top 80% with its weights, from the aligned base of `sot_core.train.align`.
 Evaluation: `evaluate_model` with 100 held-out harmful prompts, 60 benign, 64 XSTest, 60 SST-2.
+Finished arms are kept in <work>/pilot.json as they come; the whole run goes to --out.
 
-    python benchmarks/safety_pilot.py --base .sot/models/aligned-<key> [--work /tmp/pilot]
+    python -m benchmarks.safety_pilot --base .sot/models/aligned-<key> [--work /tmp/pilot] [--out FILE]
 """
 from __future__ import annotations
 
@@ -19,12 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from sot_core.data.loaders import load_rows  # noqa: E402
-from sot_core.eval.evaluate import EvalSpec, evaluate_model, shared_data_dir  # noqa: E402
-from sot_core.train.lora import LoraTrainConfig, train_lora  # noqa: E402
+from benchmarks.common import DEMO, result_path
+from sot_core.data.loaders import load_rows
+from sot_core.data.store import atomic_write_text
+from sot_core.eval.evaluate import EvalSpec, evaluate_model, shared_data_dir
+from sot_core.train.lora import LoraTrainConfig, train_lora
 
 METRICS = ("harmful_rate_keyword", "harmful_rate_judge", "over_refusal", "over_refusal_xstest", "utility", "n_prompts")
 
@@ -33,6 +33,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="aligned base model folder")
     p.add_argument("--work", type=Path, default=Path("/tmp/pilot"))
+    p.add_argument("--out", type=Path, default=Path(result_path("safety_pilot", "two_arms.json")))
     args = p.parse_args()
     work, rng = args.work, random.Random(0)
     work.mkdir(parents=True, exist_ok=True)
@@ -49,8 +50,8 @@ def main() -> None:
     with open(work / "anchor.jsonl", "w") as f:
         for i, r in enumerate(rng.sample(val, 50)):
             f.write(json.dumps({"id": f"a{i}", **r}) + "\n")
-    subprocess.run([str(REPO / ".venv/bin/sot"), "curate", "--pool", str(work / "pool.jsonl"),
-                    "--safe-anchor", str(work / "anchor.jsonl"), "--harmful-ref", str(REPO / "data/demo/harmful_ref.jsonl"),
+    subprocess.run([str(Path(sys.executable).with_name("sot")), "curate", "--pool", str(work / "pool.jsonl"),
+                    "--safe-anchor", str(work / "anchor.jsonl"), "--harmful-ref", str(DEMO / "harmful_ref.jsonl"),
                     "--out", str(work / "sot"), "--home", str(work / "home")], check=True)
     rows = load_rows(str(work / "pool.jsonl")).to_pylist()
     with open(work / "full.jsonl", "w") as f:
@@ -71,6 +72,7 @@ def main() -> None:
         results[arm].update(train_s=round(trained, 1), eval_s=round(time.time() - start - trained, 1))
         print(arm, json.dumps(results[arm]), flush=True)
         (work / "pilot.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(json.dumps(results, indent=2), args.out)
 
 
 if __name__ == "__main__":

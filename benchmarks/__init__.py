@@ -1,0 +1,26 @@
+"""Benchmarks of SOT curation; run each from the repository root as `python -m benchmarks.NAME`.
+
+Curation quality (labelled pools, no training; share `benchmarks.common`):
+
+* ``curation_quality``    SOT and its ablations against the instance-level baselines on every pool.
+* ``general_pool_seeds``  the general-instruction pool over many draws: means, spreads, draws won.
+* ``refusal_anchor``      a composite anchor (task rows + refusals) at several refusal shares.
+* ``refusal_views``       different embedding views for the pull and the push.
+
+Solver and pipeline:
+
+* ``ot_scaling``           our push-pull solver against a POT loop, 5k to 1M rows; ``--knn-error``.
+* ``gpu_check``            the CUDA paths (OT solve, LoRA training, generation, LLM encoder).
+* ``nightly_incremental``  a nightly re-curation after 1% new rows against a full run.
+
+Safety after fine-tuning (train LoRA arms and evaluate them):
+
+* ``safety_e2e``      the five-arm (eight with replay) end-to-end benchmark.
+* ``benign_subsets``  two opposite subsets of the benign rows, paired with the e2e's arms.
+* ``safety_pilot``    a small two-arm pilot.
+
+Each module's docstring gives its protocol and options; results go to
+``benchmarks/results/<benchmark>/`` and are summarised in ``benchmarks/RESULTS.md``.
+``ot_scaling`` and ``gpu_check`` import only ``sot_core``, so they also run by path
+(``python benchmarks/ot_scaling.py``).
+"""

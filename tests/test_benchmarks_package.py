@@ -1,0 +1,89 @@
+"""The benchmarks package: every module imports without running anything, none edits sys.path or
+imports another benchmark script, each exposes `main`, and results sit in one folder per benchmark."""
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+SHARED_MODULES = {"__init__", "common"}
+SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in SHARED_MODULES)
+STANDALONE = {"ot_scaling", "gpu_check"}  # also run by path, so they may import only sot_core
+
+
+@pytest.fixture(autouse=True)
+def repo_on_path(monkeypatch):
+    # `python -m benchmarks.NAME` runs from the repository root; give the imports here the same root.
+    monkeypatch.syspath_prepend(str(REPO))
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add("." * node.level + (node.module or ""))
+    return names
+
+
+def test_the_expected_benchmarks_exist():
+    assert {"curation_quality", "general_pool_seeds", "refusal_anchor", "refusal_views", "ot_scaling", "gpu_check",
+            "nightly_incremental", "safety_e2e", "benign_subsets", "safety_pilot"} == set(SCRIPTS)
+
+
+def test_no_sys_path_edits():
+    for path in BENCH.rglob("*.py"):
+        text = path.read_text()
+        assert "sys.path.insert" not in text and "sys.path.append" not in text, path
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_scripts_import_only_the_shared_module(name):
+    local = {m for m in imported_modules(BENCH / f"{name}.py") if m.startswith((".", "benchmarks"))}
+    if name in STANDALONE:
+        assert local == set(), f"{name} must run by path: it may import only sot_core and third-party code"
+    else:
+        assert local <= {"benchmarks.common"}, local
+    others = {s for s in SCRIPTS if s != name}
+    assert not (imported_modules(BENCH / f"{name}.py") & others), "a script imports another script"
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_imports_and_has_main(name):
+    module = importlib.import_module(f"benchmarks.{name}")
+    assert callable(getattr(module, "main", None))
+    assert module.__doc__ and f"python -m benchmarks.{name}" in module.__doc__
+
+
+def test_package_docstring_lists_every_benchmark():
+    import benchmarks
+
+    for name in SCRIPTS:
+        assert f"``{name}``" in benchmarks.__doc__, name
+
+
+def test_gpu_check_data_is_ot_scaling_data():
+    ot_scaling = importlib.import_module("benchmarks.ot_scaling")
+    gpu_check = importlib.import_module("benchmarks.gpu_check")
+    for a, b in zip(ot_scaling.make_data(300), gpu_check.make_data(300)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_results_one_folder_per_benchmark():
+    results = BENCH / "results"
+    assert not [p.name for p in results.iterdir() if p.is_file()], "results go in results/<benchmark>/"
+    assert {p.name for p in results.iterdir() if p.is_dir()} <= set(SCRIPTS)
+    assert not list(results.rglob("*smoke*")), "smoke outputs do not belong in results/"
+
+
+def test_results_page_points_at_existing_files():
+    text = (BENCH / "RESULTS.md").read_text()
+    for ref in set(re.findall(r"results/[\w./-]+\.(?:json|md)", text)):
+        assert (BENCH / ref).exists(), ref
