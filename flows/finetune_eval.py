@@ -1,89 +1,82 @@
 """Curation -> weighted LoRA fine-tuning -> safety and utility evaluation."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow
 
-from sot_prefect.flows.curate import DEMO, curate_dataset
-from sot_core.data.store import default_home
+from sot_core.config import EvalSpec, FinetuneInputs, LoraTrainConfig, documented
+from sot_prefect.flows.curate import curate_dataset, resolve_home
 from sot_prefect.tasks.training import align_base, evaluate_adapter, mix_replay_rows, safety_artifacts, train_adapter
 
 
+# Every default below is the config's own (sot_core/config.py); tests/test_config_consistency.py checks it.
 @flow(name="finetune-and-evaluate", log_prints=True)
+@documented("Fine-tune on curated data and measure harmfulness, over-refusal and utility.", FinetuneInputs)
 def finetune_and_evaluate(
-    curated: str | None = None,
-    pool: str = str(DEMO / "pool.jsonl"),
-    safe_anchor: str = str(DEMO / "safe_anchor.jsonl"),
-    harmful_ref: str = str(DEMO / "harmful_ref.jsonl"),
-    base_model: str = "aligned-smollm2",
-    out_dir: str = "out/finetune",
-    train: dict | None = None,
-    evaluation: dict | None = None,
-    replay: str | None = None,
-    replay_fraction: float = 0.1,
-    home: str | None = None,
+    curated: str | None = FinetuneInputs.curated,
+    pool: str = FinetuneInputs.pool,
+    safe_anchor: str = FinetuneInputs.safe_anchor,
+    harmful_ref: str = FinetuneInputs.harmful_ref,
+    base_model: str = FinetuneInputs.base_model,
+    out_dir: str = FinetuneInputs.out_dir,
+    train: LoraTrainConfig = LoraTrainConfig(),
+    evaluation: EvalSpec = EvalSpec(),
+    replay: str | None = FinetuneInputs.replay,
+    replay_fraction: float = FinetuneInputs.replay_fraction,
+    home: str | None = FinetuneInputs.home,
 ) -> dict:
-    """Fine-tune on curated data and measure harmfulness, over-refusal and utility.
-
-    Args:
-        curated: A curated.jsonl to train on; empty: curate pool/anchor/reference first.
-        pool: Pool to curate when no curated file is given.
-        safe_anchor: Trusted safe sample of the task.
-        harmful_ref: Harmful reference set.
-        base_model: Model folder or hub id; 'aligned-smollm2' builds the bundled aligned base.
-        out_dir: Run folder (checkpoints, adapter, metrics).
-        train: LoraTrainConfig fields (r, lora_alpha, epochs, batch_size, max_length, ...).
-        evaluation: EvalSpec fields (n_harmful, n_benign, n_xstest, utility_task, ...).
-        replay: Optional trusted refusals (harmful prompt -> safe answer) mixed into training.
-        replay_fraction: Replay rows per curated row, in [0, 1] (used only with replay).
-        home: Store folder (empty: $SOT_HOME, else ./.sot).
-    """
-    home = str(Path(home or default_home()).resolve())
-    curated = curated or curate_first(pool, safe_anchor, harmful_ref, out_dir, home)
-    base_model = resolve_base(base_model, home)
-    curated = with_replay(curated, replay, replay_fraction, out_dir)
-    adapter = train_adapter(curated, base_model, str(Path(out_dir) / "lora"), train)
-    metrics = evaluate_adapter(base_model, adapter, evaluation, trained_on=curated)
+    curated, base_model, adapter = _train(curated, pool, safe_anchor, harmful_ref, base_model, out_dir, train, replay,
+                                          replay_fraction, home)
+    metrics = evaluate_adapter(base_model, adapter, asdict(evaluation), trained_on=curated)
     safety_artifacts(metrics)
     return {"curated": curated, "base_model": base_model, "adapter": adapter, "metrics": metrics}
 
 
-def curate_first(pool: str, safe_anchor: str, harmful_ref: str, out_dir: str, home: str) -> str:
-    curate_dataset(pool=pool, safe_anchor=safe_anchor, harmful_ref=harmful_ref,
-                   out_dir=str(Path(out_dir) / "curation"), home=home)
-    return str(Path(out_dir) / "curation" / "curated.jsonl")
-
-
-def with_replay(curated: str, replay: str | None, fraction: float, out_dir: str) -> str:
-    if not replay or fraction <= 0:
-        return curated
-    return mix_replay_rows(curated, replay, fraction, str(Path(out_dir) / "train_with_replay.jsonl"))
-
-
-def resolve_base(base_model: str, home: str) -> str:
-    return align_base(str(Path(home) / "models")) if base_model == "aligned-smollm2" else base_model
-
-
 @flow(name="finetune", log_prints=True)
-def train_only(curated: str | None, base_model: str = "aligned-smollm2", out_dir: str = "out/finetune",
-               train: dict | None = None, replay: str | None = None, replay_fraction: float = 0.1,
-               home: str | None = None) -> dict:
-    """Weighted LoRA fine-tuning only (no evaluation); `replay` as in finetune_and_evaluate."""
-    home = str(Path(home or default_home()).resolve())
-    base_model = resolve_base(base_model, home)
-    curated = curated or curate_first(*(str(DEMO / f) for f in ("pool.jsonl", "safe_anchor.jsonl", "harmful_ref.jsonl")),
-                                      out_dir, home)
-    curated = with_replay(curated, replay, replay_fraction, out_dir)
-    adapter = train_adapter(curated, base_model, str(Path(out_dir) / "lora"), train)
+@documented("Weighted LoRA fine-tuning only (no evaluation).", FinetuneInputs)
+def train_only(
+    curated: str | None = FinetuneInputs.curated,
+    pool: str = FinetuneInputs.pool,
+    safe_anchor: str = FinetuneInputs.safe_anchor,
+    harmful_ref: str = FinetuneInputs.harmful_ref,
+    base_model: str = FinetuneInputs.base_model,
+    out_dir: str = FinetuneInputs.out_dir,
+    train: LoraTrainConfig = LoraTrainConfig(),
+    replay: str | None = FinetuneInputs.replay,
+    replay_fraction: float = FinetuneInputs.replay_fraction,
+    home: str | None = FinetuneInputs.home,
+) -> dict:
+    curated, base_model, adapter = _train(curated, pool, safe_anchor, harmful_ref, base_model, out_dir, train, replay,
+                                          replay_fraction, home)
     return {"curated": curated, "base_model": base_model, "adapter": adapter}
 
 
 @flow(name="evaluate-model", log_prints=True)
-def evaluate_only(base_model: str = "aligned-smollm2", adapter: str | None = None, evaluation: dict | None = None,
-                  home: str | None = None) -> dict:
-    """Harmful compliance (keyword and learned judges), over-refusal and utility of one model."""
-    home = str(Path(home or default_home()).resolve())
-    metrics = evaluate_adapter(resolve_base(base_model, home), adapter, evaluation)
+@documented("Harmful compliance (keyword and learned judges), over-refusal and utility of one model.", FinetuneInputs)
+def evaluate_only(base_model: str = FinetuneInputs.base_model, adapter: str | None = None, evaluation: EvalSpec = EvalSpec(),
+                  home: str | None = FinetuneInputs.home) -> dict:
+    metrics = evaluate_adapter(resolve_base(base_model, resolve_home(home)), adapter, asdict(evaluation))
     safety_artifacts(metrics)
     return metrics
+
+
+def _train(curated, pool, safe_anchor, harmful_ref, base_model, out_dir, train, replay, replay_fraction, home):
+    """(training file, base model folder, adapter folder): curate first when no curated file is given."""
+    FinetuneInputs(curated=curated, pool=pool, safe_anchor=safe_anchor, harmful_ref=harmful_ref, base_model=base_model,
+                   out_dir=out_dir, replay=replay, replay_fraction=replay_fraction, home=home)  # validates
+    home = resolve_home(home)
+    if not curated:
+        curate_dataset(pool=pool, safe_anchor=safe_anchor, harmful_ref=harmful_ref,
+                       out_dir=str(Path(out_dir) / "curation"), home=home)
+        curated = str(Path(out_dir) / "curation" / "curated.jsonl")
+    base_model = resolve_base(base_model, home)
+    if replay and replay_fraction > 0:
+        curated = mix_replay_rows(curated, replay, replay_fraction, str(Path(out_dir) / "train_with_replay.jsonl"))
+    adapter = train_adapter(curated, base_model, str(Path(out_dir) / "lora"), asdict(train))
+    return curated, base_model, adapter
+
+
+def resolve_base(base_model: str, home: str) -> str:
+    return align_base(str(Path(home) / "models")) if base_model == "aligned-smollm2" else base_model

@@ -251,3 +251,98 @@ class EvalSpec:
         if self.utility_task is None:  # the earlier spelling of "no utility task"
             object.__setattr__(self, "utility_task", "none")
         validate_fields(self)
+
+
+# --------------------------------------------------------------------------- run parameters
+# What a run reads and writes (not what decides its result). With CurateConfig, LoraTrainConfig
+# and EvalSpec these are the parameters of the Prefect flows and the options of `sot`.
+@dataclass(frozen=True)
+class StoreOptions:
+    """Where the store lives."""
+
+    home: str | None = field(default=None, metadata={
+        "help": "Store folder (empty: $SOT_HOME, else ./.sot under the working directory)."})
+
+    def __post_init__(self):
+        validate_fields(self)
+
+
+@dataclass(frozen=True)
+class CurateInputs(StoreOptions):
+    """Inputs and outputs of one curation; the defaults curate the bundled demo."""
+
+    pool: str = field(default=str(DEMO_DIR / "pool.jsonl"), metadata={"help": "Pool to curate: jsonl/json/csv/parquet file, Hugging Face datasets folder or hf:NAME."})
+    safe_anchor: str = field(default=str(DEMO_DIR / "safe_anchor.jsonl"), metadata={"help": "Trusted safe sample of the task (same formats)."})
+    harmful_ref: str = field(default=str(DEMO_DIR / "harmful_ref.jsonl"), metadata={"help": "Harmful reference set (same formats)."})
+    labels: str | None = field(default=None, metadata={"help": "Optional id,label file: the report then states harmful rows kept (the demo pool's labels "
+        "are used when the pool is the demo pool)."})
+    refusal_anchor: str | None = field(default=None, metadata={"help": "Safe answers to harmful prompts added to the anchor, so refusals in the pool are kept "
+        "(e.g. data/refusals/pyrit_refusals.jsonl)."})
+    out_dir: str = field(default="out/demo", metadata={"help": "Output folder of the curated version."})
+    name: str = field(default="default", metadata={
+        "help": "Name of the curated dataset in the catalog; also prefixes the artifact keys."})
+    prompt_field: str | None = field(default=None, metadata={"help": "Explicit name of the prompt field in every input."})
+    response_field: str | None = field(default=None, metadata={"help": "Explicit name of the response field."})
+    id_field: str | None = field(default=None, metadata={"help": "Explicit name of the id field."})
+    input_field: str | None = field(default=None, metadata={"help": "Explicit name of the input field (Alpaca)."})
+    messages_field: str | None = field(default=None, metadata={"help": "Explicit name of the chat messages field."})
+
+    def field_names(self) -> dict | None:
+        """The explicit field names given, as {prompt: ..., response: ...}; None when none."""
+        given = {k: getattr(self, f"{k}_field") for k in ("prompt", "response", "id", "input", "messages")}
+        return {k: v for k, v in given.items() if v} or None
+
+
+@dataclass(frozen=True)
+class NightlyInputs(StoreOptions):
+    """Where new rows arrive and where each night's version goes."""
+
+    incoming: str | None = field(default="data/incoming", metadata={"help": "Folder where new data files (jsonl/json/csv/parquet) arrive; empty: none."})
+    incoming_table: str | None = field(default=None, metadata={"help": "DuckDB table of new rows, as PATH.duckdb:TABLE; empty: none."})
+    watermark_column: str = field(default="seq", metadata={
+        "help": "Increasing column of the incoming table (sequence number or timestamp)."})
+    base_pool: str | None = field(default=None, metadata={"help": "Pool the accumulated data starts from (e.g. the last full curation's pool)."})
+    safe_anchor: str = same_field(CurateInputs, "safe_anchor")
+    harmful_ref: str = same_field(CurateInputs, "harmful_ref")
+    refusal_anchor: str | None = same_field(CurateInputs, "refusal_anchor")
+    out_dir: str = field(default="out/nightly", metadata={"help": "Output folder of the latest version (overwritten each night)."})
+    window: int | None = field(default=None, metadata={
+        "ge": 1, "help": "Keep only the most recent N rows of the accumulated pool (empty: all)."})
+    name: str = field(default="nightly", metadata={"help": "Curated dataset name: its watermark, versions and artifact keys."})
+
+
+@dataclass(frozen=True)
+class FinetuneInputs(StoreOptions):
+    """What a fine-tuning run trains on and where it writes."""
+
+    curated: str | None = field(default=None, metadata={"help": "curated.jsonl to train on; empty: curate pool / safe_anchor / harmful_ref first."})
+    pool: str = same_field(CurateInputs, "pool")
+    safe_anchor: str = same_field(CurateInputs, "safe_anchor")
+    harmful_ref: str = same_field(CurateInputs, "harmful_ref")
+    base_model: str = field(default="aligned-smollm2", metadata={
+        "help": "Base model folder or hub id; aligned-smollm2 builds the bundled aligned base."})
+    out_dir: str = field(default="out/finetune", metadata={"help": "Run folder: checkpoints, adapter, metrics."})
+    replay: str | None = field(default=None, metadata={"help": "Trusted refusals (harmful prompt -> safe answer) mixed into training, e.g. "
+        "data/refusals/pyrit_refusals.jsonl; evaluation then skips their prompts."})
+    replay_fraction: float = field(default=0.1, metadata={
+        "ge": 0, "le": 1, "help": "Replay rows per curated row (used only with replay)."})
+
+
+def google_args_doc(summary: str, *classes) -> str:
+    """A Google-style docstring whose Args come from the help text of `classes` (Prefect reads
+    this style into a deployment's run form), so flows do not restate the help."""
+    lines, seen = [summary, "", "Args:"], set()
+    for cls in classes:
+        for f in fields(cls):
+            if f.name not in seen and "help" in f.metadata:
+                seen.add(f.name)
+                lines.append(f"    {f.name}: {f.metadata['help']}")
+    return "\n".join(lines) + "\n"
+
+
+def documented(summary: str, *classes):
+    """Decorator: give a flow the docstring `google_args_doc(summary, *classes)` (before @flow reads it)."""
+    def decorate(fn):
+        fn.__doc__ = google_args_doc(summary, *classes)
+        return fn
+    return decorate

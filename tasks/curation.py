@@ -13,9 +13,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
-from sot_core.curate import pipeline
-
-from sot_core.curate import plots
+from sot_core.curate import pipeline, plots
 from sot_core.config import CurateConfig, config_hash
 from sot_core.data.loaders import FieldMap
 from sot_core.errors import SotError
@@ -72,6 +70,23 @@ def stage_result(state) -> dict:
     if result["cached"]:
         result["seconds"] = 0.0
     return result
+
+
+def run_info(inputs: dict, embedded: dict, costs: dict, solved: dict, ingest_seconds: float,
+             ingest_cached: bool = False, **extra) -> dict:
+    """The run record that `publish` writes into run.json: inputs, encoder, stage times, caching,
+    solver diagnostics, plus flow-specific `extra` entries (the nightly flow's batch and drift)."""
+    return {
+        "inputs": inputs,
+        "encoder_id": embedded["pool"]["encoder_id"],
+        "embedded_now": {role: e["n_embedded"] for role, e in embedded.items()},
+        "stage_seconds": {"ingest": ingest_seconds, "embed": sum(e["seconds"] for e in embedded.values()),
+                          "costs": costs["seconds"], "solve": solved["seconds"]},
+        "cached_stages": [stage for stage, cached in (("ingest", ingest_cached), ("costs", costs["cached"]),
+                                                      ("solve", solved["cached"])) if cached],
+        "solver": solved["diagnostics"],
+        **extra,
+    }
 
 
 TASK_OPTIONS = dict(persist_result=True, cache_expiration=CACHE_TTL, retries=2, retry_delay_seconds=5,

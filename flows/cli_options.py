@@ -1,0 +1,77 @@
+"""Command-line options generated from the configuration dataclasses in `sot_core.config`.
+
+A field `max_length` becomes `--max-length`, with the field's default, its help text and, for a
+`Literal` type, its choices. Nothing here restates a default, so `sot` and the flows cannot drift.
+"""
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from dataclasses import MISSING, fields
+from typing import Literal
+
+from sot_core.config import default_of
+
+# Old spellings kept working: `--out` for `--out-dir`, `--base` for `--base-model`.
+ALIASES = {"out_dir": ["--out"], "base_model": ["--base"]}
+
+
+class StoreGiven(argparse.Action):
+    """Store the value and remember that the option was given (`given(args)`), as opposed to defaulted."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.__dict__.setdefault("_given", set()).add(self.dest)
+
+
+def given(args: argparse.Namespace) -> set[str]:
+    """Destinations of the options given on the command line."""
+    return getattr(args, "_given", set())
+
+
+def flag(name: str, prefix: str = "") -> str:
+    return "--" + (prefix + name).replace("_", "-")
+
+
+def add_options(parser: argparse.ArgumentParser, cls, only: typing.Iterable[str] | None = None,
+                prefix: str = "", skip: typing.Iterable[str] = ()) -> list[str]:
+    """Add one option per field of dataclass `cls` (or the fields named in `only`); returns the
+    argparse destinations added. `prefix` namespaces a nested dataclass (`solver_` → `--solver-tau`)."""
+    hints = typing.get_type_hints(cls)
+    chosen = [f for f in fields(cls) if (only is None or f.name in only) and f.name not in skip]
+    dests = []
+    for f in chosen:
+        kind, choices = _scalar_type(hints[f.name])
+        if kind is None:  # lists and nested dataclasses have no flat option
+            continue
+        default = default_of(cls, f.name) if (f.default is not MISSING or f.default_factory is not MISSING) else None
+        names = [flag(f.name, prefix)] + ([] if prefix else ALIASES.get(f.name, []))
+        dest = prefix + f.name
+        help_text = f.metadata.get("help", "") + ("" if default is None else f" (default: {default})")
+        if kind is bool:
+            parser.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            parser.add_argument(*names, dest=dest, type=kind, choices=choices, default=default, help=help_text,
+                                action=StoreGiven)
+        dests.append(dest)
+    return dests
+
+
+def take(args: argparse.Namespace, cls, dests: typing.Iterable[str], prefix: str = "", **extra):
+    """Build dataclass `cls` from the options `dests` that `add_options` made for it (others default)."""
+    names = {f.name for f in fields(cls)}
+    values = {d[len(prefix):]: getattr(args, d) for d in dests if d.startswith(prefix) and d[len(prefix):] in names}
+    return cls(**{**values, **extra})
+
+
+def _scalar_type(hint) -> tuple[type | None, list | None]:
+    """(argparse type, choices) of a field's type; (None, None) for lists and dataclasses."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is Literal:
+        return type(typing.get_args(hint)[0]), list(typing.get_args(hint))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _scalar_type(args[0])
+    if hint in (str, int, float, bool):
+        return hint, None
+    return None, None
