@@ -71,8 +71,6 @@ def timed(fn, *a, **kw):
 
 
 def ot_section(sizes, knn_size, report):
-    import torch
-
     from sot_core.ot.costs import cosine_costs
     from sot_core.ot.push_pull import PushPullConfig, solve_push_pull
 
@@ -162,8 +160,6 @@ def make_random_model(model_files: Path, dst: Path) -> Path:
 
 
 def lora_section(model_files: Path, report, steps: int):
-    import torch
-
     from sot_core.eval.evaluate import generate, load_for_eval
     from sot_core.train.lora import LoraTrainConfig, train_lora
 
