@@ -44,6 +44,7 @@ def test_finetune_cli_replay_mixes_refusals_into_training(tmp_path, prefect_back
     assert manifest["n_rows"] == n + round(0.5 * n)
 
 
+@pytest.mark.slow
 def test_finetune_with_evaluation_writes_metrics_that_sot_compare_reads(tmp_path, prefect_backend, capsys):
     base = make_tiny_model(tmp_path / "tiny")
     curated = write_curated(tmp_path / "curated.jsonl")

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "data" / "demo"
 
 
+@pytest.mark.slow
 def test_two_processes_curating_into_one_store(prefect_server, tmp_path):
     home = tmp_path / "home"
     rows = [json.loads(line) for line in (DEMO / "pool.jsonl").read_text().splitlines()][:120]
