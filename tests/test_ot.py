@@ -237,7 +237,7 @@ def test_knn_push_pull_runs(synthetic):
 @pytest.mark.parametrize("eps", [0.05, 0.02])
 def test_gibbs_kernel_path_matches_log_domain(dtype, eps):
     """The matrix-vector fast path gives the same soft-mins as the blockwise log-sum-exp."""
-    from sot_core.ot.sinkhorn import DenseCostOperator
+    from sot_core.ot.operators import DenseCostOperator
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(300, 16)); x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -257,7 +257,7 @@ def test_gibbs_kernel_path_matches_log_domain(dtype, eps):
 
 
 def test_gibbs_kernel_refused_when_it_could_underflow():
-    from sot_core.ot.sinkhorn import DenseCostOperator
+    from sot_core.ot.operators import DenseCostOperator
 
     C = np.linspace(0, 2, 40 * 30, dtype=np.float32).reshape(40, 30)
     op = DenseCostOperator(C, torch.device("cpu"), torch.float64)
@@ -280,3 +280,21 @@ def test_anchor_weights_equal_duplicated_anchor_rows(synthetic):
     np.testing.assert_allclose(uniform.weights, solve_push_pull(ca, ch, cfg).weights, rtol=1e-9)
     with pytest.raises(ValueError, match="anchor_weights"):
         solve_push_pull(ca, ch, cfg, anchor_weights=-masses)
+
+
+def test_solver_imports_without_faiss():
+    """The OT solver and the cost types import with FAISS unavailable (it is needed only to build
+    costs), and solve a dense problem."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['faiss'] = None\n"
+            "import numpy as np\n"
+            "from sot_core.ot.push_pull import solve_push_pull\n"
+            "from sot_core.ot import KnnCost\n"
+            "from sot_core.config import PushPullConfig\n"
+            "rng = np.random.default_rng(0)\n"
+            "r = solve_push_pull(rng.random((6, 3)), rng.random((6, 4)), PushPullConfig(device='cpu'))\n"
+            "assert abs(r.weights.sum() - 1) < 1e-6 and 'faiss' not in [m for m in sys.modules if sys.modules[m]]\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -1,15 +1,16 @@
 """Cosine cost matrices between a pool and a reference set, dense or kNN-sparse.
 
-The OT solver (`sot_core.ot.push_pull`) needs costs C_ij = 1 - <x_i, y_j> for unit vectors, which lie in
-[0, 2]. Up to ~10^5 x 10^4 entries a dense float32 matrix fits in memory; beyond that we keep,
-for every pool row, only its k nearest reference rows (`KnnCost`). Both paths go through FAISS
-inner products and work in row blocks, so the only large allocation is the output itself.
+The OT solver (`sot_core.ot.push_pull`) needs costs C_ij = 1 - <x_i, y_j> for unit vectors, which
+lie in [0, 2]. Up to ~10^5 x 10^4 entries a dense float32 matrix fits in memory; beyond that we
+keep, for every pool row, only its k nearest reference rows (`KnnCost`). Both paths go through
+FAISS inner products and work in row blocks, so the only large allocation is the output itself.
+FAISS is imported when costs are built, not with this module: the solver needs `KnnCost` only,
+and imports without FAISS.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
 # Rows of x handled per FAISS call: bounds the (block, m) temporary to ~64 MB at m = 5k.
@@ -89,14 +90,6 @@ def _check_block(name: str, start: int, block: np.ndarray) -> None:
             "unit-norm rows (normalise the embeddings first)")
 
 
-def _knn_index(y: np.ndarray):
-    index = faiss.IndexFlatIP(y.shape[1])
-    if faiss.get_num_gpus() > 0:  # only GPU builds of faiss have this; faiss-cpu reports 0
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(y)
-    return index
-
-
 def cosine_costs(x: np.ndarray, y: np.ndarray, k: int | None = None) -> np.ndarray | KnnCost:
     """Cosine costs C_ij = 1 - <x_i, y_j> between unit-norm rows, dense or kNN-sparse.
 
@@ -129,23 +122,37 @@ def cosine_costs(x: np.ndarray, y: np.ndarray, k: int | None = None) -> np.ndarr
     y = _as_unit_float32("y", y)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x has dim {x.shape[1]} but y has dim {y.shape[1]}")
-    n, m = x.shape[0], y.shape[0]
+    m = y.shape[0]
     _check_block("y", 0, y)
     if k is not None:
         k = int(k)
         if not 1 <= k <= m:
             raise ValueError(f"k={k} must be in [1, m={m}]")
+    return _dense_costs(x, y) if k is None else _knn_costs(x, y, k)
 
-    if k is None:
-        out = np.empty((n, m), dtype=np.float32)
-        for start in range(0, n, _ROW_BLOCK):
-            block = x[start:start + _ROW_BLOCK]
-            _check_block("x", start, block)
-            ip = faiss.pairwise_distances(block, y, faiss.METRIC_INNER_PRODUCT)
-            np.subtract(1.0, ip, out=out[start:start + len(block)])
-        return out
 
-    index = _knn_index(y)
+def _dense_costs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The full (n, m) float32 cost, one FAISS inner-product block of rows of x at a time."""
+    import faiss  # lazy: see the module docstring
+
+    out = np.empty((x.shape[0], y.shape[0]), dtype=np.float32)
+    for start in range(0, x.shape[0], _ROW_BLOCK):
+        block = x[start:start + _ROW_BLOCK]
+        _check_block("x", start, block)
+        ip = faiss.pairwise_distances(block, y, faiss.METRIC_INNER_PRODUCT)
+        np.subtract(1.0, ip, out=out[start:start + len(block)])
+    return out
+
+
+def _knn_costs(x: np.ndarray, y: np.ndarray, k: int) -> KnnCost:
+    """Exact k nearest rows of y per row of x (FAISS ``IndexFlatIP``, on all GPUs when FAISS has any)."""
+    import faiss  # lazy: see the module docstring
+
+    index = faiss.IndexFlatIP(y.shape[1])
+    if faiss.get_num_gpus() > 0:  # only GPU builds of faiss have this; faiss-cpu reports 0
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(y)
+    n = x.shape[0]
     indices = np.empty((n, k), dtype=np.int64)
     costs = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, _ROW_BLOCK):
@@ -154,4 +161,4 @@ def cosine_costs(x: np.ndarray, y: np.ndarray, k: int | None = None) -> np.ndarr
         sims, idx = index.search(block, k)  # sorted by decreasing similarity
         indices[start:start + len(block)] = idx
         np.subtract(1.0, sims, out=costs[start:start + len(block)])
-    return KnnCost(indices=indices, costs=costs, n_targets=m)
+    return KnnCost(indices=indices, costs=costs, n_targets=y.shape[0])

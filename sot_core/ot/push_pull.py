@@ -32,11 +32,10 @@ current iterate and solves the remaining convex problem exactly:
 
 a semi-relaxed OT problem solved by scaling iterations (`semi_relaxed_potentials`, needs
 :math:`\tau > \varepsilon`). s = ``step_size`` (default 1: plain DCA, which decreases J
-monotonically) damps the push linearisation. We do not take plain mirror-descent steps on J:
-measured on clustered sentence-like embeddings, the pull term is stiff (its potentials move by
-far more than :math:`\varepsilon` per unit of :math:`\log w` when the anchor is small), and
-explicit steps of size 1/tau oscillated forever while steps of 0.1/tau were still oscillating
-after 40 iterations. At the solution, :math:`w = \mathrm{softmax}(-(f_\alpha -
+monotonically) damps the push linearisation. Plain mirror-descent steps on J are not used: the
+pull term is stiff (on clustered embeddings its potentials move by far more than
+:math:`\varepsilon` per unit of :math:`\log w` when the anchor is small), so explicit steps of
+size 1/tau oscillate and steps small enough not to oscillate converge very slowly. At the solution, :math:`w = \mathrm{softmax}(-(f_\alpha -
 \lambda \bar f)/\tau)`. Mode 'push' has no anchor term and the step is the closed form
 :math:`w^{t+1} = \mathrm{softmax}(\lambda \bar f^t/\tau)`; mode 'pull' needs one step.
 
@@ -54,16 +53,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
 from sot_core.config import PushPullConfig
+from sot_core.models.device import resolve_device
 from sot_core.ot.costs import KnnCost
-from sot_core.ot.sinkhorn import (_DTYPES, SinkhornResult, make_operator, resolve_device,  # noqa: F401
-                       semi_relaxed_potentials, sinkhorn_log, sinkhorn_potentials)
+from sot_core.ot.operators import make_operator
+from sot_core.ot.sinkhorn import DTYPES, semi_relaxed_potentials, sinkhorn_potentials
+
 
 @dataclass
 class PushPullResult:
@@ -87,22 +88,6 @@ class PushPullResult:
     weights: np.ndarray
     score: np.ndarray
     diagnostics: dict
-
-
-def _cost_rows(cost) -> int:
-    if isinstance(cost, KnnCost):
-        return cost.indices.shape[0]
-    shape = getattr(cost, "shape", None)
-    if shape is None or len(shape) != 2:
-        raise ValueError(f"a cost must be a 2-D (n, m) array or a KnnCost, got {type(cost)}")
-    return int(shape[0])
-
-
-def _log_masses(weights, m: int, dtype, device) -> torch.Tensor:
-    w = np.asarray(weights, dtype=np.float64)
-    if w.shape != (m,) or not np.isfinite(w).all() or (w <= 0).any():
-        raise ValueError(f"anchor_weights must be {m} positive finite numbers, got shape {w.shape}")
-    return torch.from_numpy(np.log(w / w.sum())).to(dtype=dtype, device=device)
 
 
 def solve_push_pull(cost_anchor, cost_harmful, config: PushPullConfig = PushPullConfig(),
@@ -139,16 +124,31 @@ def solve_push_pull(cost_anchor, cost_harmful, config: PushPullConfig = PushPull
     Memory is linear in n beyond the costs themselves.
     """
     config.validate()
-    tau = config.effective_tau()
     started = time.perf_counter()
-    use_anchor = config.mode in ("push-pull", "pull")
-    use_harmful = config.mode in ("push-pull", "push")
-    for used, cost, name in ((use_anchor, cost_anchor, "cost_anchor"),
-                             (use_harmful, cost_harmful, "cost_harmful")):
-        if used and cost is None:
-            raise ValueError(f"mode {config.mode!r} needs {name}, got None")
-    costs = {name: cost for used, cost, name in ((use_anchor, cost_anchor, "anchor"),
-                                                 (use_harmful, cost_harmful, "harmful")) if used}
+    costs, n = _check_costs(cost_anchor, cost_harmful, config.mode)
+    device, dtype = resolve_device(config.device), DTYPES[config.dtype]
+    problems = {name: _Problem.build(name, cost, device, dtype, anchor_weights if name == "anchor" else None)
+                for name, cost in costs.items()}
+    dca = _PushPullDCA(problems, n, config, device, dtype)
+    dca.run(progress)
+    score = dca.f_anchor - dca.push_lin
+    # weights and score agree exactly: w = softmax(-score / tau)
+    weights = torch.softmax(-score / dca.tau, dim=0).cpu().numpy()
+    weights /= weights.sum()
+    diagnostics = {**dca.record(), "seconds": time.perf_counter() - started, "device": str(device),
+                   "dtype": config.dtype, "mode": config.mode, "lam": config.lam, "eps": config.eps,
+                   "tau": dca.tau, "step_size": config.step_size}
+    return PushPullResult(weights=weights, score=score.cpu().numpy(), diagnostics=diagnostics)
+
+
+def _check_costs(cost_anchor, cost_harmful, mode: str) -> tuple[dict, int]:
+    """The costs the mode uses, by problem name, and the pool size they agree on."""
+    use = {"anchor": mode in ("push-pull", "pull"), "harmful": mode in ("push-pull", "push")}
+    given = {"anchor": cost_anchor, "harmful": cost_harmful}
+    for name in ("anchor", "harmful"):
+        if use[name] and given[name] is None:
+            raise ValueError(f"mode {mode!r} needs cost_{name}, got None")
+    costs = {name: given[name] for name in ("anchor", "harmful") if use[name]}
     rows = {name: _cost_rows(cost) for name, cost in costs.items()}
     if len(set(rows.values())) != 1:
         raise ValueError(f"pool sizes differ: anchor has {rows.get('anchor')} rows, harmful "
@@ -156,104 +156,145 @@ def solve_push_pull(cost_anchor, cost_harmful, config: PushPullConfig = PushPull
     n = next(iter(rows.values()))
     if n == 0:
         raise ValueError("the pool is empty")
+    return costs, n
 
-    device, dtype = resolve_device(config.device), _DTYPES[config.dtype]
-    problems = {}
-    for name, cost in costs.items():
+
+def _cost_rows(cost) -> int:
+    if isinstance(cost, KnnCost):
+        return cost.indices.shape[0]
+    shape = getattr(cost, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ValueError(f"a cost must be a 2-D (n, m) array or a KnnCost, got {type(cost)}")
+    return int(shape[0])
+
+
+def _log_masses(weights, m: int, dtype, device) -> torch.Tensor:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (m,) or not np.isfinite(w).all() or (w <= 0).any():
+        raise ValueError(f"anchor_weights must be {m} positive finite numbers, got shape {w.shape}")
+    return torch.from_numpy(np.log(w / w.sum())).to(dtype=dtype, device=device)
+
+
+@dataclass
+class _Problem:
+    """One of the two OT problems: its cost operator, reference log-masses and warm-start potential."""
+
+    op: object
+    log_b: torch.Tensor
+    spread: float
+    g: torch.Tensor | None = None
+
+    @classmethod
+    def build(cls, name: str, cost, device, dtype, masses) -> "_Problem":
         op = make_operator(cost, device, dtype)
         lo, hi = op.check_finite(f"cost_{name}")
         log_b = torch.full((op.m,), -math.log(op.m), dtype=dtype, device=device)
-        if name == "anchor" and anchor_weights is not None:
-            log_b = _log_masses(anchor_weights, op.m, dtype, device)
-        problems[name] = {"op": op, "log_b": log_b, "g": None, "spread": hi - lo}
+        if masses is not None:
+            log_b = _log_masses(masses, op.m, dtype, device)
+        return cls(op, log_b, hi - lo)
 
-    def solve_harmful(log_w: torch.Tensor):
-        prob = problems["harmful"]
-        state = sinkhorn_potentials(
-            prob["op"], log_w.to(dtype), prob["log_b"], config.eps, g_init=prob["g"],
-            tol=config.sinkhorn_tol, max_iter=config.max_sinkhorn_iter,
-            eps_start=prob["spread"] if config.eps_scaling else None)
-        prob["g"] = state.g
-        return state
 
-    def solve_anchor(push_term: torch.Tensor):
-        # argmin_w OT(w, anchor) - <push_term, w> + tau KL(w|u), as semi-relaxed OT
-        prob = problems["anchor"]
-        rho = tau - config.eps
-        log_p = torch.log_softmax(push_term / rho, dim=0).to(dtype)
-        state = semi_relaxed_potentials(
-            prob["op"], log_p, prob["log_b"], config.eps, rho, g_init=prob["g"],
-            tol=config.sinkhorn_tol, max_iter=config.max_sinkhorn_iter)
-        prob["g"] = state.g
-        return state
+@dataclass
+class _PushPullDCA:
+    """The outer DCA iteration of the module docstring, with its record (float64 iterates)."""
 
-    zeros = torch.zeros(n, dtype=torch.float64, device=device)
-    log_w = torch.full((n,), -math.log(n), dtype=torch.float64, device=device)
-    push_lin = zeros  # lam * (damped) harmful potential used in the linearisation
-    f_anchor, f_harmful = zeros, zeros
-    trace: list[float] = []
-    total_sinkhorn, residual, converged, errors = 0, math.inf, False, {}
-    value = {"anchor": 0.0, "harmful": 0.0}
-    step = 0
-    for step in range(1, config.max_outer + 1):
-        # 1. evaluate the push at the current iterate and update its (damped) linearisation
-        if use_harmful:
-            state = solve_harmful(log_w)
-            total_sinkhorn += state.n_iter
-            errors["harmful"], value["harmful"] = state.marginal_error, state.value
-            f_harmful = state.f.double()
-            fresh = config.lam * f_harmful
-            push_lin = fresh if step == 1 else (1 - config.step_size) * push_lin + \
-                config.step_size * fresh
-            # residual of the current iterate, known once its harmful potential is
-            if step > 1:
-                target = torch.log_softmax(-(f_anchor - fresh) / tau, dim=0)
-                residual = float((torch.exp(target) - torch.exp(log_w)).abs().sum())
-                trace.append(value["anchor"] - config.lam * value["harmful"] + tau *
-                             float((torch.exp(log_w) * (log_w + math.log(n))).sum()))
-                if progress is not None:
-                    progress(step - 1, config.max_outer)
-                if residual <= config.outer_tol:
-                    converged = True
-                    step -= 1
-                    break
-        # 2. exact minimisation of the convexified objective
-        if use_anchor:
-            state = solve_anchor(push_lin)
-            total_sinkhorn += state.n_iter
-            errors["anchor"], value["anchor"] = state.marginal_error, state.value
-            f_anchor = state.f.double()
-        log_w = torch.log_softmax(-(f_anchor - push_lin) / tau, dim=0)
-        if not bool(torch.isfinite(log_w).all()):
-            raise FloatingPointError("non-finite weights; try dtype='float64' or a larger eps")
-        if not use_harmful:  # pull: the convex problem is the whole problem
-            residual, converged = 0.0, True
-            trace.append(value["anchor"] + tau *
-                         float((torch.exp(log_w) * (log_w + math.log(n))).sum()))
-            break
-    else:
+    problems: dict[str, _Problem]
+    n: int
+    config: PushPullConfig
+    device: torch.device
+    dtype: torch.dtype
+    tau: float = field(init=False)
+    log_w: torch.Tensor = field(init=False)
+    push_lin: torch.Tensor = field(init=False)  # lam * (damped) harmful potential of the linearisation
+    f_anchor: torch.Tensor = field(init=False)
+    trace: list[float] = field(default_factory=list)
+    values: dict[str, float] = field(default_factory=lambda: {"anchor": 0.0, "harmful": 0.0})
+    errors: dict[str, float] = field(default_factory=dict)
+    sinkhorn_iterations: int = 0
+    residual: float = math.inf
+    converged: bool = False
+    step: int = 0
+
+    def __post_init__(self):
+        self.tau = self.config.effective_tau()
+        zeros = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        self.log_w = torch.full((self.n,), -math.log(self.n), dtype=torch.float64, device=self.device)
+        self.push_lin, self.f_anchor = zeros, zeros
+
+    def run(self, progress: Callable[[int, int], None] | None) -> None:
+        """Outer steps until the fixed-point residual is small or `max_outer` steps are done."""
+        cfg = self.config
+        for self.step in range(1, cfg.max_outer + 1):
+            # 1. evaluate the push at the current iterate and update its (damped) linearisation;
+            #    that also gives the residual of the current iterate
+            if "harmful" in self.problems and self._push_step(progress):
+                self.converged = True
+                self.step -= 1
+                return
+            # 2. exact minimisation of the convexified objective
+            if "anchor" in self.problems:
+                self.f_anchor = self._solve("anchor", self._anchor_state())
+            self.log_w = torch.log_softmax(-(self.f_anchor - self.push_lin) / self.tau, dim=0)
+            if not bool(torch.isfinite(self.log_w).all()):
+                raise FloatingPointError("non-finite weights; try dtype='float64' or a larger eps")
+            if "harmful" not in self.problems:  # pull: the convex problem is the whole problem
+                self.residual, self.converged = 0.0, True
+                self.trace.append(self._objective())
+                return
         if progress is not None:
-            progress(config.max_outer, config.max_outer)
+            progress(cfg.max_outer, cfg.max_outer)
 
-    score = f_anchor - push_lin
-    # weights and score agree exactly: w = softmax(-score / tau)
-    weights = torch.softmax(-score / tau, dim=0).cpu().numpy()
-    weights /= weights.sum()
-    diagnostics = {
-        "outer_iterations": step,
-        "sinkhorn_iterations": total_sinkhorn,
-        "marginal_error_anchor": errors.get("anchor"),
-        "marginal_error_harmful": errors.get("harmful"),
-        "objective_trace": trace,
-        "fixed_point_residual": residual,
-        "converged": bool(converged),
-        "seconds": time.perf_counter() - started,
-        "device": str(device),
-        "dtype": config.dtype,
-        "mode": config.mode,
-        "lam": config.lam,
-        "eps": config.eps,
-        "tau": tau,
-        "step_size": config.step_size,
-    }
-    return PushPullResult(weights=weights, score=score.cpu().numpy(), diagnostics=diagnostics)
+    def _push_step(self, progress) -> bool:
+        """Solve the harmful problem at w, update the linearisation; True once w is stationary."""
+        cfg = self.config
+        fresh = cfg.lam * self._solve("harmful", self._harmful_state())
+        self.push_lin = fresh if self.step == 1 else (1 - cfg.step_size) * self.push_lin + cfg.step_size * fresh
+        if self.step == 1:
+            return False
+        target = torch.log_softmax(-(self.f_anchor - fresh) / self.tau, dim=0)
+        self.residual = float((torch.exp(target) - torch.exp(self.log_w)).abs().sum())
+        self.trace.append(self._objective())
+        if progress is not None:
+            progress(self.step - 1, cfg.max_outer)
+        return self.residual <= cfg.outer_tol
+
+    def _harmful_state(self):
+        """Balanced Sinkhorn for OT(w, harmful), warm-started (epsilon scaling on the cold start)."""
+        prob, cfg = self.problems["harmful"], self.config
+        return sinkhorn_potentials(
+            prob.op, self.log_w.to(self.dtype), prob.log_b, cfg.eps, g_init=prob.g,
+            tol=cfg.sinkhorn_tol, max_iter=cfg.max_sinkhorn_iter,
+            eps_start=prob.spread if cfg.eps_scaling else None)
+
+    def _anchor_state(self):
+        """argmin_w OT(w, anchor) - <push_lin, w> + tau KL(w|u), as semi-relaxed OT."""
+        prob, cfg = self.problems["anchor"], self.config
+        rho = self.tau - cfg.eps
+        log_p = torch.log_softmax(self.push_lin / rho, dim=0).to(self.dtype)
+        return semi_relaxed_potentials(
+            prob.op, log_p, prob.log_b, cfg.eps, rho, g_init=prob.g,
+            tol=cfg.sinkhorn_tol, max_iter=cfg.max_sinkhorn_iter)
+
+    def _solve(self, name: str, state) -> torch.Tensor:
+        """Record a finished solve of problem `name` (warm start, counts, value); its f in float64."""
+        self.problems[name].g = state.g
+        self.sinkhorn_iterations += state.n_iter
+        self.errors[name], self.values[name] = state.marginal_error, state.value
+        return state.f.double()
+
+    def _objective(self) -> float:
+        """J(w) = OT(w, anchor) - lam OT(w, harmful) + tau KL(w|u) from the latest solves."""
+        kl = float((torch.exp(self.log_w) * (self.log_w + math.log(self.n))).sum())
+        return self.values["anchor"] - self.config.lam * self.values["harmful"] + self.tau * kl
+
+    def record(self) -> dict:
+        """The iteration part of `PushPullResult.diagnostics`."""
+        return {
+            "outer_iterations": self.step,
+            "sinkhorn_iterations": self.sinkhorn_iterations,
+            "marginal_error_anchor": self.errors.get("anchor"),
+            "marginal_error_harmful": self.errors.get("harmful"),
+            "objective_trace": self.trace,
+            "fixed_point_residual": self.residual,
+            "converged": bool(self.converged),
+        }
