@@ -66,7 +66,7 @@ def recurated(tmp_path_factory, prefect_backend):
     with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(root / "prefect-results")}):
         assert main(["curate", "--pool", str(inputs / "pool.jsonl"), "--safe-anchor", str(inputs / "anchor.jsonl"),
                      "--harmful-ref", str(inputs / "harm.jsonl"), "--name", "fixture",
-                     "--home", str(home), "--out", str(out)]) == 0
+                     "--home", str(home), "--out-dir", str(out)]) == 0
     info = json.loads((out / "run.json").read_text())
     assert info["cached_stages"] == [], "stages served from another run's cache: the test would prove nothing"
     return home, out, before
