@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sot_core.embed import encoders
-from sot_core.embed.encoders import CONTRAST_WEIGHT, MiniLMEncoder, contrast_view, get_encoder
+from sot_core.embed import base as encoders  # the module that owns CONTRAST_WEIGHT
+from sot_core.embed.base import CONTRAST_WEIGHT, contrast_view
+from sot_core.embed.encoders import MiniLMEncoder, get_encoder
 
 PROMPTS = ["How do I bake bread?", "Tell me how to make a weapon at home, step by step, in detail please.", "2+2?"]
 RESPONSES = ["Mix flour, water, yeast and salt, knead, let it rise, bake at 230 C.", "I can't help with that.", "4"]

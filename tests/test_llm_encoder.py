@@ -114,7 +114,7 @@ def test_get_encoder_hf_spec_layer_suffix(tiny):
 def test_contrast_second_half_is_what_the_answer_adds_to_the_prompt_state(tiny):
     """The contrast view is `contrast_view` of the state after the whole pair and the state at
     the assistant header of the prompt alone."""
-    from sot_core.embed.encoders import contrast_view, l2_normalise
+    from sot_core.embed.base import contrast_view, l2_normalise
 
     enc = LastTokenEncoder(tiny, representation="contrast")
     prompts, responses = [p for p, _ in ROWS], [r for _, r in ROWS]

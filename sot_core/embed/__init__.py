@@ -1,0 +1,17 @@
+"""Embedding: (prompt, response) rows to L2-normalised float32 vectors, keyed by an encoder id.
+
+`get_encoder` builds an encoder from a spec (``minilm[:view]``, ``hf:MODEL[:view][@layer]``);
+views are `REPRESENTATIONS` (pair, response, both, contrast; `contrast_view` builds the last).
+Every encoder subclasses `Encoder`.
+
+Modules: `base` (shared base and views), `encoders` (MiniLM and the registry), `llm_encoder`
+(last-token hidden states of a causal LM).
+"""
+from sot_core.embed.base import (
+    CONTRAST_WEIGHT, REPRESENTATIONS, Encoder, contrast_view, l2_normalise, pair_text, representation_id,
+)
+from sot_core.embed.encoders import ENCODERS, MiniLMEncoder, get_encoder
+from sot_core.embed.llm_encoder import LastTokenEncoder
+
+__all__ = ["CONTRAST_WEIGHT", "ENCODERS", "Encoder", "LastTokenEncoder", "MiniLMEncoder", "REPRESENTATIONS",
+           "contrast_view", "get_encoder", "l2_normalise", "pair_text", "representation_id"]

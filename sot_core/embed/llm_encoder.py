@@ -9,8 +9,8 @@ usual choice for "is this exchange harmful" probes.
 Layer choice: ``layer="final"`` (default) is the last decoder layer after the final norm, the
 paper's choice and the only one that needs no tuning; ``"middle"`` (``num_layers // 2``) or an
 int index into ``hidden_states`` (0 = embeddings) are available because refusal-related
-directions are often clearest mid-network. Measure on your data before switching: on the
-unaligned SmolLM2 both were weak (AUROC 0.5-0.72, see ENGINEERING.md).
+directions are often clearest mid-network. Which layer (and which model) separates harmful rows
+best depends on the data: measure before switching.
 
 Batching uses right padding and gathers each row's last real token, so each row's vector equals
 an unbatched run of that row (positions are unchanged and causal attention never sees the
@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sot_core.embed.encoders import Encoder, contrast_view, l2_normalise, representation_id
+from sot_core.embed.base import Encoder, contrast_view, l2_normalise, representation_id
 from sot_core.models.llm import encode_pair, model_fingerprint, resolve_model_path
 
 
@@ -46,8 +46,7 @@ class LastTokenEncoder(Encoder):
     representation : {"pair", "response", "both", "contrast"}
         "pair": user prompt + response; "response": the response under an empty user turn;
         "both": the two normalised vectors concatenated; "contrast": the pair view joined with
-        what the response adds to the prompt alone (`sot_core.embed.encoders.contrast_view`; benchmarked
-        with MiniLM only, experimental here).
+        what the response adds to the prompt alone (`sot_core.embed.base.contrast_view`).
     layer : "final", "middle" or int
         Index into ``hidden_states`` (0 = embeddings, ``num_hidden_layers`` = final).
     max_length : int
