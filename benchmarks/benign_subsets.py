@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from benchmarks.common import REPO, RESULTS, read_verdicts, write_jsonl
-from sot_core.data.store import atomic_write_text
+from sot_core.io import atomic_write_text
 from sot_core.eval.metrics import paired_difference
 
 

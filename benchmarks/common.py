@@ -19,10 +19,11 @@ import numpy as np
 from sot_core.curate import pipeline
 from sot_core.curate.baselines import BASELINES
 from sot_core.curate.pipeline import composite_anchor_masses
+from sot_core.curate.quality import auroc, harmful_kept
 from sot_core.curate.select import select_top
 from sot_core.data.loaders import load_rows
-from sot_core.data.store import Store, atomic_write_text
-from sot_core.eval.metrics import auroc, harmful_kept
+from sot_core.data.store import Store
+from sot_core.io import atomic_write_text
 from sot_core.ot.costs import cosine_costs
 from sot_core.ot.push_pull import PushPullConfig, solve_push_pull
 

@@ -35,9 +35,9 @@ import numpy as np
 from benchmarks.common import (PYRIT_REFUSALS, SHARED, bench_store, beavertails_unsafe, compare, embed_file,
                                pyrit_harmful_reference, result_path, score_baselines, write_jsonl)
 from sot_core.data.loaders import load_rows
-from sot_core.data.store import atomic_write_text
 from sot_core.embed.base import CONTRAST_WEIGHT, Encoder, contrast_view
 from sot_core.embed.encoders import get_encoder
+from sot_core.io import atomic_write_text
 from sot_core.train.align import heldout_refusals
 
 SHARES = (0.0, 0.2, 0.5, 0.7, 0.9)

@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import DEMO, RESULTS, beavertails_unsafe, write_jsonl, write_verdicts
-from sot_core.data.store import atomic_write_text
+from sot_core.io import atomic_write_text
 from sot_core.eval.evaluate import EvalSpec, evaluate_model, shared_data_dir
 from sot_core.eval.metrics import compare_arms
 from sot_core.train.lora import LoraTrainConfig, read_curated, train_lora

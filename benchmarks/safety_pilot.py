@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks.common import DEMO, result_path
 from sot_core.data.loaders import load_rows
-from sot_core.data.store import atomic_write_text
+from sot_core.io import atomic_write_text
 from sot_core.eval.evaluate import EvalSpec, evaluate_model, shared_data_dir
 from sot_core.train.lora import LoraTrainConfig, train_lora
 

@@ -80,7 +80,7 @@ def evaluation_spec(args: argparse.Namespace, dests: dict) -> EvalSpec:
 
 
 def write_json_atomic(obj, path: Path) -> None:
-    from sot_core.data.store import atomic_write_text
+    from sot_core.io import atomic_write_text
 
     atomic_write_text(json.dumps(obj, indent=2, default=str), path)
 

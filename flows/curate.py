@@ -8,7 +8,7 @@ from prefect import flow
 from sot_core.config import (
     DEMO_DIR, CurateConfig, CurateInputs, Mode, SolverOptions, Stratify, TrainWeighting, documented,
 )
-from sot_core.data.store import default_home
+from sot_core.io import default_home
 from sot_prefect.tasks.curation import (
     build_costs, embed_dataset, ingest_inputs, publish_curated, report_artifacts, run_info, solve_weights,
     stage_result, visual_artifacts,

@@ -17,7 +17,7 @@ from sot_core.curate import pipeline, plots
 from sot_core.config import CurateConfig, config_hash
 from sot_core.data.loaders import FieldMap
 from sot_core.errors import SotError
-from sot_core.eval.metrics import read_labels
+from sot_core.curate.quality import read_labels
 from sot_core.curate.select import publish
 from sot_core.data.store import Store
 

@@ -19,7 +19,8 @@ from sot_core.config import EvalSpec, LoraTrainConfig
 from sot_core.eval.evaluate import evaluate_model
 from sot_core.models.llm import model_fingerprint
 from sot_core.train.replay import write_replay_mix
-from sot_core.train.lora import file_sha256, read_curated, train_lora
+from sot_core.io import file_sha256
+from sot_core.train.lora import read_curated, train_lora
 from sot_prefect.tasks.curation import not_bad_input
 
 OPTIONS = dict(persist_result=True, cache_expiration=timedelta(days=30), retries=1, retry_delay_seconds=10,

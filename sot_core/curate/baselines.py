@@ -7,10 +7,10 @@ distribution against both references. Inputs are unit-norm embeddings: pool (n, 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 
 def random_score(pool: np.ndarray, anchor: np.ndarray, harmful: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Uniform random scores (seeded): the floor every method must clear."""
     return np.random.default_rng(seed).random(len(pool))
 
 
@@ -37,7 +37,12 @@ def centroid_difference(pool, anchor, harmful) -> np.ndarray:
 
 
 def classifier(pool, anchor, harmful, l2: float = 1e-2, steps: int = 200) -> np.ndarray:
-    """Class-balanced logistic regression, anchor (0) versus harmful (1); the score is the logit."""
+    """Class-balanced logistic regression, anchor (0) versus harmful (1); the score is the logit.
+
+    L2-penalised (``l2 * |w|^2``), fitted with L-BFGS in float64.
+    """
+    import torch  # lazy: the other baselines are plain NumPy
+
     x = torch.from_numpy(np.concatenate([anchor, harmful])).double()
     y = torch.cat([torch.zeros(len(anchor)), torch.ones(len(harmful))]).double()
     sample_w = torch.where(y == 1, 0.5 / len(harmful), 0.5 / len(anchor)).double()

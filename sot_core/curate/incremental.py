@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +33,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sot_core.data.loaders import FieldMap, load_rows
-from sot_core.errors import InputError, StoreError
 from sot_core.curate.pipeline import ingest, load_embeddings
-from sot_core.data.schema import ROW_SCHEMA, file_sha256
+from sot_core.data.loaders import FieldMap, load_rows, rows_from_records
+from sot_core.data.schema import ROW_SCHEMA
 from sot_core.data.store import Store
+from sot_core.errors import InputError, StoreError
+from sot_core.io import file_sha256
 
 INCOMING_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 
@@ -140,13 +140,13 @@ def read_table_rows(spec: str, column: str, after) -> tuple[list[dict], object]:
 
 
 def _rows_from_records(records: list[dict], column: str, spec: str, fields: FieldMap | None) -> pa.Table:
-    """Canonical rows of table records, through `load_rows` so validation and ids match files."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "incoming.jsonl"
-        with open(path, "w", encoding="utf-8") as out:
-            for r in records:
-                out.write(json.dumps({k: v for k, v in r.items() if k != column}, default=str) + "\n")
-        return load_rows(str(path), fields=fields, source_name=parse_table_spec(spec)[1])
+    """Canonical rows of table records, validated and given ids exactly as a file of them would be.
+
+    The watermark column is dropped, and a JSON round trip turns database values (timestamps,
+    decimals) into the text a JSONL export of the same rows would hold.
+    """
+    plain = [json.loads(json.dumps({k: v for k, v in r.items() if k != column}, default=str)) for r in records]
+    return rows_from_records(spec, plain, fields=fields, source_name=parse_table_spec(spec)[1])
 
 
 def stage_batch(store: Store, name: str, incoming: str | None, incoming_table: str | None = None,

@@ -8,7 +8,6 @@ than on in-memory objects, and lets `curate()` run the same path without Prefect
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -18,22 +17,24 @@ import pyarrow as pa
 
 from sot_core.config import CurateConfig, config_hash
 from sot_core.data.loaders import FieldMap, load_rows
-from sot_core.embed.encoders import Encoder, get_encoder
+from sot_core.data.store import Store
+from sot_core.embed.base import Encoder
+from sot_core.embed.encoders import get_encoder
 from sot_core.errors import InputError
-from sot_core.data.store import Store, atomic_write_text
+from sot_core.io import atomic_write_text, digest
 
-ROLES = ("pool", "safe_anchor", "harmful_ref")
 # Dense costs up to this many entries (80 MB in float32); kNN-sparse above it.
 DENSE_LIMIT = 20_000_000
 DEFAULT_KNN = 64
 
 
 def dataset_id_of(rows: pa.Table) -> str:
-    """Content-derived dataset id: same ids and texts in the same order -> same id."""
-    h = hashlib.sha256()
-    for i, c in zip(rows.column("id").to_pylist(), rows.column("content_hash").to_pylist()):
-        h.update(f"{i}\x1f{c}\n".encode())
-    return "ds-" + h.hexdigest()[:20]
+    """Content-derived dataset id: same ids and texts in the same order -> same id.
+
+    ``ds-`` + 20 hex digits of sha256 over one ``id<US>content_hash<LF>`` line per row.
+    """
+    lines = (f"{i}\x1f{c}\n" for i, c in zip(rows.column("id").to_pylist(), rows.column("content_hash").to_pylist()))
+    return "ds-" + digest(lines, n=20)
 
 
 def load_inputs(sources: dict[str, str], fields: dict[str, FieldMap | None] | None = None) -> dict[str, pa.Table]:

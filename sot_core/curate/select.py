@@ -11,9 +11,10 @@ import numpy as np
 import pyarrow as pa
 
 from sot_core.config import CODE_VERSION, CurateConfig, config_hash
-from sot_core.eval.judges import keyword_refusal
-from sot_core.eval.metrics import auroc, harmful_kept
-from sot_core.data.store import Store, atomic_write_table, atomic_write_text
+from sot_core.curate.quality import auroc, harmful_kept
+from sot_core.data.store import Store
+from sot_core.io import atomic_write_table, atomic_write_text
+from sot_core.refusals import keyword_refusal
 
 
 def select_top(weights: np.ndarray, keep: float) -> np.ndarray:
@@ -60,7 +61,7 @@ def select_stratified(weights: np.ndarray, keep: float, groups: np.ndarray) -> n
 
 
 def count_refusals(responses: list[str], selected: np.ndarray, harmful: np.ndarray | None = None) -> dict:
-    """Rows whose response contains a refusal phrase early (`judges.keyword_refusal`), and how
+    """Rows whose response contains a refusal phrase early (`sot_core.refusals.keyword_refusal`), and how
     many were kept. Refusals to harmful prompts are wanted data that curation tends to drop, and
     this count needs no labels. The heuristic also flags partial compliances that open with an
     apology, so rows labelled harmful (when `harmful` is given) are left out of the count."""
@@ -83,59 +84,42 @@ def training_weights(weights: np.ndarray, scheme: str) -> np.ndarray:
     return ratio / ratio.mean()
 
 
-def publish(
-    store: Store,
-    pool_id: str,
-    solve_path: str,
-    config: CurateConfig,
-    out_dir: str | Path,
-    run_info: dict,
-    labels: dict[str, bool] | None = None,
-    name: str = "default",
-) -> dict:
-    """Write weights.parquet, curated.jsonl, report.md and run.json, and record a curated version."""
+def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, out_dir: str | Path,
+            run_info: dict, labels: dict[str, bool] | None = None, name: str = "default") -> dict:
+    """Write weights.parquet, curated.jsonl, report.md and run.json, and record a curated version.
+
+    Parameters
+    ----------
+    solve_path : str
+        Folder of the solve stage (``weights.npy``, ``score.npy``) for the pool `pool_id`.
+    run_info : dict
+        What earlier stages report: ``stage_seconds``, ``inputs``, ``encoder_id``,
+        ``embedded_now``, ``cached_stages``, ``solver``, ``run_id`` (all optional).
+    labels : dict, optional
+        {row id: is harmful}; adds the "against the labels" quality figures.
+    name : str
+        Name of the curated dataset; each call adds a version of it, whose parent is the
+        latest version before it.
+
+    Returns
+    -------
+    dict
+        The run summary written to ``run.json``.
+    """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     rows = store.get_rows(pool_id)
-    weights = np.load(Path(solve_path) / "weights.npy")
-    score = np.load(Path(solve_path) / "score.npy")
-    train_w = np.zeros(len(weights))
-    if config.stratify == "label":
-        groups = label_groups(rows.column("response").to_pylist())
-        selected = select_stratified(weights, config.keep, groups)
-        for g in np.unique(groups[selected]):  # mean weight 1 within each group: label masses stay put
-            part = selected & (groups == g)
-            train_w[part] = training_weights(weights[part], config.train_weighting)
-    else:
-        selected = select_top(weights, config.keep)
-        train_w[selected] = training_weights(weights[selected], config.train_weighting)
-
-    ids = rows.column("id").to_pylist()
+    weights, score = (np.load(Path(solve_path) / f) for f in ("weights.npy", "score.npy"))
+    ids, prompts, responses = (rows.column(c).to_pylist() for c in ("id", "prompt", "response"))
+    selected, train_w = _selection(weights, responses, config)
     atomic_write_table(
         pa.table({"id": ids, "weight": weights, "selected": selected, "score": score, "train_weight": train_w}),
         out_dir / "weights.parquet",
     )
-    prompts, responses, sources = (rows.column(c).to_pylist() for c in ("prompt", "response", "source"))
-    curated_lines = [
-        json.dumps({"id": ids[i], "prompt": prompts[i], "response": responses[i], "source": sources[i],
-                    "weight": float(train_w[i])}, ensure_ascii=False)
-        for i in np.flatnonzero(selected)
-    ]
-    atomic_write_text("\n".join(curated_lines) + "\n", out_dir / "curated.jsonl")
-
-    quality, label = None, None
-    if labels is not None:
-        missing = [i for i in ids if i not in labels]
-        label = np.array([labels.get(i, False) for i in ids])
-        quality = {"auroc": auroc(score, label), **harmful_kept(selected, label), "unlabelled_rows": len(missing)}
-    refusals = count_refusals(responses, selected, label)
-
-    # The random part keeps two identical runs in the same second apart.
-    version = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    version_dir = store.home / "curated" / version
-    atomic_write_text("\n".join(curated_lines) + "\n", version_dir / "curated.jsonl")
-    parent = store.latest_curated_version(name)
-    stage_seconds = {**run_info.get("stage_seconds", {}), "select": time.perf_counter() - start}
+    curated = _curated_jsonl(rows, selected, train_w)
+    atomic_write_text(curated, out_dir / "curated.jsonl")
+    quality, label = _label_quality(labels, ids, score, selected)
+    version, version_dir, parent = _new_version(store, name, curated)
     summary = {
         "version": version,
         "parent_version": parent,
@@ -146,26 +130,84 @@ def publish(
         "store": str(store.home.resolve()),
         "counts": {"pool": len(ids), "selected": int(selected.sum()),
                    "embedded_now": run_info.get("embedded_now", {})},
-        "stage_seconds": stage_seconds,
+        "stage_seconds": {**run_info.get("stage_seconds", {}), "select": time.perf_counter() - start},
         "cached_stages": run_info.get("cached_stages", []),
         "solver": run_info.get("solver", {}),
         "quality": quality,
-        "refusals": refusals,
-        "top_flagged": [
-            {"id": ids[i], "score": float(score[i]), "prompt": prompts[i][:160]}
-            for i in np.argsort(-score)[:10]
-        ],
+        "refusals": count_refusals(responses, selected, label),
+        "top_flagged": _top_flagged(ids, prompts, score),
     }
     atomic_write_text(json.dumps(summary, indent=2, default=float), out_dir / "run.json")
     atomic_write_text(render_report(summary), out_dir / "report.md")
-    store.record_curated_version(
-        version=version, run_id=run_info.get("run_id", version), name=name, pool_dataset_id=pool_id,
-        anchor_dataset_id=run_info.get("inputs", {}).get("safe_anchor", {}).get("dataset_id"),
-        harmful_dataset_id=run_info.get("inputs", {}).get("harmful_ref", {}).get("dataset_id"),
-        config_hash=config_hash(config.to_dict()), code_version=CODE_VERSION, n_pool=len(ids),
-        n_selected=int(selected.sum()), parent_version=parent, path=str(version_dir),
-    )
+    _record_version(store, summary, run_info, pool_id, name, version_dir)
     return summary
+
+
+def _new_version(store: Store, name: str, curated: str) -> tuple[str, Path, str | None]:
+    """Store `curated` as a new version of `name`: (version, its folder, the latest version before it)."""
+    # The random part keeps two identical runs in the same second apart.
+    version = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    version_dir = store.home / "curated" / version
+    atomic_write_text(curated, version_dir / "curated.jsonl")
+    return version, version_dir, store.latest_curated_version(name)
+
+
+def _selection(weights: np.ndarray, responses: list[str], config: CurateConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The kept rows (mask) and their training weights (0 for dropped rows), per `config`."""
+    train_w = np.zeros(len(weights))
+    if config.stratify == "label":
+        groups = label_groups(responses)
+        selected = select_stratified(weights, config.keep, groups)
+        for g in np.unique(groups[selected]):  # mean weight 1 within each group: label masses stay put
+            part = selected & (groups == g)
+            train_w[part] = training_weights(weights[part], config.train_weighting)
+    else:
+        selected = select_top(weights, config.keep)
+        train_w[selected] = training_weights(weights[selected], config.train_weighting)
+    return selected, train_w
+
+
+def _curated_jsonl(rows: pa.Table, selected: np.ndarray, train_w: np.ndarray) -> str:
+    """``curated.jsonl``: the kept rows with their training weights, in pool order."""
+    ids, prompts, responses, sources = (rows.column(c).to_pylist() for c in ("id", "prompt", "response", "source"))
+    lines = [
+        json.dumps({"id": ids[i], "prompt": prompts[i], "response": responses[i], "source": sources[i],
+                    "weight": float(train_w[i])}, ensure_ascii=False)
+        for i in np.flatnonzero(selected)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _label_quality(labels: dict[str, bool] | None, ids: list[str], score: np.ndarray,
+                   selected: np.ndarray) -> tuple[dict | None, np.ndarray | None]:
+    """The quality figures against `labels` and the per-row label array (both None without labels).
+
+    Rows the labels do not name count as not harmful and are reported as ``unlabelled_rows``.
+    """
+    if labels is None:
+        return None, None
+    missing = [i for i in ids if i not in labels]
+    label = np.array([labels.get(i, False) for i in ids])
+    quality = {"auroc": auroc(score, label), **harmful_kept(selected, label), "unlabelled_rows": len(missing)}
+    return quality, label
+
+
+def _top_flagged(ids: list[str], prompts: list[str], score: np.ndarray, top: int = 10) -> list[dict]:
+    """The `top` highest-scoring rows with a 160-character prompt preview."""
+    return [{"id": ids[i], "score": float(score[i]), "prompt": prompts[i][:160]} for i in np.argsort(-score)[:top]]
+
+
+def _record_version(store: Store, summary: dict, run_info: dict, pool_id: str, name: str, version_dir: Path) -> None:
+    """Add the curated version and its lineage to the store's catalog."""
+    inputs = run_info.get("inputs", {})
+    store.record_curated_version(
+        version=summary["version"], run_id=run_info.get("run_id", summary["version"]), name=name,
+        pool_dataset_id=pool_id,
+        anchor_dataset_id=inputs.get("safe_anchor", {}).get("dataset_id"),
+        harmful_dataset_id=inputs.get("harmful_ref", {}).get("dataset_id"),
+        config_hash=config_hash(summary["config"]), code_version=CODE_VERSION, n_pool=summary["counts"]["pool"],
+        n_selected=summary["counts"]["selected"], parent_version=summary["parent_version"], path=str(version_dir),
+    )
 
 
 def render_report(s: dict) -> str:

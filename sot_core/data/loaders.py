@@ -30,20 +30,20 @@ Rows are numbered from 1 in errors: the line number for JSONL; the data row numb
 from __future__ import annotations
 
 import contextlib
-import csv
-import gzip
-import io
 import json
 import re
 import socket
-from dataclasses import dataclass, field, fields as dataclass_fields, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from sot_core.errors import InputError
+from sot_core.data.files import (
+    SURROGATE, csv_records, json_records, jsonl_records, parquet_records, read_text, type_name,
+)
+from sot_core.data.layouts import ROW_FIELDS, FieldMap, Layout, resolve_layout
 from sot_core.data.schema import ROW_SCHEMA, content_hash
+from sot_core.errors import InputError
 
 FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "hf")
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
@@ -58,53 +58,6 @@ _ALPACA_TEMPLATE = re.compile(
     r"\n\s*### Response:\s*\Z",
     re.DOTALL,
 )
-# Bytes that are not UTF-8 survive decoding as lone surrogates (errors="surrogateescape"), so
-# they can be traced to the row and field holding them instead of failing the file as a whole.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_LEADING_COMMENTS = re.compile(r"(?:[ \t]*(?:#[^\n]*)?\r?\n)*")
-
-
-@dataclass(frozen=True)
-class FieldMap:
-    """Explicit field names (case-insensitive); each one given overrides layout detection."""
-
-    prompt: str | None = field(default=None, metadata={"help": "field holding the prompt or instruction"})
-    response: str | None = field(default=None, metadata={"help": "field holding the response (default: "
-                                                          "detected; none means an empty response)"})
-    id: str | None = field(default=None, metadata={"help": "field holding a unique row id (default: 'id' "
-                                                    "if present, else one derived from the content)"})
-    input: str | None = field(default=None, metadata={"help": "extra context field appended to the prompt "
-                                                       "after a blank line"})
-    messages: str | None = field(default=None, metadata={"help": "field holding a chat: a list of "
-                                                          "{role, content} turns"})
-
-    @staticmethod
-    def help() -> dict[str, str]:
-        """Help text per field, e.g. for building command-line options."""
-        return {f.name: f.metadata["help"] for f in dataclass_fields(FieldMap)}
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Which (lower-cased) fields hold the prompt, response and input, or the chat turns."""
-
-    prompt: str | None = None
-    response: str | None = None
-    input: str | None = None
-    messages: str | None = None
-
-
-# Detection order (see the module docstring). Prompt-only layouts come last so that they never
-# hide a response field.
-_LAYOUTS = [
-    _Layout("prompt", "response"), _Layout("instruction", "output", "input"),
-    _Layout("instruction", "response", "context"),
-    _Layout(messages="messages"), _Layout(messages="conversations"),
-    _Layout("user", "assistant"), _Layout("question", "answer"), _Layout("goal", "target"),
-    _Layout("query", "response"), _Layout("prompt", "completion"), _Layout("objective", "assistant_response"),
-    *(_Layout(name, input="input" if name == "instruction" else None)
-      for name in ("prompt", "instruction", "question", "goal", "query", "user", "objective", "text")),
-]
 
 
 def unwrap_alpaca_template(text: str) -> str:
@@ -158,48 +111,93 @@ def load_rows(source: str, *, fields: FieldMap | None = None, fmt: str | None = 
     return _load(source, fields or FieldMap(), fmt, source_name, split)[0]
 
 
-def load_labels(source: str, label_field: str, *, fields: FieldMap | None = None,
+def load_labels(source: str, label_field: str, *, id_field: str | None = None, fields: FieldMap | None = None,
                 fmt: str | None = None, split: str = "train") -> dict[str, object]:
-    """Map each row id, as `load_rows` assigns it, to the row's `label_field` value (case-insensitive).
+    """Map each row id to the row's `label_field` value (field names are case-insensitive).
 
-    Raises InputError naming the row when a row lacks the field, e.g. ``flag`` in the fine-tuning mixes.
+    Parameters
+    ----------
+    source, fields, fmt, split
+        As for `load_rows`.
+    label_field : str
+        The field holding the label, e.g. ``flag`` in the fine-tuning mixes.
+    id_field : str, optional
+        None: the file is a dataset and the ids are the ones `load_rows` assigns to its rows.
+        A name: the file needs only that field and the label (an ``id,label`` file); the ids are
+        its values, as text.
+
+    Raises
+    ------
+    InputError
+        Naming the row when a row lacks the label (or the id) field, and for any bad input
+        `load_rows` refuses.
     """
-    table, records = _load(source, fields or FieldMap(), fmt, None, split)
+    if id_field is None:
+        table, records = _load(source, fields or FieldMap(), fmt, None, split)
+        ids = table.column("id").to_pylist()
+    else:
+        records = _read_records(source, fmt, split)
+        if not records:
+            raise InputError(source, "the file holds no rows")
+        ids = [_id_text(source, row, record.get(id_field.lower()), id_field) for row, record in records]
     labels: dict[str, object] = {}
-    for row_id, (row, record) in zip(table.column("id").to_pylist(), records):
+    for row_id, (row, record) in zip(ids, records):
         if label_field.lower() not in record:
             raise InputError(source, "the label field is missing", row=row, field=label_field)
         labels[row_id] = record[label_field.lower()]
     return labels
 
 
+def rows_from_records(source: str, records: list[dict], *, fields: FieldMap | None = None,
+                      source_name: str | None = None) -> pa.Table:
+    """`load_rows` for records already in memory (e.g. rows of a database table), item i as row i + 1.
+
+    Layout detection, validation and ids are exactly those of a file holding the same records;
+    errors name `source`.
+    """
+    numbered = _lowercase_keys(source, list(enumerate(records, start=1)))
+    return _rows(source, numbered, fields or FieldMap(), source_name)
+
+
 def _load(source: str, fields: FieldMap, fmt: str | None, source_name: str | None, split: str):
     records = _read_records(source, fmt, split)
+    return _rows(source, records, fields, source_name), records
+
+
+def _rows(source: str, records: list[tuple[int, dict]], fields: FieldMap, source_name: str | None) -> pa.Table:
+    """The ROW_SCHEMA table of numbered records (see `load_rows` for ids)."""
     if not records:
         raise InputError(source, "the file holds no rows")
-    layout, id_key = _resolve_layout(source, records, fields)
+    layout, id_key = resolve_layout(source, records, fields)
     ids, prompts, responses, hashes = [], [], [], []
     row_of_id: dict[str, int] = {}
     for row, record in records:
         prompt, response = _extract_pair(source, row, record, layout)
         digest = content_hash(prompt, response)
-        if id_key is not None:
-            row_id = _id_text(source, row, record.get(id_key), id_key)
-            if row_id in row_of_id:
-                raise InputError(source, f"duplicate id {row_id!r}, also used in row {row_of_id[row_id]}",
-                                 row=row, field=id_key)
-        else:
-            row_id, copies = "h-" + digest[:16], 1
-            while row_id in row_of_id:  # identical content: number the copies in file order
-                copies += 1
-                row_id = f"h-{digest[:16]}-{copies}"
+        row_id = _row_id(source, row, record, id_key, digest, row_of_id)
         row_of_id[row_id] = row
         ids.append(row_id)
         prompts.append(prompt)
         responses.append(response)
         hashes.append(digest)
     columns = [ids, prompts, responses, [source_name or _default_source_name(source)] * len(ids), hashes]
-    return pa.Table.from_arrays([pa.array(c, pa.string()) for c in columns], schema=ROW_SCHEMA), records
+    return pa.Table.from_arrays([pa.array(c, pa.string()) for c in columns], schema=ROW_SCHEMA)
+
+
+def _row_id(source: str, row: int, record: dict, id_key: str | None, digest: str, taken: dict[str, int]) -> str:
+    """The row's id field as text (unique in the file), or ``h-`` + 16 hex digits of its content
+    hash, numbered ``-2``, ``-3``... for repeats of identical content in file order."""
+    if id_key is not None:
+        row_id = _id_text(source, row, record.get(id_key), id_key)
+        if row_id in taken:
+            raise InputError(source, f"duplicate id {row_id!r}, also used in row {taken[row_id]}",
+                             row=row, field=id_key)
+        return row_id
+    row_id, copies = "h-" + digest[:16], 1
+    while row_id in taken:
+        copies += 1
+        row_id = f"h-{digest[:16]}-{copies}"
+    return row_id
 
 
 # ---------------------------------------------------------------- reading files into records
@@ -216,18 +214,18 @@ def _read_records(source: str, fmt: str | None, split: str) -> list[tuple[int, d
     if fmt == "hf":
         return _lowercase_keys(source, _hf_records(source, source, split, hub=False))
     if fmt == "parquet":
-        return _lowercase_keys(source, _parquet_records(source, path))
-    text, undecodable = _read_text(source, path)
+        return _lowercase_keys(source, parquet_records(source, path))
+    text, undecodable = read_text(source, path)
     if fmt == "jsonl":
-        records = _lowercase_keys(source, _jsonl_records(source, text))
+        records = _lowercase_keys(source, jsonl_records(source, text))
     elif fmt == "json":
-        records = _lowercase_keys(source, _json_records(source, text))
+        records = _lowercase_keys(source, json_records(source, text, ROW_FIELDS))
     else:
-        records = _lowercase_keys(source, _csv_records(source, text, "\t" if fmt == "tsv" else ","))
+        records = _lowercase_keys(source, csv_records(source, text, "\t" if fmt == "tsv" else ","))
     if undecodable:
         for row, record in records:
             for key, value in record.items():
-                if _SURROGATE.search(key) or _SURROGATE.search(json.dumps(value, ensure_ascii=False)):
+                if SURROGATE.search(key) or SURROGATE.search(json.dumps(value, ensure_ascii=False)):
                     raise InputError(source, "holds bytes that are not valid UTF-8; re-save the file as "
                                      "UTF-8", row=row, field=key)
         raise InputError(source, "holds bytes that are not valid UTF-8 outside any row; re-save it as UTF-8")
@@ -242,105 +240,6 @@ def _format_from_name(source: str, path: Path) -> str:
         return _SUFFIX_FORMATS[suffixes[-1]]
     raise InputError(source, "unknown file format; name it .jsonl, .json, .csv, .tsv or .parquet, or "
                      "pass the format explicitly")
-
-
-def _read_text(source: str, path: Path) -> tuple[str, bool]:
-    """Return the file's text and whether it held bytes that are not UTF-8."""
-    try:
-        data = path.read_bytes()
-        if data[:2] == b"\x1f\x8b":  # gzip magic: .jsonl.gz and friends
-            data = gzip.decompress(data)
-    except (OSError, EOFError) as exc:
-        raise InputError(source, f"cannot read the file: {exc}") from None
-    if not data.strip():
-        raise InputError(source, "the file is empty")
-    try:
-        return data.decode("utf-8-sig"), False
-    except UnicodeDecodeError:
-        return data.decode("utf-8-sig", errors="surrogateescape"), True
-
-
-def _jsonl_records(source: str, text: str) -> list[tuple[int, object]]:
-    records = []
-    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other line separators
-    for line_number, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            try:
-                records.append((line_number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise InputError(source, f"broken JSON: {exc.msg} at column {exc.colno}", row=line_number) from None
-    return records
-
-
-def _json_records(source: str, text: str) -> list[tuple[int, object]]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(source, f"broken JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    if isinstance(data, dict):
-        data = _unwrap_json_object(source, data)
-    if not isinstance(data, list):
-        raise InputError(source, f"expected a JSON list of objects, got {_type_name(data)}")
-    return list(enumerate(data, start=1))
-
-
-def _unwrap_json_object(source: str, data: dict) -> list:
-    """Find the rows in {"data": [{...}, ...]} or in column lists {"prompts": [...], ...}."""
-    lists = {key: value for key, value in data.items() if isinstance(value, list) and value}
-    if not lists:
-        raise InputError(source, "the JSON object holds no list of rows")
-    if len(lists) == 1 and all(isinstance(item, dict) for item in next(iter(lists.values()))):
-        return next(iter(lists.values()))
-    length = max(len(column) for column in lists.values())
-    for key, column in lists.items():
-        if len(column) != length:
-            raise InputError(source, f"column list has {len(column)} items, others have {length}", field=key)
-    # Column lists are named in the plural ("instructions"); rows use the singular
-    singular = {f for layout in _LAYOUTS for f in (layout.prompt, layout.response, layout.input) if f}
-    names = {key: key[:-1] if key[-1:].lower() == "s" and key[:-1].lower() in singular | {"id"} else key
-             for key in lists}
-    return [{names[key]: column[i] for key, column in lists.items()} for i in range(length)]
-
-
-def _csv_records(source: str, text: str, delimiter: str) -> list[tuple[int, object]]:
-    text = text[_LEADING_COMMENTS.match(text).end():]  # PyRIT: "# dataset_version=..." before the header
-    csv.field_size_limit(2**31 - 1)  # long model responses exceed the 128 KiB default
-    # strict: an unterminated quote must fail, not swallow the rest of the file into one cell
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    header, row, records = None, 0, []
-    try:
-        header = next(reader, None)
-        if not header:
-            raise InputError(source, "the file has no CSV header row")
-        # An unnamed index column (pandas' to_csv) gets a usable name instead of ""
-        header = [name.strip() or f"column_{i}" for i, name in enumerate(header, start=1)]
-        lowered = [name.lower() for name in header]
-        for i, name in enumerate(lowered):
-            if name in lowered[:i]:
-                raise InputError(source, "the CSV header names this column twice", field=header[i])
-        for cells in reader:
-            if not any(cell.strip() for cell in cells):
-                continue  # blank lines are not data rows
-            row += 1
-            if [cell.strip() for cell in cells] == header:
-                raise InputError(source, "the header appears again inside the data (two CSV files "
-                                 "joined together?)", row=row)
-            if len(cells) != len(header):
-                raise InputError(source, f"the row has {len(cells)} values but the header names "
-                                 f"{len(header)} columns", row=row)
-            records.append((row, dict(zip(header, cells))))
-    except csv.Error as exc:
-        raise InputError(source, f"malformed CSV: {exc}", row=row + 1 if header else None) from None
-    return records
-
-
-def _parquet_records(source: str, path: Path) -> list[tuple[int, object]]:
-    import pyarrow.parquet as pq
-
-    try:
-        return list(enumerate(pq.read_table(path).to_pylist(), start=1))
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(source, f"cannot read Parquet: {exc}") from None
 
 
 def _hf_records(source: str, name: str, split: str, hub: bool) -> list[tuple[int, object]]:
@@ -401,7 +300,7 @@ def _lowercase_keys(source: str, records: list[tuple[int, object]]) -> list[tupl
         if _is_chat(record):  # a bare list of turns (e.g. the LLMs-Finetuning-Safety AOA data)
             record = {"messages": record}
         if not isinstance(record, dict):
-            raise InputError(source, f"expected an object (a row with named fields), got {_type_name(record)}",
+            raise InputError(source, f"expected an object (a row with named fields), got {type_name(record)}",
                              row=row)
         keys: dict[str, str] = {}
         for key in record:
@@ -413,36 +312,8 @@ def _lowercase_keys(source: str, records: list[tuple[int, object]]) -> list[tupl
     return lowered
 
 
-# ---------------------------------------------------------------- layout and row extraction
-def _resolve_layout(source: str, records: list[tuple[int, dict]], fields: FieldMap) -> tuple[_Layout, str | None]:
-    """Pick the layout and the id field from the fields that any row fills (not None)."""
-    present = {key for _, record in records for key, value in record.items() if value is not None}
-    named = {key: value.lower() for key, value in vars(fields).items() if value}
-    for key, name in named.items():
-        if name not in present:
-            raise InputError(source, f"field not found; rows have: {', '.join(sorted(present))}",
-                             field=getattr(fields, key))
-    detected = next((replace(layout, input=layout.input if layout.input in present else None)
-                     for layout in _LAYOUTS
-                     if {layout.prompt, layout.response, layout.messages} - {None} <= present), None)
-    id_key = named.get("id", "id" if "id" in present else None)
-    if "messages" in named:
-        return _Layout(messages=named["messages"]), id_key
-    if {"prompt", "response", "input"} & set(named):
-        base = detected if detected is not None and detected.messages is None else _Layout()
-        # A detected input belongs to the detected prompt, so it goes when the prompt is named;
-        # a detected response fits any prompt and stays.
-        layout = _Layout(named.get("prompt", base.prompt), named.get("response", base.response),
-                         named.get("input", None if "prompt" in named else base.input))
-        if layout.prompt is not None:
-            return layout, id_key
-    elif detected is not None:
-        return detected, id_key
-    raise InputError(source, f"cannot tell which fields hold the prompt and response; rows have: "
-                     f"{', '.join(sorted(present))}; name them in a field map")
-
-
-def _extract_pair(source: str, row: int, record: dict, layout: _Layout) -> tuple[str, str]:
+# ---------------------------------------------------------------- row extraction
+def _extract_pair(source: str, row: int, record: dict, layout: Layout) -> tuple[str, str]:
     if layout.messages is not None:
         prompt, response = _chat_pair(source, row, record.get(layout.messages), layout.messages)
     else:
@@ -463,7 +334,7 @@ def _chat_pair(source: str, row: int, turns, key: str) -> tuple[str, str]:
         raise InputError(source, "the field is missing (other rows have it)", row=row, field=key)
     if not _is_chat(turns):
         raise InputError(source, f"expected a list of chat turns with a role and content, got "
-                         f"{_type_name(turns)}", row=row, field=key)
+                         f"{type_name(turns)}", row=row, field=key)
     roles, contents = [], []
     for i, turn in enumerate(turns):
         content = turn.get("content", turn.get("value"))
@@ -485,8 +356,8 @@ def _text(source: str, row: int, value, key: str) -> str:
     if value is None:
         raise InputError(source, "the field is missing (other rows have it)", row=row, field=key)
     if not isinstance(value, str):
-        raise InputError(source, f"expected text, got {_type_name(value)}", row=row, field=key)
-    if _SURROGATE.search(value):
+        raise InputError(source, f"expected text, got {type_name(value)}", row=row, field=key)
+    if SURROGATE.search(value):
         raise InputError(source, "holds bytes that are not valid UTF-8", row=row, field=key)
     return value.strip()
 
@@ -499,20 +370,12 @@ def _id_text(source: str, row: int, value, key: str) -> str:
     if value is None:
         raise InputError(source, "the id is missing", row=row, field=key)
     if not isinstance(value, str):
-        raise InputError(source, f"expected a text or number id, got {_type_name(value)}", row=row, field=key)
+        raise InputError(source, f"expected a text or number id, got {type_name(value)}", row=row, field=key)
     if not value.strip():
         raise InputError(source, "the id is empty", row=row, field=key)
-    if _SURROGATE.search(value):
+    if SURROGATE.search(value):
         raise InputError(source, "holds bytes that are not valid UTF-8", row=row, field=key)
     return value.strip()
-
-
-def _type_name(value) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return f"a number ({value!r})"
-    return {list: "a list", dict: "an object", str: "text"}.get(type(value), type(value).__name__)
 
 
 def _default_source_name(source: str) -> str:

@@ -31,8 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sot_core.errors import StoreBusyError, StoreError
 from sot_core.data.schema import ROW_SCHEMA
+from sot_core.errors import StoreBusyError, StoreError
+from sot_core.io import atomic_write_table, atomic_write_text, default_home
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -55,39 +56,9 @@ CREATE TABLE IF NOT EXISTS curated_versions (
 """
 
 
-def default_home() -> Path:
-    return Path(os.environ.get("SOT_HOME", ".sot"))
-
-
 def slug(text: str) -> str:
     """File-system-safe name for an identifier such as an encoder id."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
-
-
-def atomic_write_table(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file under a temp name in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    """Write text under a unique temp name in the same folder, flush it to disk, then rename it
-    into place: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def embeddings_table(hashes: list[str], vectors: np.ndarray) -> pa.Table:

@@ -12,6 +12,8 @@ import random
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from sot_core.data.loaders import canonical_prompt
+
 TASK_FILES = {"sst2": ("sst2/val.json", ["positive", "negative"]),
               "ag_news": ("ag_news/test.json", ["world", "sports", "business", "sci/tech"])}
 
@@ -22,7 +24,14 @@ def shared_data_dir() -> Path:
 
 
 def read_csv(path: Path) -> list[dict]:
-    """Rows of a CSV file as dicts, skipping ``#`` comment lines (PyRIT puts a version line first)."""
+    """Rows of a reference CSV file (prompt sets, labelled completions) as dicts.
+
+    Every line that starts with ``#`` is skipped (PyRIT puts a version line first), also a line
+    inside a quoted cell, which drops such lines from multi-line cells (C code in HarmBench
+    contexts and XSTest completions). User data goes through the strict reader of
+    `sot_core.data.files.csv_records` instead; this one is kept as it is because the held-out
+    prompt draws and the refusal judge's training rows (and cache key) depend on its output.
+    """
     with open(path, encoding="utf-8") as f:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
@@ -73,18 +82,16 @@ def benign_eval_prompts(data: Path, n: int) -> list[str]:
     """Held-out benign instructions: MT-Bench first turns, then Alpaca rows 800-999 (never trained on)."""
     mt = [json.loads(l)["turns"][0] for l in open(data / "llms_finetuning_safety/mt_bench/question.jsonl")]
     alp = json.load(open(data / "alpaca_en_demo/alpaca_en_demo.json"))[800:]
-    alp = [r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "") for r in alp]
-    return (mt + alp)[:n]
+    return (mt + [canonical_prompt(r["instruction"], r.get("input") or "") for r in alp])[:n]
 
 
 def utility_rows(data: Path, task: str, n: int) -> tuple[list[str], list[str], list[str]]:
     """(prompts, gold labels, label set) of a task.
 
     Prompts are in the canonical form that ingestion gives the fine-tuning mixes' rows
-    (`data.canonical_prompt`), so a model is scored on the format curated data trains it on.
+    (`sot_core.data.loaders.canonical_prompt`), so a model is scored on the format curated data
+    trains it on.
     """
-    from sot_core.data.loaders import canonical_prompt
-
     rel, labels = TASK_FILES[task]
     rows = json.load(open(data / "harmful_finetune_mixes_beavertails" / rel))[:n]
     return ([canonical_prompt(r["instruction"], r["input"]) for r in rows],

@@ -7,9 +7,9 @@ Metrics, all fractions in [0, 1]:
   MT-Bench questions / XSTest's safe-but-edgy prompts) the model refused (keyword judge).
 * ``utility``: label accuracy on a downstream task (SST-2 validation or AG News test).
 
-The refusal judges (`Judge`, `KeywordJudge`, `LogRegJudge`, `GuardJudge`, `keyword_refusal`,
-`train_refusal_judge`) live in `sot_core.eval.judges`, the prompt sets in `sot_core.eval.eval_sets`; both
-are re-exported here.
+The refusal judges (`Judge`, `KeywordJudge`, `LogRegJudge`, `GuardJudge`, `train_refusal_judge`)
+live in `sot_core.eval.judges`, the keyword heuristic in `sot_core.refusals`, the prompt sets in
+`sot_core.eval.eval_sets`.
 """
 from __future__ import annotations
 
@@ -20,16 +20,13 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from sot_core.config import EvalSpec
+from sot_core.eval.eval_sets import (
+    benign_eval_prompts, harmful_prompts, prompt_key, shared_data_dir, utility_rows, xstest_prompts,
+)
+from sot_core.eval.judges import GuardJudge, Judge, KeywordJudge, train_refusal_judge
 from sot_core.models.device import resolve_device
-from sot_core.eval.judges import (
-    GuardJudge, Judge, KeywordJudge, LogRegJudge, keyword_refusal, train_refusal_judge,
-)
-# re-exported for code that imported them from here before the judges moved
-from sot_core.eval.judges import _JUDGES, REFUSAL_PHRASES, REFUSAL_WINDOW, refusal_training_data  # noqa: F401
-from sot_core.eval.eval_sets import (  # noqa: F401  (re-exported)
-    TASK_FILES, benign_eval_prompts, harmful_prompts, prompt_key, shared_data_dir, utility_rows, xstest_prompts,
-)
 from sot_core.models.llm import encode_prompts, generate_from_ids, load_causal_lm
+from sot_core.refusals import keyword_refusal
 
 
 # --------------------------------------------------------------------------- generation
@@ -60,7 +57,8 @@ def safety_metrics(harm, harm_c, benign, benign_c, xs, xs_c, judges: Sequence[Ju
     learned judges (a guard judge cannot see refusals of benign prompts, so it gets none).
 
     ``per_prompt`` adds ``harmful_complied``: {judge name: 0/1 per harmful prompt}, so two
-    models scored on the same prompts can be compared pair by pair (`metrics.paired_difference`).
+    models scored on the same prompts can be compared pair by pair
+    (`sot_core.eval.metrics.paired_difference`).
     """
     res: dict = {"n_prompts": len(harm), "n_benign": len(benign), "n_xstest": len(xs)}
     mean = lambda a: float(np.mean(a)) if len(a) else float("nan")  # noqa: E731
@@ -143,6 +141,4 @@ def evaluate_model(model_dir_or_base: str, adapter_dir: str | Path | None, eval_
     return res
 
 
-__all__ = ["Judge", "KeywordJudge", "LogRegJudge", "GuardJudge", "keyword_refusal", "generate", "EvalSpec",
-           "evaluate_model", "safety_metrics", "train_refusal_judge", "harmful_prompts", "xstest_prompts", "benign_eval_prompts",
-           "utility_rows", "label_accuracy", "shared_data_dir"]
+__all__ = ["generate", "label_accuracy", "safety_metrics", "load_for_eval", "evaluate_model"]

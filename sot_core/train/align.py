@@ -9,35 +9,15 @@ recipe: LoRA on all projections, one epoch over a *balanced* mix, merged into th
   for over-refusal evaluation), GSM8K train problems, and XSTest's *safe but edgy-sounding*
   prompts of the train split (even ids; odd ids are held out) answered by the base model itself
   (self-distillation: the answer licence is the model's own Apache-2.0, and it teaches "kill a
-  Python process" is fine without changing the model's style). A trial with 1:1 refusal:Alpaca
-  data refused 86% of XSTest's safe prompts; the edgy benign rows target exactly that failure;
+  Python process" is fine without changing the model's style). Refusal data alone teaches the
+  model to refuse anything that sounds edgy; these rows target exactly that failure;
 * benign task rows: SST-2 and AG News *train* rows of the fine-tuning mixes (label-balanced, short
   inputs, answer = the bare label), some SST-2 rows in the Alpaca template, the rest unwrapped, so
   the base keeps following "respond only positive or negative" prompts (utility is measured on
   SST-2 validation / AG News test, never trained on).
 
-Measured (previous recipe, key 955e23e473c7; 424 rows = 128 refusal + 160 Alpaca + 16 GSM8K +
-120 XSTest self-distilled; 53 steps at ~28 s/step on 2 heavily shared cores, 24.6 min): refused
-77% (keyword) / 79% (learned judge) of 100 held-out harmful prompts; over-refusal 21.7% of 60
-held-out benign instructions and 29.7% of 64 held-out XSTest safe prompts. That recipe (no task
-rows) refused Alpaca-template task prompts (SST-2 utility 0 of 60: "I'm sorry, but I cannot
-provide you with any negative or positive feedback"), hence the task rows.
-
-Measured (default recipe, key fda57425069e; 608 rows = 192 refusal + 208 Alpaca + 16 GSM8K +
-120 XSTest self-distilled + 48 SST-2 + 24 AG News; 76 steps, 4.9 min on 2 idle cores): refused
-75% (keyword) / 78% (judge) of 100 held-out harmful prompts; over-refusal 20.0% (judge 21.7%) of
-60 held-out benign instructions, 51.6% (judge 28.1%) of 64 XSTest safe prompts; SST-2 utility
-60% of 60. Trials on the way (same eval sizes, 32 new tokens): 144 refusal / 160 Alpaca / 24
-SST-2 -> 67% / 73% refusal, 15.0% over-refusal, utility 53% ("negative" to each of 24 checked); 192 / 160 / 48
--> 82% / 72% refusal, 21.7% over-refusal. Re-measured at 200 harmful / 100 benign / 125 XSTest /
-200 SST-2 (48 new tokens): refused 74% / 77.5%, over-refusal 16%, XSTest 45.6%, utility 57%.
-
-Measured (default recipe, key 27124fe751a7; 672 rows = 256 refusal + 208 Alpaca + 16 GSM8K + 120
-XSTest self-distilled + 48 SST-2 + 24 AG News; 84 steps, 6.2 min on 2 shared cores; 200 held-out
-harmful prompts, 100 benign, 125 XSTest, 200 SST-2, 48 new tokens): refused **88% (keyword) /
-85.5% (judge)**; over-refusal **17% / 20%** of held-out benign instructions, 42.4% / 34.4% of
-XSTest safe prompts; SST-2 utility 61.5% on Alpaca-wrapped prompts (79.0% in the canonical format
-that curated data uses, as `utility_rows` now scores it; benchmarks/safety_e2e.py).
+Measured refusal, over-refusal and utility rates of the recipe (and of the recipes it replaced)
+are in benchmarks/RESULTS.md (section safety_e2e).
 
 The aligned model is cached under ``<cache>/aligned-<hash of recipe config>`` with
 ``align_manifest.json``; rerunning with the same config returns the cached folder.
@@ -46,17 +26,19 @@ Run ``python -m sot_core.train.align --eval`` to build it and print refusal / ov
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sot_core.models.llm import atomic_dir, copy_tokenizer_files, default_model_cache, load_causal_lm, model_fingerprint, publish_dir, resolve_model_path
-from sot_core.train.lora import LoraTrainConfig, train_lora
+from sot_core.config import LoraTrainConfig
+from sot_core.data.loaders import canonical_prompt, unwrap_alpaca_template
+from sot_core.io import atomic_dir, atomic_write_text, digest
+from sot_core.models.llm import copy_tokenizer_files, default_model_cache, load_causal_lm, model_fingerprint, resolve_model_path
+from sot_core.refusals import keyword_refusal
+from sot_core.train.lora import train_lora
 
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -66,28 +48,25 @@ class AlignConfig:
     """Recipe of the aligned base (every field enters the cache key)."""
 
     base_model: str = field(default="smollm2", metadata={"help": "Model to align (alias 'smollm2' = shipped GGUF)."})
-    # 256 (was 192, before that 128): 192 of 608 rows refused 74% / 77.5% of 200 held-out
-    # harmful prompts with 16% over-refusal, so there was room; 256 of 672 (38% of the mix)
-    # refuses 88% / 85.5% with 17% / 20% over-refusal (n = 100).
+    # Refusal rows are ~38% of the default mix: enough to refuse most held-out harmful prompts
+    # while over-refusal of held-out benign instructions stays near 20% (benchmarks/RESULTS.md).
     n_refusal: int = field(default=256, metadata={"help": "Harmful instruction -> refusal rows (safety-tuned-llamas)."})
-    # 208 (was 160): with 192 refusal rows, 160 Alpaca rows over-refused 21.7% of held-out
-    # benign instructions; more plain benign rows keep refusals at ~32% of the mix.
+    # Plain benign rows outnumber the refusal rows, which keeps over-refusal down.
     n_alpaca: int = field(default=208, metadata={"help": "Benign Alpaca rows (drawn from rows 0-799)."})
     n_gsm8k: int = field(default=16, metadata={"help": "Benign GSM8K train problems."})
     n_xstest: int = field(default=125, metadata={"help": "XSTest safe train-split prompts with self-distilled answers."})
-    # Short classification tasks: the 128-refusal recipe refused SST-2 prompts ("I cannot provide
-    # you with any negative or positive feedback", utility 0), so the base must see benign
-    # "respond only with a label" instructions. Train rows of the fine-tuning mixes (flag
-    # "finetune"); evaluation uses sst2/val.json and ag_news/test.json, so nothing leaks.
-    # 48 SST-2 rows (24 templated): with 24 (12 templated) the base followed the task format but
-    # answered "negative" to each of the first 24 SST-2 validation prompts.
+    # Short classification tasks: without benign "respond only with a label" instructions the
+    # aligned base refuses SST-2 prompts ("I cannot provide you with any negative or positive
+    # feedback"). Train rows of the fine-tuning mixes (flag "finetune"); evaluation uses
+    # sst2/val.json and ag_news/test.json, so nothing leaks. Enough rows per label that the base
+    # follows the instruction instead of always answering one label.
     n_sst2: int = field(default=48, metadata={"help": "Benign SST-2 train rows (sentiment label answers)."})
     n_agnews: int = field(default=24, metadata={"help": "Benign AG News train rows (topic label answers), short articles."})
     task_templated: float = field(
         default=0.5,
-        # Downstream fine-tuning rows arrive unwrapped (sot_core.data.loaders.load_rows), but utility
-        # prompts arrive in the full Alpaca template, which is what the old base refused: half
-        # of the SST-2 rows keep the template so the base follows both shapes.
+        # Downstream fine-tuning rows arrive unwrapped (sot_core.data.loaders.load_rows), while
+        # task prompts written by hand often keep the full Alpaca template: half of the SST-2 rows
+        # keep it so the base follows both shapes.
         metadata={"help": "Share of SST-2 rows kept in the Alpaca template (rest, and all AG News rows, unwrapped)."})
     distill_tokens: int = field(default=96, metadata={"help": "Max new tokens of self-distilled answers."})
     seed: int = field(default=0, metadata={"help": "Row sampling and training seed."})
@@ -95,15 +74,16 @@ class AlignConfig:
         default_factory=lambda: LoraTrainConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=list(ALL_PROJ),
                                                 learning_rate=1e-3, epochs=1, batch_size=8, max_length=96,
                                                 checkpoint_every=10, seed=0),
-        # 96 tokens: a refusal is decided in its first words, and each step costs ~linear in
-        # tokens (a 160-token, 91-step recipe ran at ~57 s/step on 2 busy shared cores).
+        # 96 tokens: a refusal is decided in its first words, and a step's cost grows about
+        # linearly with the tokens per row.
         metadata={"help": "LoRA training settings (all projections, one epoch, <=96 tokens)."},
     )
 
     def key(self) -> str:
+        """12 hex digits naming the aligned model: the recipe, training fields and base model."""
         d = {**asdict(self), "train": self.train.result_fields()}
         d["base_fingerprint"] = model_fingerprint(self.base_model)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        return digest(json.dumps(d, sort_keys=True), n=12)
 
 
 def _row(i: str, prompt: str, response: str, source: str) -> dict:
@@ -112,8 +92,6 @@ def _row(i: str, prompt: str, response: str, source: str) -> dict:
 
 def _refusal_split(cfg: AlignConfig, data: Path, rng: random.Random) -> tuple[list[dict], list[dict]]:
     """(refusal rows the recipe trains on, the other refusal rows of the same file)."""
-    from sot_core.eval.evaluate import keyword_refusal
-
     stl = json.load(open(data / "safety_tuned_llamas/training/safety_only_data_Instructions.json"))
     refusals = [(k, r) for k, r in enumerate(stl) if keyword_refusal(r["output"]) and not r.get("input")]
     used = rng.sample(refusals, min(cfg.n_refusal, len(refusals)))
@@ -138,15 +116,14 @@ def heldout_refusals(cfg: AlignConfig | None = None, data_dir: str | Path | None
 
 def build_alignment_rows(cfg: AlignConfig, data: Path, distill: Callable[[list[str]], list[str]] | None = None) -> list[dict]:
     """The training mix (shuffled). `distill(prompts) -> answers` supplies XSTest answers."""
-    from sot_core.data.loaders import unwrap_alpaca_template
-    from sot_core.eval.evaluate import keyword_refusal, xstest_prompts
+    from sot_core.eval.eval_sets import xstest_prompts
 
     rng = random.Random(cfg.seed)
     rows, _ = _refusal_split(cfg, data, rng)
     alpaca = json.load(open(data / "alpaca_en_demo/alpaca_en_demo.json"))[:800]  # 800+ held out
     for k, r in enumerate(rng.sample(alpaca, cfg.n_alpaca)):
-        prompt = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
-        rows.append(_row(f"alpaca-{k}", prompt, r["output"], "alpaca_en_demo"))
+        rows.append(_row(f"alpaca-{k}", canonical_prompt(r["instruction"], r.get("input") or ""), r["output"],
+                         "alpaca_en_demo"))
     gsm = [json.loads(l) for l in open(data / "gsm8k/train.jsonl")]
     for k, r in enumerate(rng.sample(gsm, cfg.n_gsm8k)):
         rows.append(_row(f"gsm8k-{k}", r["question"], r["answer"].replace("####", "The answer is"), "gsm8k"))
@@ -181,21 +158,19 @@ def build_alignment_rows(cfg: AlignConfig, data: Path, distill: Callable[[list[s
 def _distill(cfg: AlignConfig, prompts: list[str], cache: Path) -> list[str]:
     """The base model's own greedy answers, cached by (model, prompts, length).
 
-    Generation is the slow part of building the mix (~14 min for 125 x 96 tokens on 2 busy
-    cores), and it does not depend on the training settings, so recipe tweaks reuse it.
+    Generation is the slow part of building the mix, and it does not depend on the training
+    settings, so recipe variants reuse it.
     """
     from sot_core.eval.evaluate import generate
 
-    key = hashlib.sha256(json.dumps([model_fingerprint(cfg.base_model), prompts, cfg.distill_tokens]).encode()).hexdigest()[:12]
+    key = digest(json.dumps([model_fingerprint(cfg.base_model), prompts, cfg.distill_tokens]), n=12)
     path = cache / f".distill-{key}.json"
     if path.exists():
         answers = json.loads(path.read_text())
     else:
         model, tok = load_causal_lm(cfg.base_model)
         answers = dict(zip(prompts, generate(model, tok, prompts, cfg.distill_tokens, 16)))
-        cache.mkdir(parents=True, exist_ok=True)
-        path.with_suffix(".tmp").write_text(json.dumps(answers))
-        os.replace(path.with_suffix(".tmp"), path)
+        atomic_write_text(json.dumps(answers), path)
     return [answers.get(p, "") for p in prompts]
 
 
@@ -224,9 +199,7 @@ def align(cfg: AlignConfig | None = None, cache_dir: str | Path | None = None, d
     mix = work / "mix.jsonl"
     if not mix.exists():
         rows = build_alignment_rows(cfg, data, lambda ps: _distill(cfg, ps, cache))
-        tmp = mix.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, mix)
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in rows), mix)
     t_data = time.time() - t0
     say(f"mix ready ({t_data:.0f}s)")
     adapter = train_lora(mix, cfg.base_model, work / "lora", cfg.train,
@@ -240,16 +213,13 @@ def align(cfg: AlignConfig | None = None, cache_dir: str | Path | None = None, d
     for line in open(mix):
         src = json.loads(line)["source"]
         counts[src] = counts.get(src, 0) + 1
-    with atomic_dir(final) as tmp:
+    with atomic_dir(final, mode=0o755, keep_if="config.json") as tmp:
         merged.save_pretrained(tmp)
         copy_tokenizer_files(resolve_model_path(cfg.base_model), tmp)
-        os.chmod(tmp, 0o755)
         manifest = {"recipe": asdict(cfg), "key": cfg.key(), "mix_counts": counts,
                     "train_manifest": json.loads((adapter / "manifest.json").read_text()),
                     "seconds_data": round(t_data, 1), "seconds_train": round(t_train, 1)}
-        (Path(tmp) / "align_manifest.json").write_text(json.dumps(manifest, indent=2))
-        publish_dir(Path(tmp), final)
-        os.makedirs(tmp, exist_ok=True)
+        (tmp / "align_manifest.json").write_text(json.dumps(manifest, indent=2))
     return final
 
 

@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from sot_core.config import LoraTrainConfig
 from sot_core.errors import InputError, SotError
-from sot_core.data.schema import file_sha256  # noqa: F401 (re-exported for tasks.training)
+from sot_core.io import atomic_dir, file_sha256
 from sot_core.models.device import resolve_device
-from sot_core.models.llm import atomic_dir, encode_pair, load_causal_lm, model_fingerprint, publish_dir, resolve_model_path
+from sot_core.models.llm import encode_pair, load_causal_lm, model_fingerprint, resolve_model_path
 
 CURATED_FIELDS = {"id": str, "prompt": str, "response": str, "source": str, "weight": (int, float)}
 
@@ -135,10 +134,8 @@ def _save_checkpoint(model, optimizer, scheduler, step: int, losses: list[float]
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
              "step": step, "losses": losses, "config_hash": cfg.result_hash()},
-            Path(tmp) / "trainer_state.pt",
+            tmp / "trainer_state.pt",
         )
-        publish_dir(Path(tmp), final)
-        os.makedirs(tmp, exist_ok=True)
     for old in _checkpoints(out_dir)[: -max(cfg.keep_checkpoints, 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -157,6 +154,29 @@ def _load_checkpoint(model, optimizer, scheduler, ckpt: Path, cfg: LoraTrainConf
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
     return state["step"], state["losses"]
+
+
+@dataclass
+class _Run:
+    """Everything one training run works with, built by `_start_run`."""
+
+    cfg: LoraTrainConfig
+    out_dir: Path
+    rows: list[dict]
+    data: list[tuple[list[int], list[int]]]
+    weights: list[float]
+    model: Any
+    tok: Any
+    device: Any
+    use_bf16: bool
+    params: list
+    optimizer: Any
+    scheduler: Any
+    steps_per_epoch: int
+    total: int
+
+    def save_checkpoint(self, step: int, losses: list[float]) -> Path:
+        return _save_checkpoint(self.model, self.optimizer, self.scheduler, step, losses, self.out_dir, self.cfg)
 
 
 def train_lora(
@@ -187,21 +207,56 @@ def train_lora(
         ``out_dir/adapter``: peft adapter files plus ``manifest.json``. If the run stopped early
         because of ``max_steps_this_run``, the latest checkpoint folder is returned instead.
     """
-    import torch
-    from peft import LoraConfig, get_peft_model
-
     cfg = config or LoraTrainConfig()
     out_dir, curated_path = Path(out_dir), Path(curated_path)
     final = out_dir / "adapter"
     data_sha = file_sha256(curated_path)
-    if (final / "manifest.json").exists():
-        man = json.loads((final / "manifest.json").read_text())
-        if man.get("curated_sha256") == data_sha and man.get("config_hash") == cfg.result_hash():
-            return final
-        raise SotError(f"{out_dir}: holds a finished adapter for other data or config; use a new out_dir")
+    if _finished_adapter(final, data_sha, cfg):
+        return final
+    run = _start_run(curated_path, base_model, out_dir, cfg)
+    step, losses = 0, []
+    ckpts = _checkpoints(out_dir)
+    if ckpts:
+        step, losses = _load_checkpoint(run.model, run.optimizer, run.scheduler, ckpts[-1], cfg)
+    t0 = time.time()
+    step, run_steps, stopped_at = _train_steps(run, step, losses, progress)
+    if stopped_at is not None:
+        return stopped_at
+    manifest = {
+        "base_model": str(base_model), "base_model_resolved": resolve_model_path(base_model),
+        "base_model_fingerprint": model_fingerprint(base_model),
+        "curated_path": str(curated_path.resolve()), "curated_sha256": data_sha, "n_rows": len(run.rows),
+        **_run_record(run, step, losses, run_steps, t0),
+    }
+    with atomic_dir(final) as tmp:
+        run.model.save_pretrained(tmp)
+        run.tok.save_pretrained(tmp)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    return final
+
+
+def _finished_adapter(final: Path, data_sha: str, cfg: LoraTrainConfig) -> bool:
+    """True when `final` holds an adapter of the same data and config; raise if of other ones."""
+    if not (final / "manifest.json").exists():
+        return False
+    man = json.loads((final / "manifest.json").read_text())
+    if man.get("curated_sha256") == data_sha and man.get("config_hash") == cfg.result_hash():
+        return True
+    raise SotError(f"{final.parent}: holds a finished adapter for other data or config; use a new out_dir")
+
+
+def _start_run(curated_path: Path, base_model: str | Path, out_dir: Path, cfg: LoraTrainConfig) -> _Run:
+    """Read and tokenise the data, load the model, wrap it with LoRA, build optimizer and schedule.
+
+    The global RNGs are seeded right before the LoRA layers are created (their initialisation
+    draws from them), after the model is loaded, so a run's adapter depends on the seed alone.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-
     rows = read_curated(curated_path)
     weights = [1.0 if cfg.weighting == "uniform" else float(r["weight"]) for r in rows]
     model, tok = load_causal_lm(base_model, padding_side="right")
@@ -219,65 +274,78 @@ def train_lora(
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    warm = max(1, int(cfg.warmup_ratio * total)) if cfg.warmup_ratio > 0 else 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_then_linear_decay(cfg.warmup_ratio, total))
+    return _Run(cfg, out_dir, rows, data, weights, model, tok, device, use_bf16, params, optimizer, scheduler,
+                steps_per_epoch, total)
 
-    def lr_lambda(s: int) -> float:  # linear warm-up, then linear decay to 0
+
+def _warmup_then_linear_decay(warmup_ratio: float, total: int) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up over a share of the steps, then linear decay to 0."""
+    warm = max(1, int(warmup_ratio * total)) if warmup_ratio > 0 else 0
+
+    def factor(s: int) -> float:
         if s < warm:
             return (s + 1) / warm
         return max(0.0, (total - s) / max(1, total - warm))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    step, losses = 0, []
-    ckpts = _checkpoints(out_dir)
-    if ckpts:
-        step, losses = _load_checkpoint(model, optimizer, scheduler, ckpts[-1], cfg)
+    return factor
 
-    model.train()
-    t0, run_steps = time.time(), 0
-    while step < total:
-        epoch, b = divmod(step, steps_per_epoch)
-        idx = epoch_order(len(data), cfg.seed, epoch)[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        ids, mask, labels = (t.to(device) for t in collate([data[i] for i in idx], tok.pad_token_id))
-        w = torch.tensor([weights[i] for i in idx], dtype=torch.float32, device=device)
-        # autocast keeps the master weights and the loss in fp32 (per_sample_loss upcasts logits)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        loss = (per_sample_loss(logits, labels) * w).sum() / len(idx)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
+
+def _train_steps(run: _Run, step: int, losses: list[float],
+                 progress: Callable[[int, int, float], None] | None) -> tuple[int, int, Path | None]:
+    """Optimizer steps from `step` to the end, appending to `losses` and checkpointing on schedule.
+
+    Returns ``(step, steps run here, checkpoint)``: the checkpoint folder when the run stopped
+    early because of ``max_steps_this_run``, else None.
+    """
+    cfg, run_steps = run.cfg, 0
+    run.model.train()
+    while step < run.total:
+        losses.append(_train_step(run, step))
         step += 1
         run_steps += 1
-        losses.append(float(loss.detach()))
         if progress is not None:
-            progress(step, total, losses[-1])
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-            _save_checkpoint(model, optimizer, scheduler, step, losses, out_dir, cfg)
-        if cfg.max_steps_this_run is not None and run_steps >= cfg.max_steps_this_run and step < total:
-            last = _checkpoints(out_dir)
+            progress(step, run.total, losses[-1])
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < run.total:
+            run.save_checkpoint(step, losses)
+        if cfg.max_steps_this_run is not None and run_steps >= cfg.max_steps_this_run and step < run.total:
+            last = _checkpoints(run.out_dir)
             if not last or not last[-1].name.endswith(f"{step:07d}"):
-                last = [_save_checkpoint(model, optimizer, scheduler, step, losses, out_dir, cfg)]
-            return last[-1]
+                last = [run.save_checkpoint(step, losses)]
+            return step, run_steps, last[-1]
+    return step, run_steps, None
 
-    tail = losses[-steps_per_epoch:]
-    manifest = {
-        "base_model": str(base_model), "base_model_resolved": resolve_model_path(base_model),
-        "base_model_fingerprint": model_fingerprint(base_model),
-        "curated_path": str(curated_path.resolve()), "curated_sha256": data_sha, "n_rows": len(rows),
-        "config": asdict(cfg), "config_hash": cfg.result_hash(), "steps": step,
+
+def _train_step(run: _Run, step: int) -> float:
+    """One optimizer step on batch `step` of the epoch order; returns the batch loss."""
+    import torch
+
+    cfg = run.cfg
+    epoch, b = divmod(step, run.steps_per_epoch)
+    idx = epoch_order(len(run.data), cfg.seed, epoch)[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+    ids, mask, labels = (t.to(run.device) for t in collate([run.data[i] for i in idx], run.tok.pad_token_id))
+    w = torch.tensor([run.weights[i] for i in idx], dtype=torch.float32, device=run.device)
+    # autocast keeps the master weights and the loss in fp32 (per_sample_loss upcasts logits)
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
+        logits = run.model(input_ids=ids, attention_mask=mask).logits
+    loss = (per_sample_loss(logits, labels) * w).sum() / len(idx)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    return float(loss.detach())
+
+
+def _run_record(run: _Run, step: int, losses: list[float], run_steps: int, t0: float) -> dict:
+    """The training part of the adapter's manifest: config, steps, losses, device and timing."""
+    tail = losses[-run.steps_per_epoch:]
+    return {
+        "config": asdict(run.cfg), "config_hash": run.cfg.result_hash(), "steps": step,
         "final_loss": losses[-1] if losses else None, "final_epoch_mean_loss": sum(tail) / max(1, len(tail)),
         "first_loss": losses[0] if losses else None,
-        "device": str(device), "bf16": use_bf16,
-        "seconds_this_run": round(time.time() - t0, 2), "seconds_per_step_this_run": round((time.time() - t0) / max(1, run_steps), 4),
+        "device": str(run.device), "bf16": run.use_bf16,
+        "seconds_this_run": round(time.time() - t0, 2),
+        "seconds_per_step_this_run": round((time.time() - t0) / max(1, run_steps), 4),
     }
-    with atomic_dir(final) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        publish_dir(Path(tmp), final)
-        os.makedirs(tmp, exist_ok=True)
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    return final

@@ -1,12 +1,11 @@
 """Safety replay: mix trusted refusal rows into a curated training set.
 
-Curation removes harmful rows, but a clean benign fine-tune can still erode some refusals
-(benchmarks/RESULTS.md, "Safety end to end", 1,128 held-out harmful prompts: SOT's top 80% kept
-0 harmful rows and complied with 18.1% by the keyword judge, against 10.5% for the aligned base
-and 47.5% for the raw pool; with 10% replay, 13.4%). Replaying a small share of trusted safe
-answers to harmful prompts during fine-tuning is the usual remedy (Bianchi et al. 2024,
-"Safety-Tuned LLaMAs", arXiv 2309.07875: a few percent of safety rows restore most refusals). The rows come from the user's trusted data, the same kind
-of data SOT's refusal anchor pulls towards; they are never drawn from evaluation prompts.
+Curation removes harmful rows, but a clean benign fine-tune can still erode some refusals.
+Replaying a small share of trusted safe answers to harmful prompts during fine-tuning is the
+usual remedy (Bianchi et al. 2024, "Safety-Tuned LLaMAs", arXiv 2309.07875: a few percent of
+safety rows restore most refusals); benchmarks/RESULTS.md (section safety_e2e) measures it here.
+The rows come from the user's trusted data, the same kind of data SOT's refusal anchor pulls
+towards; they are never drawn from evaluation prompts.
 
 The mix is a plain ``curated.jsonl``, so training, caching and lineage treat it like any
 curated version: its content hash changes when the replay file or fraction changes.
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from sot_core.data.loaders import load_rows
 from sot_core.errors import InputError
-from sot_core.data.store import atomic_write_text
+from sot_core.io import atomic_write_text
 
 
 def mix_replay(curated: list[dict], replay: list[dict], fraction: float, seed: int = 0) -> list[dict]:
@@ -32,7 +31,7 @@ def mix_replay(curated: list[dict], replay: list[dict], fraction: float, seed: i
     Parameters
     ----------
     curated : list of dict
-        Rows with ``id, prompt, response, source, weight`` (``train.read_curated``).
+        Rows with ``id, prompt, response, source, weight`` (`sot_core.train.lora.read_curated`).
     replay : list of dict
         Rows with ``id, prompt, response``.
     fraction : float
