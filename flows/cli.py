@@ -184,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         # Errors must read as one line; run logs still reach the Prefect API and UI.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     from sot_core.errors import SotError
+    from sot_prefect.flows.watchdog import start_watchdog
 
+    if args.command != "compare":  # the one command that starts no Prefect server
+        start_watchdog()
     try:
         return COMMANDS[args.command][2](args, groups[args.command])
     except (SotError, ValueError) as err:

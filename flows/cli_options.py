@@ -11,7 +11,7 @@ import typing
 from dataclasses import MISSING, fields
 from typing import Literal
 
-from sot_core.config import default_of
+from sot_core.config import default_of, value_problem
 
 # Old spellings kept working: `--out` for `--out-dir`, `--base` for `--base-model`.
 ALIASES = {"out_dir": ["--out"], "base_model": ["--base"]}
@@ -52,10 +52,26 @@ def add_options(parser: argparse.ArgumentParser, cls, only: typing.Iterable[str]
         if kind is bool:
             parser.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
-            parser.add_argument(*names, dest=dest, type=kind, choices=choices, default=default, help=help_text,
-                                action=StoreGiven)
+            parser.add_argument(*names, dest=dest, type=checked(kind, f.metadata), choices=choices, default=default,
+                                help=help_text, action=StoreGiven)
         dests.append(dest)
     return dests
+
+
+def checked(kind: type, metadata) -> typing.Callable[[str], typing.Any]:
+    """An argparse type: converts, then applies the field's bounds, so a bad value stops the
+    command before any work with a message that names the option."""
+    if kind not in (int, float, str):
+        return kind
+
+    def convert(text: str):
+        problem = value_problem(kind(text), metadata)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return kind(text)
+
+    convert.__name__ = kind.__name__  # argparse names the type in "invalid float value"
+    return convert
 
 
 def take(args: argparse.Namespace, cls, dests: typing.Iterable[str], prefix: str = "", **extra):

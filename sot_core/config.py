@@ -8,14 +8,16 @@ written once (``tests/test_config_consistency.py`` checks that nothing drifts). 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import re
 import typing
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
+
+from sot_core.io import digest
 
 CODE_VERSION = "0.1.0"
 # The bundled demo data; the default inputs of `sot curate` and the curation flow.
@@ -41,14 +43,24 @@ def validate_fields(obj) -> None:
         choices = _literal_choices(hint)
         if choices and value not in choices:
             raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if not math.isfinite(value):
-            raise ValueError(f"{f.name} must be a finite number, got {value!r}")
-        for key, ok, word in (("gt", value.__gt__, ">"), ("ge", value.__ge__, ">="),
-                              ("lt", value.__lt__, "<"), ("le", value.__le__, "<=")):
-            if key in f.metadata and not ok(f.metadata[key]):
-                raise ValueError(f"{f.name} must be {word} {f.metadata[key]}, got {value!r}")
+        problem = value_problem(value, f.metadata)
+        if problem:
+            raise ValueError(f"{f.name} {problem}")
+
+
+def value_problem(value, metadata) -> str | None:
+    """Why a value breaks its field's bounds or pattern ("must be <= 1, got 1.5"); None if it does not."""
+    if isinstance(value, str) and "pattern" in metadata and not re.fullmatch(metadata["pattern"], value):
+        return f"must match {metadata['pattern']} ({metadata.get('pattern_help', 'a plain name')}), got {value!r}"
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    for key, ok, word in (("gt", value.__gt__, ">"), ("ge", value.__ge__, ">="),
+                          ("lt", value.__lt__, "<"), ("le", value.__le__, "<=")):
+        if key in metadata and not ok(metadata[key]):
+            return f"must be {word} {metadata[key]}, got {value!r}"
+    return None
 
 
 def _literal_choices(hint) -> tuple:
@@ -168,8 +180,7 @@ class CurateConfig:
 
 def config_hash(*parts) -> str:
     """Deterministic short hash of JSON-able parts (configs, dataset ids, code version)."""
-    blob = json.dumps([CODE_VERSION, *parts], sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:24]
+    return digest(json.dumps([CODE_VERSION, *parts], sort_keys=True, default=str), n=24)
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -222,7 +233,7 @@ class LoraTrainConfig:
 
     def result_hash(self) -> str:
         """Hash of the fields that influence the trained adapter."""
-        return hashlib.sha256(json.dumps(self.result_fields(), sort_keys=True).encode()).hexdigest()[:16]
+        return digest(json.dumps(self.result_fields(), sort_keys=True), n=16)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -256,6 +267,11 @@ class EvalSpec:
 # --------------------------------------------------------------------------- run parameters
 # What a run reads and writes (not what decides its result). With CurateConfig, LoraTrainConfig
 # and EvalSpec these are the parameters of the Prefect flows and the options of `sot`.
+# Names become folder and file names in the store: no separators, no leading dot, bounded length.
+NAME_RULE = {"pattern": r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+             "pattern_help": "letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64"}
+
+
 @dataclass(frozen=True)
 class StoreOptions:
     """Where the store lives."""
@@ -280,7 +296,7 @@ class CurateInputs(StoreOptions):
         "(e.g. data/refusals/pyrit_refusals.jsonl)."})
     out_dir: str = field(default="out/demo", metadata={"help": "Output folder of the curated version."})
     name: str = field(default="default", metadata={
-        "help": "Name of the curated dataset in the catalog; also prefixes the artifact keys."})
+        "help": "Name of the curated dataset in the catalog; also prefixes the artifact keys.", **NAME_RULE})
     prompt_field: str | None = field(default=None, metadata={"help": "Explicit name of the prompt field in every input."})
     response_field: str | None = field(default=None, metadata={"help": "Explicit name of the response field."})
     id_field: str | None = field(default=None, metadata={"help": "Explicit name of the id field."})
@@ -308,7 +324,8 @@ class NightlyInputs(StoreOptions):
     out_dir: str = field(default="out/nightly", metadata={"help": "Output folder of the latest version (overwritten each night)."})
     window: int | None = field(default=None, metadata={
         "ge": 1, "help": "Keep only the most recent N rows of the accumulated pool (empty: all)."})
-    name: str = field(default="nightly", metadata={"help": "Curated dataset name: its watermark, versions and artifact keys."})
+    name: str = field(default="nightly", metadata={
+        "help": "Curated dataset name: its watermark, versions and artifact keys.", **NAME_RULE})
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from prefect import task
+from prefect.serializers import JSONSerializer
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
 from sot_core.curate import pipeline, plots
@@ -51,14 +52,17 @@ def not_bad_input(task, task_run, state) -> bool:
 
 
 def key_for(stage: str):
-    """cache_key_fn: stage name + store id + every parameter (all plain JSON values)."""
+    """cache_key_fn: stage name + store id and location + every parameter (all plain JSON values).
+
+    The location counts because results name files under the store: a copied store has the same
+    id but must not be served results that point into the original."""
 
     def cache_key(context, parameters) -> str:
         params = dict(parameters)
-        store_id = Store(params.pop("home")).store_id
+        home = Path(params.pop("home")).resolve()
         if "sources" in params:
             params["sources"] = {role: source_fingerprint(s) for role, s in params["sources"].items()}
-        return f"{stage}-{config_hash(store_id, params)}"
+        return f"{stage}-{config_hash(Store(home).store_id, str(home), params)}"
 
     return cache_key
 
@@ -89,8 +93,12 @@ def run_info(inputs: dict, embedded: dict, costs: dict, solved: dict, ingest_sec
     }
 
 
-TASK_OPTIONS = dict(persist_result=True, cache_expiration=CACHE_TTL, retries=2, retry_delay_seconds=5,
-                    retry_condition_fn=not_bad_input)
+# Cached results are read back on every cache hit, possibly by another worker: store them as plain
+# JSON and decode them without object hooks, so nothing is unpickled or imported by name (a result
+# that is not plain JSON fails when it is written, not when it is read).
+JSON_RESULTS = JSONSerializer(object_encoder=None, object_decoder=None)
+TASK_OPTIONS = dict(persist_result=True, result_serializer=JSON_RESULTS, cache_expiration=CACHE_TTL, retries=2,
+                    retry_delay_seconds=5, retry_condition_fn=not_bad_input)
 
 
 @task(name="ingest", cache_key_fn=key_for("ingest"), **TASK_OPTIONS)

@@ -21,10 +21,10 @@ from sot_core.models.llm import model_fingerprint
 from sot_core.train.replay import write_replay_mix
 from sot_core.io import file_sha256
 from sot_core.train.lora import read_curated, train_lora
-from sot_prefect.tasks.curation import not_bad_input
+from sot_prefect.tasks.curation import JSON_RESULTS, not_bad_input
 
-OPTIONS = dict(persist_result=True, cache_expiration=timedelta(days=30), retries=1, retry_delay_seconds=10,
-               retry_condition_fn=not_bad_input)
+OPTIONS = dict(persist_result=True, result_serializer=JSON_RESULTS, cache_expiration=timedelta(days=30), retries=1,
+               retry_delay_seconds=10, retry_condition_fn=not_bad_input)
 
 
 def _digest(*parts) -> str:
