@@ -44,6 +44,24 @@ def test_training_weights_have_mean_one(scheme):
     assert np.isclose(training_weights(w, scheme).mean(), 1.0)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_training_weights_stay_in_range_with_mean_one_and_keep_ratios(seed):
+    """Heavy-tailed OT weights (some rows 1000x the median): the result never leaves [0.2, 5],
+    has mean 1, and rows inside the range keep their weight ratios (checked against w itself)."""
+    rng = np.random.default_rng(seed)
+    w = np.exp(rng.normal(0.0, 2.0, 400))
+    t = training_weights(w, "normalised")
+    assert t.min() >= 0.2 - 1e-12 and t.max() <= 5.0 + 1e-12
+    assert abs(t.mean() - 1.0) < 1e-9
+    inside = (t > 0.2 + 1e-9) & (t < 5.0 - 1e-9)
+    assert inside.sum() > 10
+    ratio = t[inside] / w[inside]
+    assert np.allclose(ratio, ratio[0], rtol=1e-9)
+    # clipped rows are exactly those whose scaled weight falls outside the range
+    scale = ratio[0]
+    assert np.array_equal(t <= 0.2 + 1e-12, scale * w <= 0.2 + 1e-12)
+
+
 def test_refusal_count_follows_the_selection_and_skips_labelled_harm():
     responses = ["I'm sorry, but I can't help with that.", "I cannot assist with this request.",
                  "Sorry, I can't... but here is how: step 1, buy the parts.", "Positive", "Here is a cake recipe."]

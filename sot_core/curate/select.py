@@ -71,17 +71,30 @@ def count_refusals(responses: list[str], selected: np.ndarray, harmful: np.ndarr
     return {"pool": int(refusal.sum()), "kept": int((refusal & selected).sum()), "labels_used": harmful is not None}
 
 
+# Range of the training weights (mean 1): no row counts less than a fifth or more than five times.
+TRAIN_WEIGHT_RANGE = (0.2, 5.0)
+
+
 def training_weights(weights: np.ndarray, scheme: str) -> np.ndarray:
     """Per-sample loss weights of the kept rows, mean 1.
 
     The paper uses exp(w_i) renormalised, which is nearly uniform for w on the simplex. We use
-    w_i / mean(w) clipped to [0.2, 5] so that OT's preference shows without letting a few rows
-    dominate the loss; `uniform` turns weighting off.
+    t_i = clip(c w_i, 0.2, 5) with the scale c chosen so that mean(t) = 1: OT's preference shows
+    (rows inside the range keep their weight ratios), no row leaves [0.2, 5], and a few rows
+    cannot dominate the loss. `uniform` turns weighting off.
     """
     if scheme == "uniform" or len(weights) == 0:
         return np.ones(len(weights))
-    ratio = np.clip(weights / weights.mean(), 0.2, 5.0)
-    return ratio / ratio.mean()
+    lo, hi = TRAIN_WEIGHT_RANGE
+    w = np.asarray(weights, dtype=np.float64)
+    if not w.any():
+        return np.ones(len(w))
+    # mean(clip(c w)) grows with c, from lo (c = 0) to hi (c large): bisect on log c.
+    low, high = np.log(lo / w.max()), np.log(hi / w[w > 0].min())
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if np.clip(np.exp(mid) * w, lo, hi).mean() < 1.0 else (low, mid)
+    return np.clip(np.exp(0.5 * (low + high)) * w, lo, hi)
 
 
 def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, out_dir: str | Path,
