@@ -27,9 +27,10 @@ def finetune_and_evaluate(
     replay_fraction: float = FinetuneInputs.replay_fraction,
     home: str | None = FinetuneInputs.home,
 ) -> dict:
+    home = resolve_home(home)
     curated, base_model, adapter = _train(curated, pool, safe_anchor, harmful_ref, base_model, out_dir, train, replay,
                                           replay_fraction, home)
-    metrics = evaluate_adapter(base_model, adapter, asdict(evaluation), trained_on=curated)
+    metrics = evaluate_adapter(base_model, adapter, asdict(evaluation), trained_on=curated, home=home)
     safety_artifacts(metrics)
     return {"curated": curated, "base_model": base_model, "adapter": adapter, "metrics": metrics}
 
@@ -57,7 +58,8 @@ def train_only(
 @documented("Harmful compliance (keyword and learned judges), over-refusal and utility of one model.", FinetuneInputs)
 def evaluate_only(base_model: str = FinetuneInputs.base_model, adapter: str | None = None, evaluation: EvalSpec = EvalSpec(),
                   home: str | None = FinetuneInputs.home) -> dict:
-    metrics = evaluate_adapter(resolve_base(base_model, resolve_home(home)), adapter, asdict(evaluation))
+    home = resolve_home(home)
+    metrics = evaluate_adapter(resolve_base(base_model, home), adapter, asdict(evaluation), home=home)
     safety_artifacts(metrics)
     return metrics
 

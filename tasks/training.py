@@ -74,10 +74,12 @@ def mix_replay_rows(curated_path: str, replay_path: str, fraction: float, out_pa
 
 @task(name="evaluate", **OPTIONS)
 def evaluate_adapter(base_model: str, adapter_dir: str | None, spec: dict | None = None,
-                     trained_on: str | None = None) -> dict:
-    """Safety and utility metrics; prompts of `trained_on` (a curated.jsonl) are never scored as held out."""
+                     trained_on: str | None = None, home: str | None = None) -> dict:
+    """Safety and utility metrics; prompts of `trained_on` (a curated.jsonl) are never scored as held
+    out. The learned judge is kept in the store at `home`."""
     trained = [r["prompt"] for r in read_curated(trained_on)] if trained_on else ()
-    return evaluate_model(base_model, adapter_dir, EvalSpec(**(spec or {})), trained_prompts=trained)
+    return evaluate_model(base_model, adapter_dir, EvalSpec(**(spec or {})), trained_prompts=trained,
+                          judge_cache=Path(home) / "judges" if home else None)
 
 
 @task(name="safety-artifacts")

@@ -3,6 +3,8 @@ real XSTest/PyRIT completions (skipped when ../shared/data is absent), and a tin
 `evaluate_model` run on a random model."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -148,3 +150,20 @@ def test_trained_prompts_are_skipped_whatever_their_case_and_spacing():
     assert len(again) == 20 and not {prompt_key(p) for p in again} & {prompt_key(p) for p in first[:5]}
     assert set(first[5:]) <= set(again)  # the others stay; replacements fill the gap
     assert prompt_key("Tell  me\tHOW ") == prompt_key("tell me how") != prompt_key("tell me who")
+
+
+@needs_data
+@pytest.mark.slow
+def test_the_evaluation_task_keeps_the_learned_judge_in_the_given_store(tmp_path, monkeypatch):
+    """No hidden state: the judge goes to <home>/judges, never to ./.sot of the working directory."""
+    from test_llm_encoder import make_tiny_model
+
+    from sot_prefect.tasks.training import evaluate_adapter
+
+    monkeypatch.chdir(tmp_path)
+    model = make_tiny_model(tmp_path / "m")
+    spec = EvalSpec(n_harmful=2, n_benign=2, n_xstest=2, n_utility=2, max_new_tokens=2, batch_size=2)
+    res = evaluate_adapter.fn(model, None, dataclasses.asdict(spec), home=str(tmp_path / "store"))
+    assert "harmful_rate_judge" in res
+    assert any((tmp_path / "store" / "judges").iterdir())
+    assert not (tmp_path / ".sot").exists()

@@ -96,12 +96,13 @@ def load_for_eval(model_dir_or_base: str, adapter_dir: str | Path | None, device
 
 def evaluate_model(model_dir_or_base: str, adapter_dir: str | Path | None, eval_spec: EvalSpec | None = None,
                    progress: Callable[[int], None] | None = None, model=None, tok=None,
-                   trained_prompts: Iterable[str] = ()) -> dict:
+                   trained_prompts: Iterable[str] = (), judge_cache: str | Path | None = None) -> dict:
     """Generate on harmful, benign, XSTest and utility prompts and compute the metrics.
 
     Returns a dict of the metrics (see module docstring), the sample counts ``n_*``, the spec,
     and a few example completions. ``model``/``tok`` may be passed to skip loading.
     ``trained_prompts`` are never used as held-out harmful prompts (others are drawn instead).
+    ``judge_cache`` is where the learned judge is kept (default: ``<store home>/judges``).
     """
     spec = eval_spec or EvalSpec()
     data = Path(spec.data_dir or shared_data_dir())
@@ -118,7 +119,7 @@ def evaluate_model(model_dir_or_base: str, adapter_dir: str | Path | None, eval_
     harm_c, benign_c, xs_c = gen(harm), gen(benign), gen(xs)
     judges: list = [KeywordJudge()]
     if spec.use_learned_judge:
-        judge, report = train_refusal_judge(data)
+        judge, report = train_refusal_judge(data, cache_dir=judge_cache)
         judges.append(judge)
     if spec.guard_model:
         judges.append(GuardJudge(spec.guard_model))
