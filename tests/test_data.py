@@ -219,8 +219,8 @@ def test_identical_rows_get_numbered_ids(tmp_path):
 
 
 def test_explicit_ids_of_any_scalar_type_become_text(tmp_path):
-    records = [{"id": 1, "prompt": "a", "response": ""}, {"id": 2.0, "prompt": "b", "response": ""},
-               {"id": " x ", "prompt": "c", "response": ""}]
+    records = [{"id": 1, "prompt": "a", "response": "r"}, {"id": 2.0, "prompt": "b", "response": ""},
+               {"id": " x ", "prompt": "c", "response": ""}]  # (a response in no row at all is an error)
     assert load_rows(str(write_json(tmp_path / "d.json", records))).column("id").to_pylist() == ["1", "2", "x"]
 
 

@@ -6,6 +6,7 @@ file and row for anything malformed.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -24,8 +25,16 @@ _LEADING_COMMENTS = re.compile(r"(?:[ \t]*(?:#[^\n]*)?\r?\n)*")
 
 
 def read_text(source: str, path: Path) -> tuple[str, bool]:
-    """Return the file's text and whether it held bytes that are not UTF-8."""
+    """Return the file's text and whether it held bytes that are not UTF-8.
+
+    A file in another Unicode encoding (UTF-16 or UTF-32, with or without a byte-order mark, as
+    Excel's "Unicode text" and PowerShell write) or a binary file fails here, naming what it is,
+    instead of as broken JSON or CSV at row 1. Stray non-UTF-8 bytes (Latin-1 text, say) are kept
+    as lone surrogates so that the row and field holding them can be named (`not_utf8`).
+    """
     try:
+        if path.is_dir():
+            raise InputError(source, "cannot read the file: it is a folder")
         data = path.read_bytes()
         if data[:2] == b"\x1f\x8b":  # gzip magic: .jsonl.gz and friends
             data = gzip.decompress(data)
@@ -33,10 +42,66 @@ def read_text(source: str, path: Path) -> tuple[str, bool]:
         raise InputError(source, f"cannot read the file: {exc}") from None
     if not data.strip():
         raise InputError(source, "the file is empty")
+    problem = _other_encoding(data)
+    if problem is not None:
+        raise InputError(source, problem)
     try:
         return data.decode("utf-8-sig"), False
     except UnicodeDecodeError:
         return data.decode("utf-8-sig", errors="surrogateescape"), True
+
+
+_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32 (little-endian, with a byte-order mark)"),
+         (codecs.BOM_UTF32_BE, "UTF-32 (big-endian, with a byte-order mark)"),
+         (codecs.BOM_UTF16_LE, "UTF-16 (little-endian, with a byte-order mark)"),
+         (codecs.BOM_UTF16_BE, "UTF-16 (big-endian, with a byte-order mark)"))
+
+
+def _other_encoding(data: bytes) -> str | None:
+    """Why a file is not UTF-8 text, judged from its byte-order mark or its NUL bytes; None if it may be."""
+    encoding = _encoding_of(data)
+    if encoding == "binary":
+        return ("the file holds NUL bytes: binary data, or UTF-16/UTF-32 text, not UTF-8 text; re-save it "
+                "as UTF-8 text")
+    return None if encoding is None else f"the file is {encoding}, not UTF-8; re-save it as UTF-8"
+
+
+def _encoding_of(data: bytes) -> str | None:
+    """The encoding named by a byte-order mark or by where NUL bytes fall, "binary", or None (no sign)."""
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            return name
+    sample = data[:4096]
+    if b"\x00" not in sample:
+        return None  # text files in UTF-8 hold no NUL bytes; UTF-16/32 text of Latin script is full of them
+    even, odd = sample[0::2].count(0), sample[1::2].count(0)
+    quads = [sample[i::4].count(0) for i in range(4)]
+    n = max(len(sample) // 4, 1)
+    if sum(q > 0.6 * n for q in quads) == 3:  # three NULs of every four bytes: ASCII in UTF-32
+        return "UTF-32 (no byte-order mark)"
+    if odd > 0.3 * len(sample) / 2 and even < 0.05 * len(sample) / 2:
+        return "UTF-16 (little-endian, no byte-order mark)"
+    if even > 0.3 * len(sample) / 2 and odd < 0.05 * len(sample) / 2:
+        return "UTF-16 (big-endian, no byte-order mark)"
+    return "binary"
+
+
+def not_utf8(text: str) -> str | None:
+    """Why `text` (decoded with surrogateescape) is not UTF-8: its first stray byte and a guess."""
+    match = SURROGATE.search(text)
+    if match is None:
+        return None
+    code = ord(match.group()) - 0xDC00
+    if not 0x80 <= code <= 0xFF:
+        return "holds text that is not valid UTF-8"
+    guess = bytes([code]).decode("cp1252", errors="replace")
+    return (f"holds bytes that are not valid UTF-8 (byte 0x{code:02x}, {guess!r} in Latin-1/Windows-1252: "
+            "is the file in that encoding?); re-save the file as UTF-8")
+
+
+def printable(text: str) -> str:
+    """`text` with stray (surrogate-escaped) bytes shown as U+FFFD, safe to print in a message."""
+    return SURROGATE.sub("\ufffd", text)
 
 
 def jsonl_records(source: str, text: str) -> list[tuple[int, object]]:
@@ -144,6 +209,8 @@ def parquet_records(source: str, path: Path) -> list[tuple[int, object]]:
 
 def type_name(value) -> str:
     """How an error message names the JSON type of `value`."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, (int, float)):

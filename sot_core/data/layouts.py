@@ -58,14 +58,28 @@ ROW_FIELDS = {f for layout in LAYOUTS for f in (layout.prompt, layout.response, 
 def resolve_layout(source: str, records: list[tuple[int, dict]], fields: FieldMap) -> tuple[Layout, str | None]:
     """Pick the layout and the id field from the fields that any row fills (not None)."""
     present = {key for _, record in records for key, value in record.items() if value is not None}
+    null_everywhere = {key for _, record in records for key in record} - present
+    first_row = records[0][0]
     named = {key: value.lower() for key, value in vars(fields).items() if value}
     for key, name in named.items():
+        if name in null_everywhere:
+            raise InputError(source, "the field is null in every row", row=first_row, field=getattr(fields, key))
         if name not in present:
             raise InputError(source, f"field not found; rows have: {', '.join(sorted(present))}",
                              field=getattr(fields, key))
+    if "messages" in named and {"prompt", "response", "input"} & set(named):
+        raise InputError(source, "a chat field and prompt/response fields are both named; name the chat field "
+                         "alone, or the prompt and response fields", field=fields.messages)
     detected = next((replace(layout, input=layout.input if layout.input in present else None)
                      for layout in LAYOUTS
                      if {layout.prompt, layout.response, layout.messages} - {None} <= present), None)
+    if (detected is not None and detected.response is None and detected.messages is None
+            and not {"response", "messages"} & set(named)):
+        # a prompt-only file, unless its response field is there but null in every row
+        for layout in LAYOUTS:
+            if layout.prompt == detected.prompt and layout.response in null_everywhere:
+                raise InputError(source, "the response field is null in every row; a file of prompts alone has "
+                                 "no response field", row=first_row, field=layout.response)
     id_key = named.get("id", "id" if "id" in present else None)
     if "messages" in named:
         return Layout(messages=named["messages"]), id_key

@@ -21,6 +21,15 @@ rest are detected from the fields any row fills, first match wins:
 12. prompt only, with an empty response: ``prompt``, ``instruction`` (+ ``input``), ``question``,
     ``goal``, ``query``, ``user``, ``objective``, and last of all ``text``
 
+Prompt-only mode is for files that have no response field at all (lists of harmful prompts, say).
+A file that has a response but never fills it is an error, not prompt-only data: a response
+field that is null or blank in every row, or a chat without an assistant turn (the error names
+the row, the field and the roles it found). `sot_core.curate.pipeline.load_inputs` also refuses
+a prompt-only pool or refusal anchor: their responses are what fine-tuning learns.
+
+Files must be UTF-8 (a byte-order mark is skipped). UTF-16/UTF-32 files and binary files fail
+naming what they are; stray bytes that are not UTF-8 fail naming the row and field holding them.
+
 Prompts wrapped in the Alpaca template ("Below is an instruction that describes a task...") are
 unwrapped to instruction (+ input), so the same task compares equal with or without it.
 
@@ -39,7 +48,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from sot_core.data.files import (
-    SURROGATE, csv_records, json_records, jsonl_records, parquet_records, read_text, type_name,
+    SURROGATE, csv_records, json_records, jsonl_records, not_utf8, parquet_records, printable, read_text, type_name,
 )
 from sot_core.data.layouts import ROW_FIELDS, FieldMap, Layout, resolve_layout
 from sot_core.data.schema import ROW_SCHEMA, content_hash
@@ -129,8 +138,8 @@ def load_labels(source: str, label_field: str, *, id_field: str | None = None, f
     Raises
     ------
     InputError
-        Naming the row when a row lacks the label (or the id) field, and for any bad input
-        `load_rows` refuses.
+        Naming the row when a row lacks the label (or the id) field or repeats an id, and for any
+        bad input `load_rows` refuses.
     """
     if id_field is None:
         table, records = _load(source, fields or FieldMap(), fmt, None, split)
@@ -141,9 +150,14 @@ def load_labels(source: str, label_field: str, *, id_field: str | None = None, f
             raise InputError(source, "the file holds no rows")
         ids = [_id_text(source, row, record.get(id_field.lower()), id_field) for row, record in records]
     labels: dict[str, object] = {}
+    row_of_id: dict[str, int] = {}
     for row_id, (row, record) in zip(ids, records):
         if label_field.lower() not in record:
             raise InputError(source, "the label field is missing", row=row, field=label_field)
+        if row_id in row_of_id:  # two labels for one row: which one holds is anyone's guess
+            raise InputError(source, f"duplicate id {row_id!r}, also used in row {row_of_id[row_id]}", row=row,
+                             field=id_field)
+        row_of_id[row_id] = row
         labels[row_id] = record[label_field.lower()]
     return labels
 
@@ -180,6 +194,10 @@ def _rows(source: str, records: list[tuple[int, dict]], fields: FieldMap, source
         prompts.append(prompt)
         responses.append(response)
         hashes.append(digest)
+    response_key = layout.messages or layout.response
+    if response_key is not None and not any(responses):
+        raise InputError(source, f"the response is empty in every row ({len(responses)} rows); a file of prompts "
+                         "alone has no response field", row=records[0][0], field=response_key)
     columns = [ids, prompts, responses, [source_name or _default_source_name(source)] * len(ids), hashes]
     return pa.Table.from_arrays([pa.array(c, pa.string()) for c in columns], schema=ROW_SCHEMA)
 
@@ -225,9 +243,9 @@ def _read_records(source: str, fmt: str | None, split: str) -> list[tuple[int, d
     if undecodable:
         for row, record in records:
             for key, value in record.items():
-                if SURROGATE.search(key) or SURROGATE.search(json.dumps(value, ensure_ascii=False)):
-                    raise InputError(source, "holds bytes that are not valid UTF-8; re-save the file as "
-                                     "UTF-8", row=row, field=key)
+                problem = not_utf8(key) or not_utf8(json.dumps(value, ensure_ascii=False))
+                if problem:
+                    raise InputError(source, problem, row=row, field=printable(key))
         raise InputError(source, "holds bytes that are not valid UTF-8 outside any row; re-save it as UTF-8")
     return records
 
@@ -243,6 +261,9 @@ def _format_from_name(source: str, path: Path) -> str:
 
 
 def _hf_records(source: str, name: str, split: str, hub: bool) -> list[tuple[int, object]]:
+    if not hub and not any(p.is_file() and not p.name.startswith(".") for p in Path(name).rglob("*")):
+        raise InputError(source, "is a folder with no data files in it; a dataset folder holds what "
+                         "save_to_disk wrote, or .jsonl, .json, .csv or .parquet files")
     import datasets
 
     try:
@@ -261,7 +282,9 @@ def _hf_records(source: str, name: str, split: str, hub: bool) -> list[tuple[int
     except Exception as exc:  # datasets raises many unrelated types for the same user mistake
         hint = ("; without network only datasets already in the local cache load: download it where "
                 "there is network, or pass a local path") if hub else ""
-        raise InputError(source, f"cannot load the Hugging Face dataset: {type(exc).__name__}: {exc}{hint}") from None
+        reason = " ".join(str(exc).split())  # one line, however the library wrapped it
+        reason = reason if len(reason) <= 300 else reason[:300] + "..."
+        raise InputError(source, f"cannot load the Hugging Face dataset: {type(exc).__name__}: {reason}{hint}") from None
     return list(enumerate(dataset.to_list(), start=1))
 
 
@@ -342,9 +365,16 @@ def _chat_pair(source: str, row: int, turns, key: str) -> tuple[str, str]:
             content = "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
         roles.append(str(turn.get("role", turn.get("from", ""))).lower())
         contents.append(_text(source, row, content, f"{key}[{i}].content"))
+    found = ", ".join(dict.fromkeys(roles))
     last = max((i for i, role in enumerate(roles) if role in _ASSISTANT_ROLES), default=None)
+    if last is None:
+        raise InputError(source, f"the chat has no assistant turn (roles: {found}), so no response; the response "
+                         f"is the last turn with role {' or '.join(sorted(_ASSISTANT_ROLES))}", row=row, field=key)
+    if not any(role in _USER_ROLES for role in roles[:last]):
+        raise InputError(source, f"the chat has no user turn before its last assistant turn (roles: {found}); "
+                         f"the prompt is the turns with role {' or '.join(sorted(_USER_ROLES))}", row=row, field=key)
     users = [c for r, c in zip(roles[:last], contents[:last]) if r in _USER_ROLES and c]
-    return "\n\n".join(unwrap_alpaca_template(c) for c in users), "" if last is None else contents[last]
+    return "\n\n".join(unwrap_alpaca_template(c) for c in users), contents[last]
 
 
 def _is_chat(value) -> bool:
@@ -358,7 +388,7 @@ def _text(source: str, row: int, value, key: str) -> str:
     if not isinstance(value, str):
         raise InputError(source, f"expected text, got {type_name(value)}", row=row, field=key)
     if SURROGATE.search(value):
-        raise InputError(source, "holds bytes that are not valid UTF-8", row=row, field=key)
+        raise InputError(source, not_utf8(value), row=row, field=key)
     return value.strip()
 
 
@@ -374,7 +404,7 @@ def _id_text(source: str, row: int, value, key: str) -> str:
     if not value.strip():
         raise InputError(source, "the id is empty", row=row, field=key)
     if SURROGATE.search(value):
-        raise InputError(source, "holds bytes that are not valid UTF-8", row=row, field=key)
+        raise InputError(source, not_utf8(value), row=row, field=key)
     return value.strip()
 
 
