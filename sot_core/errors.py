@@ -35,6 +35,19 @@ class InputError(SotError):
         super().__init__(f"{where}: {message}")
 
 
+class OptionError(InputError, ValueError):
+    """A bad value of a run option (a flow parameter, ``--option`` of `sot`): names the option.
+
+    The message reads ``encoder 'hf:/no/model' (--encoder): <what is wrong>``: the parameter
+    name as the Prefect run form shows it, the value, and the command-line flag. A `ValueError`
+    too, for callers that catch the built-in error for bad arguments.
+    """
+
+    def __init__(self, option: str, value, message: str):
+        self.option, self.value = option, value
+        super().__init__(f"{option} {value!r} (--{option.replace('_', '-')})", message)
+
+
 class StoreError(SotError):
     """The store (catalog or files under SOT_HOME) refuses an operation, e.g. a dimension clash."""
 

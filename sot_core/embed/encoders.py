@@ -12,6 +12,7 @@ import numpy as np
 
 from sot_core.embed.base import REPRESENTATIONS, Encoder, representation_id
 from sot_core.embed.llm_encoder import LastTokenEncoder
+from sot_core.errors import InputError, OptionError
 
 
 class MiniLMEncoder(Encoder):
@@ -63,14 +64,26 @@ def get_encoder(spec: str) -> Encoder:
     (local path or hub id) for the LLM last-token encoder, e.g. `hf:/models/smollm2:pair`; a
     suffix `@middle`, `@final` (default) or `@<int>` picks the hidden layer, e.g.
     `hf:/models/smollm2:response@middle`.
+
+    Raises
+    ------
+    OptionError
+        (an `InputError` and a `ValueError`) naming the ``encoder`` option and the spec, for an
+        unknown name or view, a bad layer, or a model that is neither a model folder nor in the
+        local Hugging Face cache. Nothing is downloaded, and a spec whose model looks like a path
+        is checked on disk only (see `sot_core.models.llm.check_model_reference`).
     """
-    if spec.startswith("hf:"):
-        path, representation, layer = _parse_hf_spec(spec[3:])
-        return LastTokenEncoder(path, representation=representation or "pair", layer=layer)
-    name, _, representation = spec.partition(":")
-    if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; known: {sorted(ENCODERS)} or hf:<model path or id>")
-    return ENCODERS[name](representation=representation or "pair")
+    try:
+        if spec.startswith("hf:"):
+            path, representation, layer = _parse_hf_spec(spec[3:])
+            return LastTokenEncoder(path, representation=representation or "pair", layer=layer)
+        name, _, representation = spec.partition(":")
+        if name not in ENCODERS:
+            raise ValueError(f"unknown encoder {name!r}; known: {', '.join(sorted(ENCODERS))}, or hf:<model folder "
+                             "or hub id>")
+        return ENCODERS[name](representation=representation or "pair")
+    except (InputError, ValueError) as exc:
+        raise OptionError("encoder", spec, str(exc)) from None
 
 
 def _parse_hf_spec(body: str) -> tuple[str, str, str | int]:

@@ -24,7 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sot_core.embed.base import Encoder, contrast_view, l2_normalise, representation_id
-from sot_core.models.llm import encode_pair, model_fingerprint, resolve_model_path
+from sot_core.errors import InputError
+from sot_core.models.llm import check_model_reference, encode_pair, hub_offline, model_fingerprint, one_line
 
 
 def _fit(p_ids: list[int], r_ids: list[int], max_length: int) -> list[int]:
@@ -42,7 +43,8 @@ class LastTokenEncoder(Encoder):
     Parameters
     ----------
     path : str
-        Local model folder, ``smollm2``, or a hub id already in the local HF cache.
+        Local model folder, ``smollm2``, or a hub id already in the local HF cache (`InputError`
+        otherwise; a path that does not exist fails without any network access).
     representation : {"pair", "response", "both", "contrast"}
         "pair": user prompt + response; "response": the response under an empty user turn;
         "both": the two normalised vectors concatenated; "contrast": the pair view joined with
@@ -60,8 +62,15 @@ class LastTokenEncoder(Encoder):
         super().__init__(representation)
         from transformers import AutoConfig
 
-        self.path = resolve_model_path(path)
-        cfg = AutoConfig.from_pretrained(self.path, local_files_only=True)
+        self.path = check_model_reference(path)
+        try:
+            with hub_offline():
+                cfg = AutoConfig.from_pretrained(self.path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            if Path(self.path).is_dir():  # a model folder whose config does not load
+                raise InputError(self.path, f"cannot read the model's config: {one_line(exc)}") from None
+            raise InputError(self.path, "not a model folder, and not a model in the local Hugging Face cache "
+                             "(nothing is downloaded: fetch it where there is network, or give a model folder)") from None
         n_layers = cfg.num_hidden_layers
         if layer == "final":
             self.layer = n_layers

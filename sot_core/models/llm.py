@@ -13,6 +13,7 @@ These live here because the encoder, the trainer, the evaluation and the judges 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -86,6 +87,47 @@ def resolve_model_path(name_or_path: str | Path) -> str:
     return str(name_or_path)
 
 
+def check_model_reference(name_or_path: str | Path) -> str:
+    """The model folder or hub id that `name_or_path` names, or `InputError` saying why it names none.
+
+    Anything that looks like a path (absolute, ``.``/``..``/``~`` relative, more than one ``/``, or
+    present on disk) must be a folder holding ``config.json``; this is checked here, on disk, so a
+    mistyped path never reaches the Hugging Face clients (which would try the Hub for it). Anything
+    else is a hub id (``owner/name``, ``gpt2``), which loads only from the local Hugging Face cache.
+    """
+    path = resolve_model_path(name_or_path)
+    if not path.strip():
+        raise InputError(repr(path), "no model given: a model folder or a hub id (owner/name)")
+    local = Path(path).expanduser()
+    if path.startswith(("/", ".", "~")) or "\\" in path or path.count("/") > 1 or local.exists():
+        if not local.exists():
+            raise InputError(path, "no such model folder")
+        if not (local / "config.json").is_file():
+            raise InputError(path, "not a Hugging Face model folder: it has no config.json")
+        return str(local) if path.startswith("~") else path
+    return path
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to `limit` characters (library messages run long)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@contextlib.contextmanager
+def hub_offline():
+    """Hugging Face Hub clients in offline mode for the block: models load from disk or the local
+    cache only, and the clients' own Hub requests (telemetry, agent registry) are not made."""
+    import huggingface_hub.constants as hub_constants
+
+    saved = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved
+
+
 def load_tokenizer(name_or_path: str | Path, padding_side: str = "left"):
     """Tokenizer with a pad token (the EOS token when none is set) and the given padding side."""
     from transformers import AutoTokenizer
@@ -114,13 +156,13 @@ def load_causal_lm(name_or_path: str | Path, dtype=None, padding_side: str = "le
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model_path(name_or_path)
-    if not Path(path).exists() and "/" not in path:
-        raise InputError(path, "not a local folder, and not a hub id (owner/name)")
+    path = check_model_reference(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, local_files_only=True)
+        with hub_offline():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, local_files_only=True)
     except OSError as exc:
-        raise InputError(path, f"cannot load the model offline (not a folder and not in the HF cache): {exc}") from exc
+        raise InputError(path, "cannot load the model offline (not a folder, and not in the local Hugging Face "
+                         f"cache; nothing is downloaded): {one_line(exc)}") from exc
     model.eval()
     return model, load_tokenizer(path, padding_side)
 
