@@ -38,6 +38,7 @@ from sot_core.data.loaders import FieldMap, load_rows, rows_from_records
 from sot_core.data.schema import ROW_SCHEMA
 from sot_core.data.store import Store
 from sot_core.errors import InputError, StoreError
+from sot_core.failpoints import failpoint
 from sot_core.io import file_sha256
 
 INCOMING_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -238,6 +239,7 @@ def commit_batch(store: Store, staged: dict, pool_dataset_id: str, version: str,
                  drift: dict | None) -> dict:
     """Record the batch and so move the watermark; refuses if another run committed meanwhile."""
     ensure_tables(store)
+    failpoint("nightly.before_commit")
     seq = staged["prev_seq"] + 1
     batch_id = f"{staged['name']}#{seq}-{uuid.uuid4().hex[:8]}"
     drift = drift or {}
@@ -262,6 +264,7 @@ def commit_batch(store: Store, staged: dict, pool_dataset_id: str, version: str,
         except Exception:
             con.execute("ROLLBACK")
             raise
+    failpoint("nightly.after_commit")
     return {"batch_id": batch_id, "seq": seq}
 
 

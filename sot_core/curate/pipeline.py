@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -17,24 +19,26 @@ import pyarrow as pa
 
 from sot_core.config import CurateConfig, config_hash
 from sot_core.data.loaders import FieldMap, load_rows
+from sot_core.data.schema import dataset_id_of
 from sot_core.data.store import Store
 from sot_core.embed.base import Encoder
 from sot_core.embed.encoders import get_encoder
 from sot_core.errors import InputError
-from sot_core.io import atomic_write_text, digest
+from sot_core.failpoints import failpoint
+from sot_core.io import atomic_dir
 
 # Dense costs up to this many entries (80 MB in float32); kNN-sparse above it.
 DENSE_LIMIT = 20_000_000
 DEFAULT_KNN = 64
+# Rows per embeddings shard (rounded down to whole encoder batches): the most embedding work a
+# killed run loses. `SOT_EMBED_SHARD_ROWS` overrides it (the fault-injection tests use small shards).
+SHARD_ROWS = 8192
 
 
-def dataset_id_of(rows: pa.Table) -> str:
-    """Content-derived dataset id: same ids and texts in the same order -> same id.
-
-    ``ds-`` + 20 hex digits of sha256 over one ``id<US>content_hash<LF>`` line per row.
-    """
-    lines = (f"{i}\x1f{c}\n" for i, c in zip(rows.column("id").to_pylist(), rows.column("content_hash").to_pylist()))
-    return "ds-" + digest(lines, n=20)
+def shard_rows(batch_size: int) -> int:
+    """Rows per embeddings shard: whole encoder batches, so resuming after a kill embeds the same batches."""
+    rows = int(os.environ.get("SOT_EMBED_SHARD_ROWS", SHARD_ROWS))
+    return max(batch_size, rows - rows % batch_size)
 
 
 def load_inputs(sources: dict[str, str], fields: dict[str, FieldMap | None] | None = None) -> dict[str, pa.Table]:
@@ -54,6 +58,7 @@ def ingest(store: Store, source: str, rows: pa.Table, role: str) -> dict:
     start = time.perf_counter()
     dataset_id = dataset_id_of(rows)
     stored = store.put_dataset(dataset_id, rows, name=role, source_uri=str(source))
+    failpoint("ingest.after_dataset")
     return {"role": role, "dataset_id": dataset_id, "n_rows": rows.num_rows, "stored": stored,
             "seconds": time.perf_counter() - start}
 
@@ -65,7 +70,11 @@ def cached_encoder(spec: str) -> Encoder:
 
 
 def embed(store: Store, dataset_id: str, encoder_spec: str, batch_size: int = 64, show_progress: bool = True) -> dict:
-    """Embed only the rows whose (content hash, encoder id) is not in the store yet."""
+    """Embed only the rows whose (content hash, encoder id) is not in the store yet.
+
+    The rows go to the store in shards of `shard_rows` rows, each registered as soon as it is
+    encoded, so a run killed mid-dataset keeps its finished shards and the next run embeds the rest.
+    """
     start = time.perf_counter()
     encoder = cached_encoder(encoder_spec)
     store.check_encoder(encoder.encoder_id, encoder.dim)  # refuse a dimension clash before any work
@@ -83,9 +92,14 @@ def embed(store: Store, dataset_id: str, encoder_spec: str, batch_size: int = 64
 
         passes = encoder.passes  # two-text views count each row once per pass
         desc = f"embed {dataset_id}" + (f" ({passes} passes)" if passes > 1 else "")
+        step = shard_rows(batch_size)
         with tqdm(total=len(order) * passes, desc=desc, unit="row", disable=not show_progress) as bar:
-            vectors = encoder.encode(prompts, responses, batch_size=batch_size, progress=bar.update)
-        store.put_embeddings(encoder.encoder_id, order, vectors)
+            for lo in range(0, len(order), step):
+                vectors = encoder.encode(prompts[lo:lo + step], responses[lo:lo + step], batch_size=batch_size,
+                                         progress=bar.update)
+                store.put_embeddings(encoder.encoder_id, order[lo:lo + step], vectors)
+                failpoint("embed.after_shard")
+    failpoint("embed.after_dataset")
     return {"dataset_id": dataset_id, "encoder_id": encoder.encoder_id, "n_rows": len(hashes),
             "n_embedded": len(missing), "seconds": time.perf_counter() - start}
 
@@ -109,25 +123,36 @@ def build_costs(store: Store, pool_id: str, anchor_id: str, harmful_id: str, enc
     out = store.stage_dir("costs", key)
     if not (out / "done").exists():
         pool = load_embeddings(store, pool_id, encoder_id)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, ref_id in (("anchor", anchor_id), ("harmful", harmful_id)):
-            ref = load_embeddings(store, ref_id, encoder_id)
-            if name == "anchor" and refusal_id:
-                refusals = load_embeddings(store, refusal_id, encoder_id)
-                atomic_write_text(json.dumps({"task": len(ref), "refusal": len(refusals)}), out / "anchor_parts.json")
-                ref = np.vstack([ref, refusals])
-            k = knn
-            if k is None and pool.shape[0] * ref.shape[0] > DENSE_LIMIT:
-                k = DEFAULT_KNN
-            cost = cosine_costs(pool, ref, k=None if k is None or k >= ref.shape[0] else k)
-            if isinstance(cost, KnnCost):
-                np.save(out / f"{name}_knn_indices.npy", cost.indices)
-                np.save(out / f"{name}_knn_costs.npy", cost.costs)
-                (out / f"{name}_knn_targets").write_text(str(cost.n_targets))
-            else:
-                np.save(out / f"{name}.npy", cost)
-        (out / "done").write_text(key)
+        _clear_incomplete(out)
+        with atomic_dir(out, keep_if="done") as tmp:  # a killed run leaves a temp folder, never half a stage
+            for name, ref_id in (("anchor", anchor_id), ("harmful", harmful_id)):
+                ref = load_embeddings(store, ref_id, encoder_id)
+                if name == "anchor" and refusal_id:
+                    refusals = load_embeddings(store, refusal_id, encoder_id)
+                    (tmp / "anchor_parts.json").write_text(json.dumps({"task": len(ref), "refusal": len(refusals)}))
+                    ref = np.vstack([ref, refusals])
+                k = knn
+                if k is None and pool.shape[0] * ref.shape[0] > DENSE_LIMIT:
+                    k = DEFAULT_KNN
+                cost = cosine_costs(pool, ref, k=None if k is None or k >= ref.shape[0] else k)
+                if isinstance(cost, KnnCost):
+                    np.save(tmp / f"{name}_knn_indices.npy", cost.indices)
+                    np.save(tmp / f"{name}_knn_costs.npy", cost.costs)
+                    (tmp / f"{name}_knn_targets").write_text(str(cost.n_targets))
+                else:
+                    np.save(tmp / f"{name}.npy", cost)
+                if name == "anchor":
+                    failpoint("costs.after_anchor")
+            (tmp / "done").write_text(key)
+    failpoint("costs.done")
     return {"cost_key": key, "path": str(out), "seconds": time.perf_counter() - start}
+
+
+def _clear_incomplete(out: Path) -> None:
+    """Remove a stage folder without its completion mark. Folders are renamed into place complete,
+    so only a store written before that rule (its writer killed half-way) can hold one."""
+    if out.exists():
+        shutil.rmtree(out)
 
 
 def load_cost(path: Path, name: str):
@@ -174,9 +199,12 @@ def solve(store: Store, cost_key: str, config: CurateConfig, show_progress: bool
         cost_anchor = load_cost(costs_dir, "anchor") if config.mode != "push" else None
         cost_harmful = load_cost(costs_dir, "harmful") if config.mode != "pull" else None
         result = solve_push_pull(cost_anchor, cost_harmful, solver_cfg, anchor_weights=masses)
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "weights.npy", result.weights)
-        np.save(out / "score.npy", result.score)
-        atomic_write_text(json.dumps(result.diagnostics, default=float), out / "diagnostics.json")
+        _clear_incomplete(out)
+        with atomic_dir(out, keep_if="diagnostics.json") as tmp:
+            np.save(tmp / "weights.npy", result.weights)
+            np.save(tmp / "score.npy", result.score)
+            failpoint("solve.before_rename")
+            (tmp / "diagnostics.json").write_text(json.dumps(result.diagnostics, default=float))
+    failpoint("solve.done")
     diagnostics = json.loads((out / "diagnostics.json").read_text())
     return {"solve_key": key, "path": str(out), "diagnostics": diagnostics, "seconds": time.perf_counter() - start}

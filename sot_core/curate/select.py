@@ -13,7 +13,8 @@ import pyarrow as pa
 from sot_core.config import CODE_VERSION, CurateConfig, config_hash
 from sot_core.curate.quality import auroc, harmful_kept
 from sot_core.data.store import Store
-from sot_core.io import atomic_write_table, atomic_write_text
+from sot_core.failpoints import failpoint
+from sot_core.io import atomic_write_table, atomic_write_text, sweep_temp
 from sot_core.refusals import keyword_refusal
 
 
@@ -121,6 +122,7 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
+    sweep_temp(out_dir, recursive=False)  # what a killed publish left in this folder
     rows = store.get_rows(pool_id)
     weights, score = (np.load(Path(solve_path) / f) for f in ("weights.npy", "score.npy"))
     ids, prompts, responses = (rows.column(c).to_pylist() for c in ("id", "prompt", "response"))
@@ -132,7 +134,12 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
     curated = _curated_jsonl(rows, selected, train_w)
     atomic_write_text(curated, out_dir / "curated.jsonl")
     quality, label = _label_quality(labels, ids, score, selected)
-    version, version_dir, parent = _new_version(store, name, curated)
+    failpoint("publish.before_record")
+    # The random part keeps two identical runs in the same second apart.
+    version = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    parent = _record_version(store, version, curated, config, run_info, pool_id, name, len(ids),
+                             int(selected.sum()))
+    failpoint("publish.after_record")
     summary = {
         "version": version,
         "parent_version": parent,
@@ -152,17 +159,7 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
     }
     atomic_write_text(json.dumps(summary, indent=2, default=float), out_dir / "run.json")
     atomic_write_text(render_report(summary), out_dir / "report.md")
-    _record_version(store, summary, run_info, pool_id, name, version_dir)
     return summary
-
-
-def _new_version(store: Store, name: str, curated: str) -> tuple[str, Path, str | None]:
-    """Store `curated` as a new version of `name`: (version, its folder, the latest version before it)."""
-    # The random part keeps two identical runs in the same second apart.
-    version = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    version_dir = store.home / "curated" / version
-    atomic_write_text(curated, version_dir / "curated.jsonl")
-    return version, version_dir, store.latest_curated_version(name)
 
 
 def _selection(weights: np.ndarray, responses: list[str], config: CurateConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -210,16 +207,17 @@ def _top_flagged(ids: list[str], prompts: list[str], score: np.ndarray, top: int
     return [{"id": ids[i], "score": float(score[i]), "prompt": prompts[i][:160]} for i in np.argsort(-score)[:top]]
 
 
-def _record_version(store: Store, summary: dict, run_info: dict, pool_id: str, name: str, version_dir: Path) -> None:
-    """Add the curated version and its lineage to the store's catalog."""
+def _record_version(store: Store, version: str, curated: str, config: CurateConfig, run_info: dict, pool_id: str,
+                    name: str, n_pool: int, n_selected: int) -> str | None:
+    """Store `curated` as ``curated/<version>/curated.jsonl`` and record the version with its lineage
+    in the store's catalog, in one step; returns its parent (the latest version of `name` before it)."""
     inputs = run_info.get("inputs", {})
-    store.record_curated_version(
-        version=summary["version"], run_id=run_info.get("run_id", summary["version"]), name=name,
+    return store.put_curated_version(
+        version, {"curated.jsonl": curated}, run_id=run_info.get("run_id", version), name=name,
         pool_dataset_id=pool_id,
         anchor_dataset_id=inputs.get("safe_anchor", {}).get("dataset_id"),
         harmful_dataset_id=inputs.get("harmful_ref", {}).get("dataset_id"),
-        config_hash=config_hash(summary["config"]), code_version=CODE_VERSION, n_pool=summary["counts"]["pool"],
-        n_selected=summary["counts"]["selected"], parent_version=summary["parent_version"], path=str(version_dir),
+        config_hash=config_hash(config.to_dict()), code_version=CODE_VERSION, n_pool=n_pool, n_selected=n_selected,
     )
 
 

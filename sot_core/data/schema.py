@@ -24,3 +24,12 @@ def content_hash(prompt: str, response: str) -> str:
     The unit separator between the two keeps ("ab", "c") and ("a", "bc") apart.
     """
     return digest(prompt, b"\x1f", response, n=32)
+
+
+def dataset_id_of(rows: pa.Table) -> str:
+    """Content-derived dataset id: same ids and texts in the same order -> same id.
+
+    ``ds-`` + 20 hex digits of sha256 over one ``id<US>content_hash<LF>`` line per row.
+    """
+    lines = (f"{i}\x1f{c}\n" for i, c in zip(rows.column("id").to_pylist(), rows.column("content_hash").to_pylist()))
+    return "ds-" + digest(lines, n=20)

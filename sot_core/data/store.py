@@ -10,9 +10,44 @@ Layout under `home` (default `./.sot`, or `$SOT_HOME`)::
 
 DuckDB allows one writing process per file, so every catalog access goes through an exclusive
 `flock` on `home/.lock`: concurrent runs queue (up to `lock_timeout` seconds) and then fail with
-`StoreBusyError`, never with a corrupted catalog. Files are written to a temp name and renamed,
-and the catalog is updated in one transaction after the files exist, so a failure part-way leaves
-what was stored before untouched.
+`StoreBusyError`, never with a corrupted catalog.
+
+Writes, and what a crash leaves
+-------------------------------
+Every file is written under a temp name that carries the writer's process id
+(`sot_core.io.temp_name`) and renamed into place only when complete. Files the catalog indexes
+(``datasets/``, ``embeddings/``, ``curated/``) are renamed into place *while the catalog lock is
+held*, in the same critical section as the transaction that registers them; stage outputs
+(``stages/``) are whole folders renamed into place. So a run killed at any point (``kill -9``,
+power loss) leaves at most: temp files of a dead process, or one indexed file whose transaction
+never committed. Holding the lock, a file there that the catalog does not name is therefore
+debris of a killed writer, never a file about to be registered.
+
+Recovery: `Store.recover` runs under the lock at the first open of a home in each process (so
+once per `sot` run) and repairs what a crash or damage left, printing one line per repair to
+stderr, each naming the file:
+
+- temp files and folders of processes that are gone: removed;
+- a dataset file the catalog does not name: registered again when its content gives back its
+  content-derived id (a run killed between the file and its catalog rows), else removed;
+- a catalogued dataset whose file is missing, unreadable or of another row count: its catalog
+  rows are dropped and `store_id` changes, so caches keyed on it (the Prefect task cache) miss and
+  the next run stores the dataset again from its source;
+- an embeddings shard that is missing, unreadable or shorter than its catalog rows say: its rows
+  are dropped from the catalog in one transaction and the file removed; those rows count as not
+  embedded, and the next embed stage embeds them again (and nothing else);
+- shard files and ``curated/<version>`` folders no catalog row names: removed.
+
+Reads verify too: dataset files and shards are written with Parquet page checksums and read with
+verification (a flipped byte is caught, not used). A read that fails (damage after the process
+opened the store) drops what it read from the catalog, as above, and raises `StoreError` naming
+the file, so the run stops with one line and the next run repairs. A home that cannot be written
+(read-only folder or file system) is refused at open with a `StoreError` naming the path.
+
+Failpoints (`sot_core.failpoints`, a test hook): ``ingest.before_catalog`` and
+``embed.before_catalog`` fire here, between a file's rename and its catalog commit;
+``tests/test_fault_injection.py`` kills real `sot` processes there and at the other points and
+checks the next run ends where an uninterrupted one would.
 """
 from __future__ import annotations
 
@@ -21,6 +56,8 @@ import fcntl
 import json
 import os
 import re
+import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -31,9 +68,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sot_core.data.schema import ROW_SCHEMA
+from sot_core.data.schema import ROW_SCHEMA, dataset_id_of
 from sot_core.errors import StoreBusyError, StoreError
-from sot_core.io import atomic_write_table, atomic_write_text, default_home
+from sot_core.failpoints import failpoint
+from sot_core.io import atomic_write_text, default_home, staged_write, sweep_temp, temp_dir
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -70,7 +108,7 @@ def embeddings_table(hashes: list[str], vectors: np.ndarray) -> pa.Table:
 
 
 def read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
-    table = pq.read_table(path)
+    table = pq.read_table(path, page_checksum_verification=True)
     col = table.column("emb").combine_chunks()
     dim = col.type.list_size if pa.types.is_fixed_size_list(col.type) else None
     if dim is None:
@@ -79,27 +117,86 @@ def read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
     return table.column("content_hash").to_pylist(), vectors
 
 
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """Parquet with page checksums, so a damaged page fails its read instead of giving wrong values."""
+    pq.write_table(table, path, write_page_checksum=True)
+
+
+def parquet_problem(path: Path, columns: tuple[str, ...] | list[str], rows: int | None = None,
+                    min_rows: int | None = None) -> str | None:
+    """What is wrong with the Parquet file at `path` (None: nothing), from its footer alone."""
+    if not path.is_file():
+        return "is missing"
+    try:
+        meta = pq.read_metadata(path)
+        names = meta.schema.to_arrow_schema().names
+    except Exception as err:  # noqa: BLE001 - any reader error means the file cannot be used
+        return f"is unreadable ({one_line(err)})"
+    absent = [c for c in columns if c not in names]
+    if absent:
+        return f"has no column '{absent[0]}'"
+    if rows is not None and meta.num_rows != rows:
+        return f"holds {meta.num_rows} rows where the catalog says {rows}"
+    if min_rows is not None and meta.num_rows < min_rows:
+        return f"holds {meta.num_rows} rows where the catalog indexes {min_rows}"
+    return None
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# Homes this process has recovered (see `Store.recover`): once per process and home.
+_RECOVERED: set[str] = set()
+
+
 class Store:
     """Catalog and files of one SOT home directory. Cheap to construct; safe across processes."""
 
     def __init__(self, home: str | os.PathLike | None = None, lock_timeout: float | None = None):
         self.home = Path(home) if home is not None else default_home()
         self.lock_timeout = float(os.environ.get("SOT_LOCK_TIMEOUT", 600) if lock_timeout is None else lock_timeout)
-        self.home.mkdir(parents=True, exist_ok=True)
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"{self.home}: cannot create the store ({err.strerror}); give a writable --home or "
+                             "SOT_HOME") from None
+        self._check_writable()
         with self.catalog() as con:
             con.execute(SCHEMA_SQL)
             id_file = self.home / "store_id"
             if not id_file.exists():
                 atomic_write_text(uuid.uuid4().hex, id_file)
-        # Changes when the store is wiped, so caches keyed on it never point at lost files.
+        self.repairs: list[str] = []
+        if str(self.home.resolve()) not in _RECOVERED:
+            self.repairs = self.recover()
+            _RECOVERED.add(str(self.home.resolve()))
+        # Changes when the store is wiped or loses a dataset, so caches keyed on it never point at lost files.
         self.store_id = (self.home / "store_id").read_text().strip()
+
+    def _check_writable(self) -> None:
+        """Refuse a read-only store up front, naming the first path that cannot be written."""
+        paths = [self.home, *(self.home / n for n in (".lock", "catalog.duckdb", "store_id", "datasets", "embeddings",
+                                                      "stages", "curated"))]
+        if (self.home / "embeddings").is_dir():
+            paths += sorted((self.home / "embeddings").iterdir())
+        for path in paths:
+            if path.exists() and not os.access(path, os.W_OK):
+                raise StoreError(f"{path}: the store is read-only (this process cannot write there); give a "
+                                 "writable --home or SOT_HOME, or make the store writable")
 
     # -- locking and catalog access -------------------------------------------------------
     @contextlib.contextmanager
     def catalog(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """Exclusive, queued access to the DuckDB catalog (one writer per file is DuckDB's rule)."""
-        lock_path = self.home / ".lock"
-        with open(lock_path, "a+") as lock_file:
+        lock_path, catalog_path = self.home / ".lock", self.home / "catalog.duckdb"
+        try:
+            lock_file = open(lock_path, "a+")
+        except OSError as err:
+            raise StoreError(f"{lock_path}: cannot open the store's lock file ({err.strerror}); the store must "
+                             "be writable") from None
+        with lock_file:
             deadline = time.monotonic() + self.lock_timeout
             while True:
                 try:
@@ -113,13 +210,147 @@ class Store:
                         ) from None
                     time.sleep(0.1)
             try:
-                con = duckdb.connect(str(self.home / "catalog.duckdb"))
+                try:
+                    con = duckdb.connect(str(catalog_path))
+                except duckdb.Error as err:
+                    raise StoreError(f"{catalog_path}: cannot open the catalog ({one_line(err)})") from None
                 try:
                     yield con
                 finally:
                     con.close()
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The catalog lock and one transaction: committed when the block ends, rolled back on error."""
+        with self.catalog() as con:
+            con.execute("BEGIN")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    # -- recovery -------------------------------------------------------------------------
+    def recover(self) -> list[str]:
+        """Repair what killed runs and damage left (see the module docstring); returns one line per repair.
+
+        Holds the catalog lock throughout, so no run registers files meanwhile. Catalog changes
+        are one transaction; files are removed after it commits.
+        """
+        repairs: list[str] = []
+        remove: list[Path] = []
+        with self.catalog() as con:
+            swept = sweep_temp(self.home)
+            if swept:
+                repairs.append(f"{self.home}: removed {len(swept)} temp file(s) of killed runs "
+                               f"({', '.join(str(p.relative_to(self.home)) for p in swept[:3])}"
+                               f"{', ...' if len(swept) > 3 else ''})")
+            con.execute("BEGIN")
+            try:
+                lost = self._recover_datasets(con, repairs, remove)
+                self._recover_embeddings(con, repairs, remove)
+                self._recover_curated(con, repairs, remove)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            # still under the lock, so no run stores a file of the same name in between
+            for path in remove:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            if lost:
+                atomic_write_text(uuid.uuid4().hex, self.home / "store_id")
+        for line in repairs:
+            sys.stderr.write(f"sot: store repair: {line}\n")
+        return repairs
+
+    def _recover_curated(self, con, repairs: list[str], remove: list[Path]) -> None:
+        """Remove ``curated/<version>`` folders the catalog does not list (a publish killed half-way)."""
+        versions = {v for (v,) in con.execute("SELECT version FROM curated_versions").fetchall()}
+        curated = self.home / "curated"
+        for folder in sorted(curated.iterdir()) if curated.is_dir() else []:
+            if folder.is_dir() and not folder.name.startswith(".") and folder.name not in versions:
+                remove.append(folder)
+                repairs.append(f"{folder}: a curated version the catalog does not list (a run was killed while "
+                               "publishing it); removed")
+
+    def _recover_datasets(self, con, repairs: list[str], remove: list[Path]) -> bool:
+        """Drop catalogued datasets whose file is bad, register complete files the catalog lacks.
+        Returns True when a catalogued dataset was lost."""
+        catalogued = dict(con.execute("SELECT dataset_id, n_rows FROM datasets").fetchall())
+        lost = []
+        for dataset_id, n_rows in catalogued.items():
+            path = self.dataset_path(dataset_id)
+            problem = parquet_problem(path, ROW_SCHEMA.names, rows=n_rows)
+            if problem:
+                lost.append(dataset_id)
+                remove.append(path)
+                repairs.append(f"{path}: dataset {dataset_id} {problem}; dropped it from the catalog (a run with the "
+                               "same input stores it again)")
+        if lost:
+            con.execute("DELETE FROM datasets WHERE dataset_id IN (SELECT unnest(?))", [lost])
+        con.execute("DELETE FROM rows WHERE dataset_id NOT IN (SELECT dataset_id FROM datasets)")
+        folder = self.home / "datasets"
+        for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+            if path.stem in catalogued:
+                continue
+            try:
+                rows = pq.read_table(path, page_checksum_verification=True)
+                whole = set(ROW_SCHEMA.names) <= set(rows.column_names) and dataset_id_of(rows) == path.stem
+            except Exception:  # noqa: BLE001 - unreadable: not a dataset
+                whole = False
+            if whole:
+                meta = {k.decode(): v.decode() for k, v in (rows.schema.metadata or {}).items()}
+                self._register_dataset(con, path.stem, rows, meta.get("sot.name", "recovered"),
+                                       meta.get("sot.source_uri", ""), path)
+                repairs.append(f"{path}: dataset {path.stem} was stored but not registered (a run was killed "
+                               "in between); registered it")
+            else:
+                remove.append(path)
+                repairs.append(f"{path}: not a complete dataset of this store (a killed run's or damaged); removed")
+        return bool(lost)
+
+    def _recover_embeddings(self, con, repairs: list[str], remove: list[Path]) -> None:
+        """Drop the catalog rows of bad shards; remove shard files no catalog row names."""
+        shards = con.execute("SELECT shard, count(*), max(row_in_shard) FROM embeddings GROUP BY shard").fetchall()
+        bad = []
+        for shard, n, top in shards:
+            path = self.shard_path(shard)
+            problem = parquet_problem(path, ("content_hash", "emb"), min_rows=top + 1)
+            if problem:
+                bad.append(shard)
+                remove.append(path)
+                repairs.append(f"{path}: embeddings shard {problem}; dropped its {n} vectors from the catalog (the "
+                               "next embed stage embeds them again)")
+        if bad:
+            con.execute("DELETE FROM embeddings WHERE shard IN (SELECT unnest(?))", [bad])
+        named = {self.shard_path(shard) for shard, _, _ in shards}
+        folder = self.home / "embeddings"
+        for path in sorted(folder.glob("*/*.parquet")) if folder.is_dir() else []:
+            if path not in named:
+                remove.append(path)
+                repairs.append(f"{path}: an embeddings shard no catalog row names (a run was killed while storing "
+                               "it); removed")
+
+    def _drop(self, reason: str, dataset_id: str | None = None, shard: str | None = None) -> str:
+        """Drop a dataset or a shard found damaged while reading it; returns the one-line error."""
+        with self._transaction() as con:
+            if dataset_id is not None:
+                con.execute("DELETE FROM datasets WHERE dataset_id = ?", [dataset_id])
+                con.execute("DELETE FROM rows WHERE dataset_id = ?", [dataset_id])
+                path = self.dataset_path(dataset_id)
+                what = (f"dataset {dataset_id} {reason}; it was dropped from the store: run again to store it again "
+                        "from its source")
+            else:
+                con.execute("DELETE FROM embeddings WHERE shard = ?", [shard])
+                path = self.shard_path(shard)
+                what = f"embeddings shard {reason}; its vectors were dropped: run again to embed them again"
+            path.unlink(missing_ok=True)
+            if dataset_id is not None:
+                atomic_write_text(uuid.uuid4().hex, self.home / "store_id")
+        return f"{path}: {what}"
 
     # -- datasets ---------------------------------------------------------------------------
     def dataset_path(self, dataset_id: str) -> Path:
@@ -131,7 +362,22 @@ class Store:
             if con.execute("SELECT 1 FROM datasets WHERE dataset_id = ?", [dataset_id]).fetchone():
                 return False
         path = self.dataset_path(dataset_id)
-        atomic_write_table(rows.cast(ROW_SCHEMA), path)
+        # name and source travel in the file too, so `recover` can register it again after a crash
+        table = rows.cast(ROW_SCHEMA).replace_schema_metadata({"sot.name": name, "sot.source_uri": source_uri})
+        with staged_write(path, lambda tmp: write_parquet(table, tmp)) as tmp, self._transaction() as con:
+            if con.execute("SELECT 1 FROM datasets WHERE dataset_id = ?", [dataset_id]).fetchone():
+                return False  # a concurrent run stored the same content first
+            os.replace(tmp, path)
+            try:
+                failpoint("ingest.before_catalog")
+                self._register_dataset(con, dataset_id, table, name, source_uri, path)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+        return True
+
+    @staticmethod
+    def _register_dataset(con, dataset_id: str, rows: pa.Table, name: str, source_uri: str, path: Path) -> None:
         index = pa.table(
             {
                 "dataset_id": pa.array([dataset_id] * rows.num_rows, pa.string()),
@@ -140,31 +386,30 @@ class Store:
                 "row_index": pa.array(np.arange(rows.num_rows), pa.int64()),
             }
         )
-        with self.catalog() as con:
-            con.execute("BEGIN")
-            try:
-                if con.execute("SELECT 1 FROM datasets WHERE dataset_id = ?", [dataset_id]).fetchone():
-                    con.execute("ROLLBACK")  # a concurrent run stored the same content first
-                    return False
-                con.execute(
-                    "INSERT INTO datasets (dataset_id, name, source_uri, n_rows, path) VALUES (?, ?, ?, ?, ?)",
-                    [dataset_id, name, source_uri, rows.num_rows, str(path)],
-                )
-                con.register("new_rows", index)
-                con.execute("INSERT INTO rows SELECT * FROM new_rows")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-        return True
+        con.execute(
+            "INSERT INTO datasets (dataset_id, name, source_uri, n_rows, path) VALUES (?, ?, ?, ?, ?)",
+            [dataset_id, name, source_uri, rows.num_rows, str(path)],
+        )
+        con.register("new_rows", index)
+        con.execute("INSERT INTO rows SELECT * FROM new_rows")
+        con.unregister("new_rows")
 
     def get_rows(self, dataset_id: str) -> pa.Table:
         path = self.dataset_path(dataset_id)
         if not path.exists():
             raise StoreError(f"{path}: dataset {dataset_id} is not in the store at {self.home}")
-        return pq.read_table(path)
+        try:
+            return pq.read_table(path, page_checksum_verification=True)
+        except (OSError, pa.ArrowException) as err:
+            raise StoreError(self._drop(f"is unreadable ({one_line(err)})", dataset_id=dataset_id)) from None
 
     # -- embeddings -------------------------------------------------------------------------
+    def shard_path(self, shard: str) -> Path:
+        """The file of a shard as the catalog names it, under this home (a copied or moved store
+        keeps the old absolute paths in its catalog)."""
+        shard = Path(shard)
+        return self.home / "embeddings" / shard.parent.name / shard.name
+
     def check_encoder(self, encoder_id: str, dim: int, register: bool = True) -> None:
         """Refuse a dimension clash with what is stored under this encoder id; else register it."""
         with self.catalog() as con:
@@ -201,7 +446,6 @@ class Store:
             raise StoreError(f"embedding batch has shape {vectors.shape} for {len(hashes)} hashes")
         self.check_encoder(encoder_id, int(vectors.shape[1]))
         shard = self.home / "embeddings" / slug(encoder_id) / f"{uuid.uuid4().hex}.parquet"
-        atomic_write_table(embeddings_table(hashes, vectors), shard)
         index = pa.table(
             {
                 "content_hash": pa.array(hashes, pa.string()),
@@ -210,16 +454,27 @@ class Store:
                 "row_in_shard": pa.array(np.arange(len(hashes)), pa.int64()),
             }
         )
-        with self.catalog() as con:
-            con.register("new_emb", index)
-            con.execute(
-                "INSERT INTO embeddings (content_hash, encoder_id, shard, row_in_shard) "
-                "SELECT * FROM new_emb ON CONFLICT DO NOTHING"
-            )
+        table = embeddings_table(hashes, vectors)
+        with staged_write(shard, lambda tmp: write_parquet(table, tmp)) as tmp, self._transaction() as con:
+            os.replace(tmp, shard)
+            try:
+                failpoint("embed.before_catalog")
+                con.register("new_emb", index)
+                con.execute(
+                    "INSERT INTO embeddings (content_hash, encoder_id, shard, row_in_shard) "
+                    "SELECT * FROM new_emb ON CONFLICT DO NOTHING"
+                )
+            except BaseException:
+                shard.unlink(missing_ok=True)
+                raise
         return shard
 
     def get_embeddings(self, hashes: list[str], encoder_id: str) -> np.ndarray:
-        """Vectors for `hashes` in the given order, gathered from their shards."""
+        """Vectors for `hashes` in the given order, gathered from their shards.
+
+        A shard that cannot be read, or that does not hold the row the catalog names, is dropped
+        (`StoreError` naming it: the next run embeds its rows again); nothing damaged is returned.
+        """
         with self.catalog() as con:
             con.register("wanted", pa.table({"content_hash": pa.array(list(dict.fromkeys(hashes)), pa.string())}))
             located = con.execute(
@@ -239,19 +494,54 @@ class Store:
         position = {}
         vectors = np.empty((len(where), dim), dtype=np.float32)
         for shard, members in by_shard.items():
-            shard_hashes, shard_vectors = read_vectors(Path(shard))
+            try:
+                shard_hashes, shard_vectors = read_vectors(self.shard_path(shard))
+            except (OSError, pa.ArrowException) as err:
+                raise StoreError(self._drop(f"is unreadable ({one_line(err)})", shard=shard)) from None
             if shard_vectors.shape[1] != dim:
                 raise StoreError(
-                    f"{shard}: field 'emb' has dimension {shard_vectors.shape[1]} but encoder '{encoder_id}' "
-                    f"is registered with {dim}"
+                    f"{self.shard_path(shard)}: field 'emb' has dimension {shard_vectors.shape[1]} but encoder "
+                    f"'{encoder_id}' is registered with {dim}"
                 )
             for h in members:
                 i = where[h][1]
+                if i >= len(shard_hashes) or shard_hashes[i] != h:
+                    raise StoreError(self._drop(f"does not hold row {i} ({h}) that the catalog names", shard=shard))
                 position[h] = len(position)
                 vectors[position[h]] = shard_vectors[i]
         return vectors[[position[h] for h in hashes]]
 
-    # -- stage outputs, runs and curated versions -------------------------------------------
+    # -- curated versions -------------------------------------------------------------------
+    def put_curated_version(self, version: str, files: dict[str, str], **fields) -> str | None:
+        """Store `files` ({name: text}) as ``curated/<version>/`` and record the version with
+        `fields` (columns of ``curated_versions``), in one step under the lock.
+
+        Returns the version's parent: the latest version of the same name before it.
+        """
+        final = self.home / "curated" / version
+        tmp = temp_dir(final)
+        try:
+            for name, text in files.items():
+                (tmp / name).write_text(text, encoding="utf-8")
+                with open(tmp / name, "rb") as f:
+                    os.fsync(f.fileno())
+            with self._transaction() as con:
+                row = con.execute("SELECT version FROM curated_versions WHERE name = ? ORDER BY created_at DESC "
+                                  "LIMIT 1", [fields.get("name")]).fetchone()
+                parent = row[0] if row else None
+                record = {**fields, "version": version, "parent_version": parent, "path": str(final)}
+                os.replace(tmp, final)
+                try:
+                    con.execute(f"INSERT INTO curated_versions ({', '.join(record)}) VALUES "
+                                f"({', '.join('?' for _ in record)})", list(record.values()))
+                except BaseException:
+                    shutil.rmtree(final, ignore_errors=True)
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return parent
+
+    # -- stage outputs and runs -------------------------------------------
     def stage_dir(self, stage: str, key: str) -> Path:
         return self.home / "stages" / stage / key
 
@@ -261,12 +551,6 @@ class Store:
                 "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, current_timestamp, current_timestamp)",
                 [run_id, kind, status, json.dumps(config, sort_keys=True), out_dir, json.dumps(stage_seconds)],
             )
-
-    def record_curated_version(self, **fields) -> None:
-        cols = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        with self.catalog() as con:
-            con.execute(f"INSERT INTO curated_versions ({cols}) VALUES ({marks})", list(fields.values()))
 
     def latest_curated_version(self, name: str) -> str | None:
         with self.catalog() as con:

@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 from sot_core.config import LoraTrainConfig
 from sot_core.errors import InputError, SotError
-from sot_core.io import atomic_dir, file_sha256
+from sot_core.failpoints import failpoint
+from sot_core.io import atomic_dir, file_sha256, sweep_temp
 from sot_core.models.device import resolve_device
 from sot_core.models.llm import encode_pair, load_causal_lm, model_fingerprint, resolve_model_path
 
@@ -136,6 +137,7 @@ def _save_checkpoint(model, optimizer, scheduler, step: int, losses: list[float]
              "step": step, "losses": losses, "config_hash": cfg.result_hash()},
             tmp / "trainer_state.pt",
         )
+        failpoint("train.checkpoint")
     for old in _checkpoints(out_dir)[: -max(cfg.keep_checkpoints, 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -213,11 +215,13 @@ def train_lora(
     data_sha = file_sha256(curated_path)
     if _finished_adapter(final, data_sha, cfg):
         return final
+    sweep_temp(out_dir)  # half-written checkpoints or adapter of a killed run
     run = _start_run(curated_path, base_model, out_dir, cfg)
     step, losses = 0, []
     ckpts = _checkpoints(out_dir)
     if ckpts:
         step, losses = _load_checkpoint(run.model, run.optimizer, run.scheduler, ckpts[-1], cfg)
+    resumed_from = step
     t0 = time.time()
     step, run_steps, stopped_at = _train_steps(run, step, losses, progress)
     if stopped_at is not None:
@@ -226,7 +230,7 @@ def train_lora(
         "base_model": str(base_model), "base_model_resolved": resolve_model_path(base_model),
         "base_model_fingerprint": model_fingerprint(base_model),
         "curated_path": str(curated_path.resolve()), "curated_sha256": data_sha, "n_rows": len(run.rows),
-        **_run_record(run, step, losses, run_steps, t0),
+        **_run_record(run, step, losses, run_steps, t0), "resumed_from_step": resumed_from, "steps_this_run": run_steps,
     }
     with atomic_dir(final) as tmp:
         run.model.save_pretrained(tmp)
@@ -306,6 +310,7 @@ def _train_steps(run: _Run, step: int, losses: list[float],
         run_steps += 1
         if progress is not None:
             progress(step, run.total, losses[-1])
+        failpoint("train.after_step")
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < run.total:
             run.save_checkpoint(step, losses)
         if cfg.max_steps_this_run is not None and run_steps >= cfg.max_steps_this_run and step < run.total:
