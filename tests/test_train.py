@@ -217,3 +217,52 @@ def test_precision_and_device_options(tiny, tmp_path):
     # same data and init: bf16 tracks fp32 closely but not bit-exactly
     assert losses["bf16"] != losses["fp32"]
     assert abs(losses["bf16"][0] - losses["fp32"][0]) < 0.05 * losses["fp32"][0]
+
+
+class _Payload:
+    """Unpickling this creates the file `path`: what a crafted checkpoint could do (issue Hardening 7)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_resume_never_unpickles_a_checkpoint(tiny, tmp_path):
+    data = write_curated(tmp_path / "curated.jsonl")
+    run, marker = tmp_path / "run", tmp_path / "code-ran"
+    ckpt = train_lora(data, tiny, run, LoraTrainConfig(**FAST, max_steps_this_run=1))
+    assert ckpt.name == "step-0000001"
+    # the trainer state is safetensors + JSON: no file in a format that unpickles
+    assert not [p.name for p in ckpt.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".pkl", ".pickle")]
+    # a crafted pickle planted where the old code looked is never opened: the run resumes from its
+    # own state and ends exactly as an uninterrupted run
+    torch.save({"step": 1, "payload": _Payload(marker)}, ckpt / "trainer_state.pt")
+    resumed = train_lora(data, tiny, run, LoraTrainConfig(**FAST))
+    assert not marker.exists()
+    full = train_lora(data, tiny, tmp_path / "full", LoraTrainConfig(**FAST))
+    a, b = _adapter_tensors(full), _adapter_tensors(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_with_only_a_pickled_state_is_refused_not_loaded(tiny, tmp_path):
+    data = write_curated(tmp_path / "curated.jsonl")
+    run, marker = tmp_path / "run", tmp_path / "code-ran"
+    ckpt = train_lora(data, tiny, run, LoraTrainConfig(**FAST, max_steps_this_run=1))
+    for p in ckpt.iterdir():  # a checkpoint as the old code wrote it, its state crafted
+        if p.name.startswith("trainer_state"):
+            p.unlink()
+    torch.save({"step": 1, "payload": _Payload(marker)}, ckpt / "trainer_state.pt")
+    with pytest.raises(SotError, match="trainer_state.pt"):
+        train_lora(data, tiny, run, LoraTrainConfig(**FAST))
+    assert not marker.exists()
+
+
+def test_damaged_trainer_state_is_a_clear_error(tiny, tmp_path):
+    data = write_curated(tmp_path / "curated.jsonl")
+    run = tmp_path / "run"
+    ckpt = train_lora(data, tiny, run, LoraTrainConfig(**FAST, max_steps_this_run=1))
+    (ckpt / "trainer_state.json").write_text('{"step": ')
+    with pytest.raises(SotError, match="trainer_state.json"):
+        train_lora(data, tiny, run, LoraTrainConfig(**FAST))

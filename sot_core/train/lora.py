@@ -9,7 +9,8 @@ sample contributes exactly no gradient and weights with mean ~1 keep the usual l
 Determinism: the seed fixes LoRA initialisation, the data order (one permutation per epoch from
 ``seed + epoch``) and dropout. A checkpoint stores adapter, optimizer, scheduler, every RNG state
 and the step, so a run killed after any checkpoint and resumed ends with bit-identical adapter
-weights to an uninterrupted run (tested in ``tests/test_train.py``).
+weights to an uninterrupted run (tested in ``tests/test_train.py``). Checkpoints hold safetensors
+and JSON only (`sot_core.train.trainer_state`): resuming never unpickles anything.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from sot_core.failpoints import failpoint
 from sot_core.io import atomic_dir, file_sha256, sweep_temp
 from sot_core.models.device import resolve_device
 from sot_core.models.llm import encode_pair, load_causal_lm, model_fingerprint, resolve_model_path
+from sot_core.train.trainer_state import STATE_JSON, load_state, save_state
 
 CURATED_FIELDS = {"id": str, "prompt": str, "response": str, "source": str, "weight": (int, float)}
 
@@ -127,16 +129,11 @@ def _checkpoints(out_dir: Path) -> list[Path]:
 
 
 def _save_checkpoint(model, optimizer, scheduler, step: int, losses: list[float], out_dir: Path, cfg: LoraTrainConfig) -> Path:
-    import torch
-
     final = out_dir / "checkpoints" / f"step-{step:07d}"
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp)
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-             "step": step, "losses": losses, "config_hash": cfg.result_hash()},
-            tmp / "trainer_state.pt",
-        )
+        save_state({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
+                    "step": step, "losses": losses, "config_hash": cfg.result_hash()}, tmp)
         failpoint("train.checkpoint")
     for old in _checkpoints(out_dir)[: -max(cfg.keep_checkpoints, 1)]:
         shutil.rmtree(old, ignore_errors=True)
@@ -144,11 +141,15 @@ def _save_checkpoint(model, optimizer, scheduler, step: int, losses: list[float]
 
 
 def _load_checkpoint(model, optimizer, scheduler, ckpt: Path, cfg: LoraTrainConfig) -> tuple[int, list[float]]:
-    import torch
+    """Restore a checkpoint. Nothing is unpickled (see `sot_core.train.trainer_state`); a checkpoint
+    of the old pickle format (``trainer_state.pt`` alone) is refused, never loaded."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    if not (ckpt / STATE_JSON).exists() and (ckpt / "trainer_state.pt").exists():
+        raise SotError(f"{ckpt / 'trainer_state.pt'}: a checkpoint in the old pickle format is not loaded "
+                       f"(unpickling can run code); delete {ckpt.parent} to start the run over")
+    state = load_state(ckpt)
     if state["config_hash"] != cfg.result_hash():
         raise SotError(f"{ckpt}: checkpoint was written with a different training config; use a new out_dir")
     set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
