@@ -12,6 +12,11 @@ or refused with one line naming the file, never used and never a traceback.
 The store is inspected with a read-only DuckDB connection of its own, not through `Store`, whose
 first open repairs what it finds and would hide the debris the checks look for.
 
+The default run kills mid-embed and damages the store in every listed way; the tests marked slow
+kill one store's runs at every failpoint in turn (ingest, embed, costs, solve, publish and the
+boundaries between them), kill a nightly run around its watermark move and a training run mid-step
+and mid-checkpoint, and remove a stage folder under a cached result.
+
 All runs share one Prefect API server (started once per module, without services or UI), which
 saves the ~10 s an ephemeral server costs every `sot` process; each test keeps a private
 PREFECT_HOME and result storage. Embedding uses batches of 8 and shards of 16 rows
@@ -225,7 +230,7 @@ def pool_shards(home: Path) -> list[str]:
                                   [pool_id])]
 
 
-# =========================================================================== kills (quick)
+# =========================================================================== kills
 def test_kill_mid_embed_keeps_the_finished_shard(tmp_path, api_url, reference):
     """Killed after the pool's first shard: the rerun embeds only the other 14 pool rows."""
     sot, home, out = Sot(tmp_path, api_url), tmp_path / "home", tmp_path / "out"
@@ -239,6 +244,7 @@ def test_kill_mid_embed_keeps_the_finished_shard(tmp_path, api_url, reference):
     assert_same_result(out, reference[1])
 
 
+@pytest.mark.slow
 def test_kill_between_shard_and_catalog_leaves_nothing_behind(tmp_path, api_url, reference):
     """Killed after a shard is renamed into place but before its catalog rows commit: the next
     run removes the unnamed shard (one line naming it) and embeds those 16 rows again, no more."""
@@ -361,6 +367,8 @@ def read_only_prefix(home: Path) -> list[str] | None:
 
 
 def test_read_only_store_is_refused_with_one_line(tmp_path, api_url, reference):
+    """A store that cannot be written is refused before any work, with one line naming it; nothing
+    in it changes."""
     home = copy_store(reference[0], tmp_path / "home")
     before = {p: p.stat().st_mtime_ns for p in home.rglob("*")}
     prefix = read_only_prefix(home)
@@ -377,3 +385,198 @@ def test_read_only_store_is_refused_with_one_line(tmp_path, api_url, reference):
     assert re.match(rf"sot: error: {re.escape(str(home))}\S*: the store is read-only", last), done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert {p: p.stat().st_mtime_ns for p in home.rglob("*")} == before  # nothing written
+
+
+# =========================================================================== slow: every kill point in turn
+def mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_every_point_in_turn_ends_like_an_uninterrupted_one(tmp_path, api_url, reference):
+    """One store, eleven `sot curate` processes: each but the last is killed at the next point
+    (inside ingest, embed, costs, solve and publish, and at the boundaries between them). Each run
+    first checks that the one before it is recovered without redoing finished work; the last
+    publishes the reference weights and leaves a clean store."""
+    sot, home, out = Sot(tmp_path, api_url), tmp_path / "home", tmp_path / "out"
+    args = curate_args(home, out)
+
+    # 1. inside ingest: the anchor's file is in place, its catalog rows are not
+    sot.killed("ingest.before_catalog@2", *args)
+    stored = {name: dataset_id for dataset_id, name in catalog(home, "SELECT dataset_id, name FROM datasets")}
+    assert list(stored) == ["pool"]
+    (anchor_file,) = [p for p in (home / "datasets").glob("*.parquet") if p.stem != stored["pool"]]
+    inodes = {p.name: p.stat().st_ino for p in (home / "datasets").glob("*.parquet")}
+
+    # 2. the anchor file is registered again (not written again); killed after the pool's first shard
+    done = sot.killed("embed.after_shard@1", *args)
+    assert any(str(anchor_file) in line and "registered it" in line for line in repairs(done)), done.stderr
+    assert {p.name: p.stat().st_ino for p in (home / "datasets").glob("*.parquet") if p.name in inodes} == inodes
+    assert catalog(home, "SELECT count(*) FROM datasets") == [(3,)]
+    assert catalog(home, "SELECT count(*) FROM embeddings") == [(16,)]
+
+    # 3. inside embed: the second pool shard is in place, its catalog rows are not
+    sot.killed("embed.before_catalog@1", *args)
+    assert catalog(home, "SELECT count(*) FROM embeddings") == [(16,)]
+    named = {shard_file(home, s) for (s,) in catalog(home, "SELECT DISTINCT shard FROM embeddings")}
+    (orphan,) = [p for p in (home / "embeddings").glob("*/*.parquet") if p not in named]
+
+    # 4. the unnamed shard is removed and only its 14 rows embedded again; killed after the anchor's embedding
+    done = sot.killed("embed.after_dataset@2", *args)
+    assert any(str(orphan) in line and "removed" in line for line in repairs(done)), done.stderr
+    assert not orphan.exists()
+    assert vectors_stored(home) == (N_POOL + N_ANCHOR,) * 2
+
+    # 5. inside costs: the anchor's cost matrix is written in the stage's temp folder
+    sot.killed("costs.after_anchor", *args)
+    assert vectors_stored(home) == (N_POOL + N_ANCHOR + N_HARM,) * 2
+    assert not list((home / "stages" / "costs").glob("*/done"))
+
+    # 6. the temp folder is removed; killed at the costs -> solve boundary
+    done = sot.killed("costs.done", *args)
+    assert any("temp file(s) of killed runs" in line for line in repairs(done)), done.stderr
+    (costs_done,) = (home / "stages" / "costs").glob("*/done")
+    costs_at = mtime(costs_done)
+
+    # 7. the costs are found, not computed again; killed inside solve
+    sot.killed("solve.before_rename", *args)
+    assert mtime(costs_done) == costs_at and not list((home / "stages" / "solve").glob("*/diagnostics.json"))
+
+    # 8. killed at the solve -> publish boundary
+    done = sot.killed("solve.done", *args)
+    assert any("temp file(s) of killed runs" in line for line in repairs(done)), done.stderr
+    (solved,) = (home / "stages" / "solve").glob("*/diagnostics.json")
+    solved_at = mtime(solved)
+
+    # 9. inside publish: the out folder written, no curated version recorded
+    sot.killed("publish.before_record", *args)
+    assert (out / "weights.parquet").exists() and catalog(home, "SELECT count(*) FROM curated_versions") == [(0,)]
+
+    # 10. inside publish: the version recorded (files and row together), run.json not written
+    sot.killed("publish.after_record", *args)
+    ((first_version,),) = catalog(home, "SELECT version FROM curated_versions")
+    assert (home / "curated" / first_version / "curated.jsonl").is_file() and not (out / "run.json").exists()
+
+    # 11. uninterrupted: nothing embedded or computed again, a second version whose parent is the first
+    sot.ok(*args)
+    info = run_json(out)
+    assert info["counts"]["embedded_now"] == {"pool": 0, "safe_anchor": 0, "harmful_ref": 0}
+    assert {"ingest", "costs", "solve"} <= set(info["cached_stages"])
+    assert mtime(costs_done) == costs_at and mtime(solved) == solved_at
+    assert info["parent_version"] == first_version
+    assert {p.name: p.stat().st_ino for p in (home / "datasets").glob("*.parquet") if p.name in inodes} == inodes
+    assert vectors_stored(home) == (N_POOL + N_ANCHOR + N_HARM,) * 2
+    assert debris(home) == []
+    assert not [p for p in out.iterdir() if TEMP.match(p.name)]
+    assert_same_result(out, reference[1])
+
+
+@pytest.mark.slow
+def test_removed_stage_output_under_a_cached_result_stops_once_then_recomputes(tmp_path, api_url, reference):
+    """The solve folder deleted while Prefect still caches the result that names it: the run stops
+    with one line naming the folder (no traceback) and resets the caches; the next run computes the
+    stage again and publishes the reference weights."""
+    home = copy_store(reference[0], tmp_path / "home")
+    sot = Sot(tmp_path, api_url)
+    sot.ok(*curate_args(home, tmp_path / "warm"))
+    (solve_dir,) = (home / "stages" / "solve").iterdir()
+    shutil.rmtree(solve_dir)
+    done = sot.run(*curate_args(home, tmp_path / "out"))
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"sot: error: {solve_dir}: ") and "run again" in last, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    sot.ok(*curate_args(home, tmp_path / "out"))
+    assert "solve" not in run_json(tmp_path / "out")["cached_stages"]
+    assert debris(home) == []
+    assert_same_result(tmp_path / "out", reference[1])
+
+
+# =========================================================================== slow: nightly commit
+def incoming_rows(n: int = 6) -> list[dict]:
+    """Demo rows that are not in the fixture pool: a night's new data."""
+    taken = {json.loads(line)["id"] for line in (INPUTS / "pool.jsonl").read_text().splitlines()}
+    rows = [json.loads(line) for line in (REPO / "data" / "demo" / "pool.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["id"] not in taken][:n]
+
+
+@pytest.mark.slow
+def test_nightly_killed_around_the_watermark_move(tmp_path, api_url, reference):
+    """Killed after publishing but before the batch commit, the watermark stays: the rerun takes the
+    same batch again (embedding nothing again). Killed right after the commit, the batch counts as
+    consumed: the next run is a no-op. The published weights equal an uninterrupted night's."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    (incoming / "night-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in incoming_rows()))
+
+    def nightly(home: Path, out: Path) -> list[str]:
+        return ["nightly", "--incoming", incoming, "--base-pool", INPUTS / "pool.jsonl", "--safe-anchor",
+                INPUTS / "anchor.jsonl", "--harmful-ref", INPUTS / "harm.jsonl", "--name", "night", *BATCH,
+                "--home", home, "--out-dir", out]
+
+    sot = Sot(tmp_path, api_url)
+    clean_home, clean_out = copy_store(reference[0], tmp_path / "clean"), tmp_path / "clean-out"
+    sot.ok(*nightly(clean_home, clean_out))
+
+    home, out = copy_store(reference[0], tmp_path / "home"), tmp_path / "out"
+    sot.killed("nightly.before_commit", *nightly(home, out))
+    assert catalog(home, "SELECT count(*) FROM incoming_batches") == [(0,)]
+    assert catalog(home, "SELECT count(*) FROM curated_versions WHERE name = 'night'") == [(1,)]
+
+    sot.killed("nightly.after_commit", *nightly(home, out))
+    info = run_json(out)
+    assert info["counts"]["embedded_now"]["pool"] == 0  # the batch was embedded by the killed run
+    assert catalog(home, "SELECT seq, n_rows FROM incoming_batches WHERE name = 'night'") == [(1, 6)]
+    assert_same_result(out, clean_out)
+
+    done = sot.ok(*nightly(home, out))
+    assert "nothing new since batch 1" in done.stdout
+    assert catalog(home, "SELECT count(*) FROM curated_versions WHERE name = 'night'") == [(2,)]
+    assert catalog(home, "SELECT count(*) FROM incoming_batches") == [(1,)]
+    assert debris(home) == []
+
+
+# =========================================================================== slow: training
+@pytest.mark.slow
+def test_training_killed_resumes_from_its_last_checkpoint(tmp_path, api_url):
+    """64 steps of LoRA training on a tiny random model, checkpointed at step 50. Killed while
+    writing the step-50 checkpoint, the rerun starts over (the half checkpoint is removed, never
+    loaded); that run killed at step 57, the next resumes from step 50 and runs 14 steps. It ends
+    with the adapter tensors of an uninterrupted run."""
+    pytest.importorskip("peft")
+    from safetensors.numpy import load_file
+    from test_train import make_tiny_model, write_curated
+
+    model = make_tiny_model(tmp_path / "tiny")
+    curated = write_curated(tmp_path / "curated.jsonl")
+    sot = Sot(tmp_path, api_url)
+
+    def finetune(out: Path) -> list:
+        return ["finetune", "--no-eval", "--curated", curated, "--base-model", model, "--out-dir", out,
+                "--epochs", "8", "--batch-size", "1"]
+
+    def adapter(out: Path) -> tuple[dict, dict]:
+        folder = out / "lora" / "adapter"
+        return load_file(str(folder / "adapter_model.safetensors")), json.loads((folder / "manifest.json").read_text())
+
+    sot.ok(*finetune(tmp_path / "clean"))
+    want, manifest = adapter(tmp_path / "clean")
+    assert (manifest["steps"], manifest["resumed_from_step"]) == (64, 0)
+
+    out = tmp_path / "killed"
+    checkpoints = out / "lora" / "checkpoints"
+    sot.killed("train.checkpoint@1", *finetune(out))
+    (half,) = checkpoints.iterdir()
+    assert TEMP.match(half.name)  # the step-50 checkpoint, still under its temp name
+
+    sot.killed("train.after_step@57", *finetune(out))
+    assert [p.name for p in checkpoints.iterdir()] == ["step-0000050"]  # the half one removed, a whole one written
+
+    sot.ok(*finetune(out))
+    got, manifest = adapter(out)
+    assert (manifest["steps"], manifest["resumed_from_step"], manifest["steps_this_run"]) == (64, 50, 14)
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-6, err_msg=name)
+    assert not [p for p in out.rglob("*") if TEMP.match(p.name)]
+    assert not checkpoints.exists()

@@ -192,6 +192,8 @@ def solve(store: Store, cost_key: str, config: CurateConfig, show_progress: bool
     start = time.perf_counter()
     solver_cfg = config.push_pull()
     costs_dir = store.stage_dir("costs", cost_key)
+    if not (costs_dir / "done").exists():
+        raise store.lost_stage(costs_dir)
     masses = anchor_masses(costs_dir, config)
     key = config_hash("solve", cost_key, solver_cfg.__dict__, *([config.refusal_share] if masses is not None else []))
     out = store.stage_dir("solve", key)

@@ -123,6 +123,8 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
     start = time.perf_counter()
     out_dir = Path(out_dir)
     sweep_temp(out_dir, recursive=False)  # what a killed publish left in this folder
+    if not all((Path(solve_path) / f).exists() for f in ("weights.npy", "score.npy")):
+        raise store.lost_stage(Path(solve_path))
     rows = store.get_rows(pool_id)
     weights, score = (np.load(Path(solve_path) / f) for f in ("weights.npy", "score.npy"))
     ids, prompts, responses = (rows.column(c).to_pylist() for c in ("id", "prompt", "response"))

@@ -38,6 +38,9 @@ stderr, each naming the file:
   embedded, and the next embed stage embeds them again (and nothing else);
 - shard files and ``curated/<version>`` folders no catalog row names: removed.
 
+A stage folder (``stages/``) that a cached task result names but that is gone stops the run with
+one line naming it and changes `store_id` (`Store.lost_stage`), so the next run computes it again.
+
 Reads verify too: dataset files and shards are written with Parquet page checksums and read with
 verification (a flipped byte is caught, not used). A read that fails (damage after the process
 opened the store) drops what it read from the catalog, as above, and raises `StoreError` naming
@@ -544,6 +547,15 @@ class Store:
     # -- stage outputs and runs -------------------------------------------
     def stage_dir(self, stage: str, key: str) -> Path:
         return self.home / "stages" / stage / key
+
+    def lost_stage(self, path: Path) -> StoreError:
+        """The error for a stage folder that an earlier stage's (cached) result names but the store
+        no longer holds. Changes `store_id`, so the next run's cache keys miss and the stages are
+        computed again."""
+        with self.catalog():
+            atomic_write_text(uuid.uuid4().hex, self.home / "store_id")
+        return StoreError(f"{path}: this stage output is gone from the store though a cached result names it; "
+                          "the caches were reset: run again to compute it again")
 
     def record_run(self, run_id: str, kind: str, status: str, config: dict, out_dir: str, stage_seconds: dict) -> None:
         with self.catalog() as con:
