@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from sot_core.curate.pipeline import ingest, load_embeddings
 from sot_core.data.loaders import FieldMap, load_rows, rows_from_records
+from sot_core.data.names import check_name
 from sot_core.data.schema import ROW_SCHEMA
 from sot_core.data.store import Store
 from sot_core.errors import InputError, StoreError
@@ -159,7 +160,13 @@ def stage_batch(store: Store, name: str, incoming: str | None, incoming_table: s
     dict
         ``n_new`` (0 means nothing arrived), and when rows arrived ``dataset_id``, ``files``,
         ``table_watermark``, ``prev_seq`` and ``batch_dataset_ids`` (earlier batches, in order).
+
+    Raises
+    ------
+    OptionError
+        When `name` is not a plain name (it keys the watermark and names the versions' folders).
     """
+    check_name(name)
     mark = read_watermark(store, name)
     files = new_files(incoming, mark) if incoming else {}
     tables = [load_rows(str(Path(incoming) / rel), fields=fields) for rel in files]

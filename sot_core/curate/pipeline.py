@@ -41,15 +41,34 @@ def shard_rows(batch_size: int) -> int:
     return max(batch_size, rows - rows % batch_size)
 
 
-def load_inputs(sources: dict[str, str], fields: dict[str, FieldMap | None] | None = None) -> dict[str, pa.Table]:
-    """Load and validate every input before anything is written, so bad input leaves the store untouched."""
+# Inputs whose responses are the point: the pool is fine-tuning data, the refusal anchor refusals.
+NEEDS_RESPONSES = ("pool", "refusal_anchor")
+
+
+def load_inputs(sources: dict[str, str], fields: dict[str, FieldMap | None] | None = None,
+                labels: str | None = None) -> dict[str, pa.Table]:
+    """Load and validate every input before anything is written, so bad input leaves the store untouched.
+
+    The pool and the refusal anchor must have responses: a file of prompts alone (the loaders'
+    prompt-only mode, fine for a harmful reference) is refused for them, since curated rows
+    without responses teach fine-tuning nothing and an anchor without responses holds no
+    refusals. `labels`, an ``id,label`` file (`sot_core.curate.quality.read_labels`), is read
+    and checked too, so that a bad one fails before the run stores anything.
+    """
     fields = fields or {}
     tables = {}
     for role, source in sources.items():
         rows = load_rows(source, fields=fields.get(role))
         if rows.num_rows == 0:
             raise InputError(source, f"the {role.replace('_', ' ')} has no rows")
+        if role in NEEDS_RESPONSES and not any(rows.column("response").to_pylist()):
+            raise InputError(source, f"no row has a response, and the {role.replace('_', ' ')} needs (prompt, "
+                             "response) pairs; name the response field if it has another name")
         tables[role] = rows
+    if labels:
+        from sot_core.curate.quality import read_labels
+
+        read_labels(labels)
     return tables
 
 

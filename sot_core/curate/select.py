@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from sot_core.config import CODE_VERSION, CurateConfig, config_hash
 from sot_core.curate.quality import auroc, harmful_kept
+from sot_core.data.names import check_name
 from sot_core.data.store import Store
 from sot_core.failpoints import failpoint
 from sot_core.io import atomic_write_table, atomic_write_text, sweep_temp
@@ -113,7 +114,8 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
         {row id: is harmful}; adds the "against the labels" quality figures.
     name : str
         Name of the curated dataset; each call adds a version of it, whose parent is the
-        latest version before it.
+        latest version before it. A plain name (`sot_core.data.names.check_name`): anything
+        else raises `OptionError` before a file is written.
 
     Returns
     -------
@@ -121,6 +123,7 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
         The run summary written to ``run.json``.
     """
     start = time.perf_counter()
+    check_name(name)  # it becomes the version's folder name: refused before anything is written
     out_dir = Path(out_dir)
     sweep_temp(out_dir, recursive=False)  # what a killed publish left in this folder
     if not all((Path(solve_path) / f).exists() for f in ("weights.npy", "score.npy")):
