@@ -292,20 +292,20 @@ class Store:
                 remove.append(path)
                 repairs.append(f"{path}: dataset {dataset_id} {problem}; dropped it from the catalog (a run with the "
                                "same input stores it again)")
+        folder = self.home / "datasets"
+        unnamed = [p for p in sorted(folder.glob("*.parquet")) if p.stem not in catalogued] if folder.is_dir() else []
         if lost:
             con.execute("DELETE FROM datasets WHERE dataset_id IN (SELECT unnest(?))", [lost])
-        con.execute("DELETE FROM rows WHERE dataset_id NOT IN (SELECT dataset_id FROM datasets)")
-        folder = self.home / "datasets"
-        for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
-            if path.stem in catalogued:
-                continue
+        if lost or unnamed:  # index rows of datasets that are gone (or about to be registered again)
+            con.execute("DELETE FROM rows WHERE dataset_id NOT IN (SELECT dataset_id FROM datasets)")
+        for path in unnamed:
             try:
                 rows = pq.read_table(path, page_checksum_verification=True)
                 whole = set(ROW_SCHEMA.names) <= set(rows.column_names) and dataset_id_of(rows) == path.stem
             except Exception:  # noqa: BLE001 - unreadable: not a dataset
                 whole = False
             if whole:
-                meta = {k.decode(): v.decode() for k, v in (rows.schema.metadata or {}).items()}
+                meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (rows.schema.metadata or {}).items()}
                 self._register_dataset(con, path.stem, rows, meta.get("sot.name", "recovered"),
                                        meta.get("sot.source_uri", ""), path)
                 repairs.append(f"{path}: dataset {path.stem} was stored but not registered (a run was killed "
