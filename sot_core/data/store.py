@@ -71,6 +71,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sot_core.data.names import plain_component
 from sot_core.data.schema import ROW_SCHEMA, dataset_id_of
 from sot_core.errors import StoreBusyError, StoreError
 from sot_core.failpoints import failpoint
@@ -98,8 +99,13 @@ CREATE TABLE IF NOT EXISTS curated_versions (
 
 
 def slug(text: str) -> str:
-    """File-system-safe name for an identifier such as an encoder id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+    """Folder name for an identifier such as an encoder id: each run of characters other than
+    letters, digits, '.', '_' and '-' becomes '_' (``minilm-l6-v2:pair`` -> ``minilm-l6-v2_pair``).
+
+    The folder only groups files: the catalog keeps the exact id and every shard's path. An id that
+    would leave an empty, dot (``.``, ``..``) or hidden name raises `StoreError` instead.
+    """
+    return plain_component(re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_"), f"the folder name of {text!r}")
 
 
 def embeddings_table(hashes: list[str], vectors: np.ndarray) -> pa.Table:
@@ -357,7 +363,8 @@ class Store:
 
     # -- datasets ---------------------------------------------------------------------------
     def dataset_path(self, dataset_id: str) -> Path:
-        return self.home / "datasets" / f"{dataset_id}.parquet"
+        """``datasets/<dataset_id>.parquet``; `StoreError` for an id that is not a plain file name."""
+        return self.home / "datasets" / f"{plain_component(dataset_id, 'dataset id')}.parquet"
 
     def put_dataset(self, dataset_id: str, rows: pa.Table, name: str, source_uri: str) -> bool:
         """Store canonical rows under a content-derived id. Returns False if already stored."""
@@ -521,7 +528,7 @@ class Store:
 
         Returns the version's parent: the latest version of the same name before it.
         """
-        final = self.home / "curated" / version
+        final = self.curated_dir(version)
         tmp = temp_dir(final)
         try:
             for name, text in files.items():
@@ -545,8 +552,13 @@ class Store:
         return parent
 
     # -- stage outputs and runs -------------------------------------------
+    def curated_dir(self, version: str) -> Path:
+        """``curated/<version>``; `StoreError` for a version that is not a plain file name."""
+        return self.home / "curated" / plain_component(version, "curated version")
+
     def stage_dir(self, stage: str, key: str) -> Path:
-        return self.home / "stages" / stage / key
+        """``stages/<stage>/<key>``; `StoreError` for a stage or key that is not a plain file name."""
+        return self.home / "stages" / plain_component(stage, "stage") / plain_component(key, "stage key")
 
     def lost_stage(self, path: Path) -> StoreError:
         """The error for a stage folder that an earlier stage's (cached) result names but the store
