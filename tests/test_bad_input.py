@@ -513,3 +513,14 @@ def test_encoder_errors_try_no_network_for_local_paths(tmp_path, monkeypatch):
             get_encoder(spec)
         assert "--encoder" in str(caught.value) and spec in str(caught.value), str(caught.value)
     assert attempts == []
+
+
+def test_nightly_batch_without_responses_is_refused(shared_store, tmp_path):
+    from sot_core.curate import incremental
+
+    store, before = shared_store
+    (tmp_path / "incoming").mkdir()
+    (tmp_path / "incoming" / "batch.jsonl").write_text('{"prompt": "a"}\n')
+    with pytest.raises(InputError, match="batch.jsonl: no row has a response"):
+        incremental.stage_batch(store, "nightly", str(tmp_path / "incoming"))
+    assert snapshot(store.home) == before

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sot_core.curate.pipeline import ingest, load_embeddings
+from sot_core.curate.pipeline import ingest, load_embeddings, require_responses
 from sot_core.data.loaders import FieldMap, load_rows, rows_from_records
 from sot_core.data.names import check_name
 from sot_core.data.schema import ROW_SCHEMA
@@ -170,6 +170,8 @@ def stage_batch(store: Store, name: str, incoming: str | None, incoming_table: s
     mark = read_watermark(store, name)
     files = new_files(incoming, mark) if incoming else {}
     tables = [load_rows(str(Path(incoming) / rel), fields=fields) for rel in files]
+    for rel, table in zip(files, tables):  # new rows join the pool: fine-tuning data needs responses
+        require_responses(str(Path(incoming) / rel), table, "pool")
     table_high = mark.table_value
     if incoming_table:
         records, table_high = read_table_rows(incoming_table, watermark_column, mark.table_value)

@@ -61,15 +61,21 @@ def load_inputs(sources: dict[str, str], fields: dict[str, FieldMap | None] | No
         rows = load_rows(source, fields=fields.get(role))
         if rows.num_rows == 0:
             raise InputError(source, f"the {role.replace('_', ' ')} has no rows")
-        if role in NEEDS_RESPONSES and not any(rows.column("response").to_pylist()):
-            raise InputError(source, f"no row has a response, and the {role.replace('_', ' ')} needs (prompt, "
-                             "response) pairs; name the response field if it has another name")
+        if role in NEEDS_RESPONSES:
+            require_responses(source, rows, role)
         tables[role] = rows
     if labels:
         from sot_core.curate.quality import read_labels
 
         read_labels(labels)
     return tables
+
+
+def require_responses(source: str, rows: pa.Table, role: str) -> None:
+    """Refuse rows of which none has a response, for an input whose responses are the point."""
+    if not any(rows.column("response").to_pylist()):
+        raise InputError(source, f"no row has a response, and the {role.replace('_', ' ')} needs (prompt, "
+                         "response) pairs; name the response field if it has another name")
 
 
 def ingest(store: Store, source: str, rows: pa.Table, role: str) -> dict:
