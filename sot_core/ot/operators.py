@@ -65,8 +65,11 @@ class DenseCostOperator:
         10x faster on CPU). Safe because every kernel entry is >= exp(-span) with
         span = (hi - lo) / eps, and each sum has a term with weight 1 (the shifted maximum), so
         no sum can underflow: float32 while span <= 40, float64 while span <= 600; beyond
-        that (small eps) the log-domain path is used. Built on the second call with the same
-        eps, so the one-iteration levels of epsilon scaling do not pay for it.
+        that (small eps) the log-domain path is used. The scaling vector exp(beta - max beta)
+        is exponentiated in the kernel's dtype: a float32 solve with a float64 kernel (40 <
+        span <= 600) would otherwise lose every term below exp(-103), often the dominant ones.
+        Built on the second call with the same eps, so the one-iteration levels of epsilon
+        scaling do not pay for it.
         """
         if self._kernel is not None and self._kernel[0] == eps:
             return self._kernel[1]
@@ -104,7 +107,7 @@ class DenseCostOperator:
         K = self.kernel(eps)
         if K is not None:
             shift = beta.max()
-            sums = torch.mv(K, torch.exp(beta - shift).to(K.dtype))
+            sums = torch.mv(K, torch.exp(beta.to(K.dtype) - shift))
             return torch.log(sums).to(self.dtype) + (shift - self.lo / eps)
         out = torch.empty(self.n, dtype=self.dtype, device=self.device)
         for start, stop, block in self._blocks():
@@ -116,7 +119,7 @@ class DenseCostOperator:
         K = self.kernel(eps)
         if K is not None:
             shift = alpha.max()
-            sums = torch.mv(K.t(), torch.exp(alpha - shift).to(K.dtype))
+            sums = torch.mv(K.t(), torch.exp(alpha.to(K.dtype) - shift))
             return torch.log(sums).to(self.dtype) + (shift - self.lo / eps)
         acc = torch.full((self.m,), -math.inf, dtype=self.dtype, device=self.device)
         for start, stop, block in self._blocks():
