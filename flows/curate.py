@@ -54,14 +54,15 @@ def curate_dataset(
     home = resolve_home(home)
     sources = {"pool": pool, "safe_anchor": safe_anchor, "harmful_ref": harmful_ref,
                **({"refusal_anchor": refusal_anchor} if refusal_anchor else {})}
-    ingest_state = ingest_inputs(home, sources, encoder, run.field_names(), return_state=True)
+    labels = labels or demo_labels(pool)
+    ingest_state = ingest_inputs(home, sources, encoder, run.field_names(), labels, return_state=True)
     cached = ingest_state.name == "Cached"
     inputs = {role: {"source": sources[role], **r, **({"seconds": 0.0} if cached else {})}
               for role, r in ingest_state.result().items()}
     ids = {role: inputs[role]["dataset_id"] for role in sources}
     embedded, costs, solved = embed_and_solve(home, ids, config)
     info = run_info(inputs, embedded, costs, solved, sum(i["seconds"] for i in inputs.values()), ingest_cached=cached)
-    return publish_and_report(home, ids["pool"], solved, config, out_dir, info, labels or demo_labels(pool), name)
+    return publish_and_report(home, ids["pool"], solved, config, out_dir, info, labels, name)
 
 
 def resolve_home(home: str | None) -> str:

@@ -62,6 +62,8 @@ def key_for(stage: str):
         home = Path(params.pop("home")).resolve()
         if "sources" in params:
             params["sources"] = {role: source_fingerprint(s) for role, s in params["sources"].items()}
+        if params.get("labels"):
+            params["labels"] = source_fingerprint(params["labels"])
         return f"{stage}-{config_hash(Store(home).store_id, str(home), params)}"
 
     return cache_key
@@ -102,12 +104,13 @@ TASK_OPTIONS = dict(persist_result=True, result_serializer=JSON_RESULTS, cache_e
 
 
 @task(name="ingest", cache_key_fn=key_for("ingest"), **TASK_OPTIONS)
-def ingest_inputs(home: str, sources: dict[str, str], encoder: str, fields: dict | None = None) -> dict:
-    """Validate all inputs and the encoder's fit with the store first, then store the inputs:
-    bad input leaves the store untouched."""
+def ingest_inputs(home: str, sources: dict[str, str], encoder: str, fields: dict | None = None,
+                  labels: str | None = None) -> dict:
+    """Validate all inputs (and the labels file, if any) and the encoder's fit with the store first,
+    then store the inputs: bad input leaves the store untouched."""
     store = Store(home)
     field_map = FieldMap(**fields) if fields else None
-    tables = pipeline.load_inputs(sources, {role: field_map for role in sources})
+    tables = pipeline.load_inputs(sources, {role: field_map for role in sources}, labels=labels)
     spec = pipeline.cached_encoder(encoder)
     store.check_encoder(spec.encoder_id, spec.dim, register=False)
     return {role: pipeline.ingest(store, sources[role], tables[role], role) for role in sources}

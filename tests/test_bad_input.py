@@ -139,7 +139,15 @@ CLI_CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "encoder_missing_hub_model": (lambda tmp: ["--encoder", "hf:sot-test-org/missing"],
                                   ["--encoder", "hf:sot-test-org/missing", "cache"]),
     "field_not_in_rows": (lambda tmp: ["--prompt-field", "question"], ["field 'question'", "not found"]),
+    # a labels file is checked with the inputs, before anything is stored
+    "labels_without_label_column": (lambda tmp: ["--labels", str(_write_text(tmp / "labels.csv", "id,flag\nx,1\n"))],
+                                    ["labels.csv", "row 1", "field 'label'"]),
 }
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 @pytest.mark.parametrize("case", sorted(CLI_CASES))
