@@ -311,7 +311,8 @@ class Store:
             except Exception:  # noqa: BLE001 - unreadable: not a dataset
                 whole = False
             if whole:
-                meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (rows.schema.metadata or {}).items()}
+                meta = {k.decode(errors="replace"): v.decode(errors="replace")
+                        for k, v in (rows.schema.metadata or {}).items()}
                 self._register_dataset(con, path.stem, rows, meta.get("sot.name", "recovered"),
                                        meta.get("sot.source_uri", ""), path)
                 repairs.append(f"{path}: dataset {path.stem} was stored but not registered (a run was killed "
