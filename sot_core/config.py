@@ -92,9 +92,11 @@ class SolverOptions:
 
     tau: float | None = field(default=None, metadata={
         "gt": 0,
-        "help": "Strength of the prior tau*KL(w|uniform); empty: 2 * eps * max(1, lam). The weights are "
-                "softmax(-score/tau) at the solution: smaller tau gives sharper weights. Must exceed eps "
-                "(anchor modes) and should exceed lam*eps (against collapse)."})
+        "help": "Temperature of the weights, in the score's units (cosine-cost units): the solver minimises "
+                "OT(w, anchor) - lam*OT(w, harmful) + tau*KL(w|uniform), whose solution is w = softmax(-score/tau), "
+                "so two rows whose scores differ by tau differ in weight by a factor e. Empty: "
+                "0.2*max(1, lam), raised to 2*eps*max(1, lam) when eps > 0.1; it does not shrink with eps. "
+                "Must exceed eps (anchor modes) and should exceed lam*eps (against collapse)."})
     step_size: float = field(default=1.0, metadata={
         "gt": 0, "le": 1,
         "help": "Damping s in (0, 1] of the linearised push between outer steps; 1 = plain DCA, "
@@ -107,7 +109,17 @@ class SolverOptions:
     max_sinkhorn_iter: int = field(default=1000, metadata={"ge": 1, "help": "Iteration cap per Sinkhorn solve."})
     eps_scaling: bool = field(default=True, metadata={
         "help": "Anneal eps (halving from the cost spread) on the first, cold solve."})
-    dtype: Dtype = field(default="float32", metadata={"help": "Floating point type of the solve."})
+    min_ess: float = field(default=0.1, metadata={
+        "ge": 0, "lt": 1,
+        "help": "Collapse guard: when the effective sample size 1/sum(w^2) of the solution is below this "
+                "fraction of the pool, the solve is reported converged=False (stop_reason 'collapsed'); 0: off."})
+    max_seconds: float | None = field(default=600.0, metadata={
+        "gt": 0,
+        "help": "Time budget of one solve in seconds; when it is spent the solve stops with an error that "
+                "names eps and what to change (empty: no limit)."})
+    dtype: Dtype = field(default="float32", metadata={
+        "help": "Floating point type of the solve: float32 (fast; on cosine costs it converges like float64 "
+                "down to eps=1e-3) or float64."})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."})
 
     def __post_init__(self):
@@ -119,14 +131,20 @@ class PushPullConfig(SolverOptions):
     """Settings of `solve_push_pull`: the objective's parameters plus the solver options."""
 
     lam: float = field(default=1.0, metadata={
-        "ge": 0, "help": "Push strength lambda: objective OT(w, anchor) - lam * OT(w, harmful)."})
+        "ge": 0, "help": "Push strength lambda: objective OT(w, anchor) - lam * OT(w, harmful) + tau * KL(w|uniform)."})
     eps: float = field(default=0.1, metadata={
-        "gt": 0, "help": "Entropic regularisation of both OT problems, in cosine-cost units."})
+        "gt": 0, "help": "Entropic regularisation of both OT problems, in cosine-cost units (how sharply each "
+                         "OT problem matches rows; the weights' spread is set by tau)."})
     mode: Mode = field(default="push-pull", metadata={
         "help": "push-pull (anchor and harmful), pull (anchor only) or push (harmful only)."})
 
     def effective_tau(self) -> float:
-        return self.tau if self.tau is not None else 2.0 * self.eps * max(1.0, self.lam)
+        """tau, or its default max(0.2, 2 eps) * max(1, lam): 0.2 cost units (the score's units)
+        per unit of push strength, independent of eps unless eps > 0.1 forces it up (tau > eps,
+        tau > lam * eps). At the default eps = 0.1 this equals the earlier default 2 eps max(1, lam)."""
+        if self.tau is not None:
+            return self.tau
+        return max(0.2, 2.0 * self.eps) * max(1.0, self.lam)
 
     def __post_init__(self):
         self.validate()

@@ -1,6 +1,7 @@
 """Sinkhorn (KL(P | a x b) convention) and push-pull weights: accuracy, gradients, robustness."""
 import json
 import math
+import warnings
 
 import numpy as np
 import ot as pot
@@ -331,3 +332,73 @@ def test_float32_follows_float64_down_to_eps_1e3(eps):
     assert full["float32"].converged and full["float64"].converged
     assert abs(full["float32"].n_iter - full["float64"].n_iter) <= 0.05 * full["float64"].n_iter + 2
     assert abs(full["float32"].value - full["float64"].value) <= 1e-6 * abs(full["float64"].value)
+
+
+def test_default_tau_does_not_shrink_with_eps(synthetic):
+    """tau is the weights' temperature in score units: halving eps must not sharpen the weights
+    by orders of magnitude (the earlier default 2 eps: kept-weight ratio 5 -> 18 -> 840 -> 4.7e5
+    for eps 0.1 -> 0.01 on this pool, ESS 156 -> 13 of 200)."""
+    cost_anchor, cost_harmful, is_harmful = synthetic
+    assert PushPullConfig(eps=0.1).effective_tau() == pytest.approx(0.2)  # default results unchanged
+    assert PushPullConfig(eps=0.01).effective_tau() == PushPullConfig(eps=0.05).effective_tau() == 0.2
+    assert PushPullConfig(eps=0.2).effective_tau() == pytest.approx(0.4)  # must exceed eps
+    assert PushPullConfig(eps=0.01, lam=3.0).effective_tau() == pytest.approx(0.6)
+    ratios = []
+    for eps in (0.1, 0.05, 0.02, 0.01):
+        result = solve_push_pull(cost_anchor, cost_harmful, PushPullConfig(eps=eps, dtype="float64"))
+        w, diag = result.weights, result.diagnostics
+        kept = np.sort(w)[-160:]
+        ratios.append(kept[-1] / kept[0])
+        assert diag["converged"] and diag["stop_reason"] == "converged"
+        assert diag["ess"] == pytest.approx(1 / (w ** 2).sum()) and diag["ess_fraction"] == pytest.approx(diag["ess"] / 200)
+        assert diag["ess_fraction"] >= 0.6  # measured 0.78 / 0.76 / 0.74 / 0.73
+        assert is_harmful[np.argsort(w)[:20]].all()
+    assert max(ratios) / min(ratios) < 3  # measured 5.0, 6.2, 7.3, 7.8
+
+
+def test_collapse_is_not_reported_converged(synthetic):
+    """tau = 2 eps at eps 1e-3 (the earlier default) collapses the weights: ESS 9.5 of 200, a 1e56
+    weight ratio. That is converged=False with the reason, and a warning."""
+    cost_anchor, cost_harmful, _ = synthetic
+    config = PushPullConfig(eps=1e-3, tau=2e-3, dtype="float64")
+    with pytest.warns(RuntimeWarning, match="collapsed"):
+        result = solve_push_pull(cost_anchor, cost_harmful, config)
+    diag = result.diagnostics
+    assert not diag["converged"]
+    assert "collapsed" in diag["stop_reason"] and "raise tau" in diag["stop_reason"]
+    assert diag["ess_fraction"] < config.min_ess and diag["ess"] == pytest.approx(1 / (result.weights ** 2).sum())
+    json.dumps(diag)
+    # the guard can be switched off; the weights are the same either way
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unguarded = solve_push_pull(cost_anchor, cost_harmful, PushPullConfig(eps=1e-3, tau=2e-3, dtype="float64", min_ess=0.0))
+    assert "collapsed" not in unguarded.diagnostics["stop_reason"]
+    np.testing.assert_array_equal(unguarded.weights, result.weights)
+
+
+def test_tiny_eps_stops_with_a_reason(caplog):
+    """eps = 1e-6 on 20 rows (cosine-like costs): it used to run for minutes with no output.
+    Now the solve finishes, reports that the inner solves could not converge at that eps, and
+    logs its progress; with a budget, it stops with an error naming eps and what to change."""
+    from sot_core.ot.push_pull import SolverBudgetError
+
+    rng = np.random.default_rng(6)
+    pool, anchor, harmful = unit_rows(rng, 20, 16), unit_rows(rng, 8, 16), unit_rows(rng, 30, 16)
+    ca, ch = cosine_costs(pool, anchor), cosine_costs(pool, harmful)
+    with caplog.at_level("INFO", logger="sot_core.ot.push_pull"):
+        with pytest.warns(RuntimeWarning, match="eps=1e-06"):
+            result = solve_push_pull(ca, ch, PushPullConfig(eps=1e-6, max_outer=5, device="cpu"))
+    diag = result.diagnostics
+    assert not diag["converged"] and "inner_not_converged" in diag["stop_reason"]
+    assert "eps=1e-06" in diag["stop_reason"] and "max_sinkhorn_iter" in diag["stop_reason"]
+    assert np.isfinite(result.weights).all()
+    assert any("outer step" in r.getMessage() for r in caplog.records)  # progress
+    assert any(r.levelname == "WARNING" and "max_sinkhorn_iter" in r.getMessage() for r in caplog.records)
+    # the earlier default tau = 2 eps makes every step slow: the time budget ends it, with an error
+    config = PushPullConfig(eps=1e-6, tau=2e-6, max_seconds=0.5, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tau <= lam * eps: the collapse warning of the config
+        with pytest.raises(SolverBudgetError, match=r"eps=1e-06.*max_seconds=0.5.*larger eps") as caught:
+            solve_push_pull(ca, ch, config)
+    from sot_core.errors import SotError
+    assert isinstance(caught.value, SotError)  # `sot` prints it as one line; Prefect does not retry it

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -64,14 +65,17 @@ class SinkhornState:
 
 def sinkhorn_potentials(op, log_a: torch.Tensor, log_b: torch.Tensor, eps: float, *,
                         g_init: torch.Tensor | None = None, tol: float = 1e-4,
-                        max_iter: int = 1000, eps_start: float | None = None) -> SinkhornState:
+                        max_iter: int = 1000, eps_start: float | None = None,
+                        on_iter: Callable[[int, float], None] | None = None) -> SinkhornState:
     """Core loop on prepared tensors; see `sinkhorn_log` for the maths.
 
     Each iteration is an f-update (rows exact) then a g-update; the marginal error is the L1
     column error of the plan (f, g_old), read off the g-update for free:
     sum_j b_j |exp((g_old_j - g_new_j) / eps) - 1|. With ``eps_start`` > eps and no warm start,
     eps is annealed from eps_start by halving, one iteration per level (epsilon scaling), which
-    avoids the slow start of small-eps Sinkhorn from zero potentials.
+    avoids the slow start of small-eps Sinkhorn from zero potentials. ``on_iter(n_iter, err)``
+    is called after every iteration (err is inf during epsilon scaling); it may raise to stop
+    the solve (a time budget).
     """
     if op.col_support is not None:
         log_b = torch.where(op.col_support, log_b, torch.full_like(log_b, -math.inf))
@@ -93,6 +97,8 @@ def sinkhorn_potentials(op, log_a: torch.Tensor, log_b: torch.Tensor, eps: float
             _, g = half_steps(level, g)
             n_iter += 1
             level *= _EPS_SCALING_FACTOR
+            if on_iter is not None:
+                on_iter(n_iter, math.inf)
 
     err, f = math.inf, None
     for _ in range(max(1, max_iter)):
@@ -102,6 +108,8 @@ def sinkhorn_potentials(op, log_a: torch.Tensor, log_b: torch.Tensor, eps: float
         n_iter += 1
         if err <= tol:
             break
+        if on_iter is not None:
+            on_iter(n_iter, err)
     a = torch.exp(log_a)
     value = float((a.double() * f.double()).sum() + (b.double() * g.double()).sum())
     return SinkhornState(f=f, g=g, value=value, marginal_error=err, n_iter=n_iter,
@@ -214,7 +222,8 @@ class SemiRelaxedState(SinkhornState):
 
 def semi_relaxed_potentials(op, log_p: torch.Tensor, log_b: torch.Tensor, eps: float,
                             rho: float, *, g_init: torch.Tensor | None = None,
-                            tol: float = 1e-4, max_iter: int = 1000) -> SemiRelaxedState:
+                            tol: float = 1e-4, max_iter: int = 1000,
+                            on_iter: Callable[[int, float], None] | None = None) -> SemiRelaxedState:
     r"""Solve :math:`\min_w \mathrm{OT}_\varepsilon(w, b) + (\rho + \varepsilon)\,\mathrm{KL}(w | p')`.
 
     Rewriting :math:`\varepsilon\mathrm{KL}(P|w\otimes b) = \varepsilon\mathrm{KL}(P|u\otimes b)
@@ -234,6 +243,7 @@ def semi_relaxed_potentials(op, log_p: torch.Tensor, log_b: torch.Tensor, eps: f
     Returns the balanced-convention potential :math:`f + \varepsilon\log(u/w)` (the gradient of
     :math:`\mathrm{OT}_\varepsilon(\cdot, b)` at w) and :math:`\mathrm{OT}_\varepsilon(w, b)`.
     The error is the L1 gap between the plan's row sums and :math:`p e^{-f/\rho}`.
+    ``on_iter(n_iter, err)`` is called after every iteration, as in `sinkhorn_potentials`.
     """
     n = op.n
     log_u = torch.full((n,), -math.log(n), dtype=log_p.dtype, device=log_p.device)
@@ -251,6 +261,8 @@ def semi_relaxed_potentials(op, log_p: torch.Tensor, log_b: torch.Tensor, eps: f
         f = shrink * (log_p - log_u - softmin)
         g = -eps * op.col_lse(log_u + f / eps, eps)
         n_iter += 1
+        if on_iter is not None:
+            on_iter(n_iter, err)
     log_w = torch.log_softmax(log_p - f / rho, dim=0)
     f_balanced = f + eps * (log_u - log_w)
     w, b = torch.exp(log_w).double(), torch.exp(log_b).double()
