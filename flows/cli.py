@@ -18,7 +18,8 @@ from sot_core.config import (
 from sot_prefect.flows.cli_options import add_options, given, take
 
 # The training and evaluation settings offered on the command line (the rest keep their defaults).
-TRAIN_OPTIONS = ("epochs", "batch_size", "max_length", "weighting", "learning_rate", "r", "lora_alpha", "seed")
+TRAIN_OPTIONS = ("epochs", "batch_size", "max_length", "weighting", "learning_rate", "r", "lora_alpha", "seed",
+                 "checkpoint_every")
 EVAL_OPTIONS = ("n_harmful", "n_benign", "n_xstest", "utility_task")
 DEMO_INPUTS = ("pool", "safe_anchor", "harmful_ref")
 
@@ -193,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SotError, ValueError) as err:
         print(f"sot: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, an unwritable output folder: one line naming the file
+        print(f"sot: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from sot_core.curate import pipeline, plots
 from sot_core.config import CurateConfig, config_hash
 from sot_core.data.loaders import FieldMap
 from sot_core.errors import SotError
+from sot_core.io import atomic_write
 from sot_core.curate.quality import read_labels
 from sot_core.curate.select import publish
 from sot_core.data.store import Store
@@ -182,7 +183,7 @@ def visual_artifacts(home: str, summary: dict, out_dir: str, encoder_id: str, na
     create_table_artifact(solver, key=f"{key}-solver", description="Push-pull OT solver diagnostics")
     png = plots.curation_figure(weights, selected, emb[pool_id], emb[anchor_id], emb[harmful_id],
                                 title=summary["version"])
-    (Path(out_dir) / "curation.png").write_bytes(png)
+    atomic_write(Path(out_dir) / "curation.png", lambda tmp: tmp.write_bytes(png))
     create_image_artifact(plots.data_uri(png), key=f"{key}-plot",
                           description="Weight histogram and PCA map of pool, anchor and harmful reference")
     return {"plot": str(Path(out_dir) / "curation.png"), "neighbours": neighbours}

@@ -117,3 +117,13 @@ def test_a_copied_store_is_not_served_the_originals_cached_results(tmp_path):
     assert again.returncode == 0, again.stderr
     run = json.loads((tmp_path / "b" / "run.json").read_text())
     assert run["cached_stages"] == []
+
+
+def test_an_unwritable_output_folder_fails_in_one_line(tmp_path):
+    out = tmp_path / "file-not-folder"
+    out.write_text("a file where the output folder should be")
+    done = subprocess.run([*SOT, "curate", *SMALL, "--home", str(tmp_path / "home"), "--out-dir", str(out / "run")],
+                          capture_output=True, text=True, env=sot_env(tmp_path), timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith("sot: error: ")
+    assert str(out) in done.stderr and "Traceback" not in done.stderr
