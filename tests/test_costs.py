@@ -71,3 +71,25 @@ def test_knncost_validation():
                 n_targets=4, missing="zero")
     knn = KnnCost(indices=np.zeros((3, 2), np.int64), costs=np.zeros((3, 2), np.float32), n_targets=4)
     assert knn.shape == (3, 4)
+
+
+def test_knn_fill_is_the_exact_mean_of_the_missing_costs(xy, monkeypatch):
+    """cosine_costs(k=...) records each row's mean missing cost, from sum_j C_ij = m - <x_i, sum y>,
+    and makes "mean" the rule for the missing entries; a KnnCost without it falls back to "kth"."""
+    x, y = xy
+    monkeypatch.setattr(costs_mod, "_ROW_BLOCK", 10)
+    dense = cosine_costs(x, y).astype(np.float64)
+    knn = cosine_costs(x, y, k=5)
+    assert knn.missing == "mean" and knn.fill.shape == (37,)
+    kept = np.zeros_like(dense, dtype=bool)
+    np.put_along_axis(kept, knn.indices, True, axis=1)
+    missing_mean = np.where(kept, 0.0, dense).sum(axis=1) / (23 - 5)
+    np.testing.assert_allclose(knn.fill, missing_mean, atol=1e-5)
+    assert (knn.fill >= knn.costs[:, -1]).all()
+    np.testing.assert_allclose(cosine_costs(x, y, k=23).fill, dense.max(axis=1), atol=1e-6)  # nothing missing
+    stored = KnnCost(indices=knn.indices, costs=knn.costs, n_targets=23)  # e.g. reloaded without fill
+    assert stored.missing == "kth"
+    with pytest.raises(ValueError, match="fill"):
+        KnnCost(indices=knn.indices, costs=knn.costs, n_targets=23, missing="mean")
+    with pytest.raises(ValueError, match="fill"):
+        KnnCost(indices=knn.indices, costs=knn.costs, n_targets=23, fill=knn.fill[:-1])

@@ -138,10 +138,15 @@ class KnnCostOperator:
         self.n, self.k = self.indices.shape
         self.m = int(knn.n_targets)
         self.rows_per_block = max(1, _BLOCK_ELEMS // self.k)
-        # "kth": every missing entry of row i costs tail_cost_i = its largest kept cost.
-        self.tail_cost = self.cost.amax(dim=1) if knn.missing == "kth" else None
+        # "mean" / "kth": every missing entry of row i costs tail_cost_i, the mean of its missing
+        # costs / its largest kept cost. None: "inf", or nothing missing (k = m).
+        self.tail_cost = None
+        if self.k < self.m and knn.missing == "mean":
+            self.tail_cost = torch.from_numpy(np.ascontiguousarray(knn.fill)).to(device=device, dtype=dtype)
+        elif self.k < self.m and knn.missing == "kth":
+            self.tail_cost = self.cost.amax(dim=1)
         self.col_support = None
-        if self.tail_cost is None:
+        if self.tail_cost is None and self.k < self.m:
             hits = torch.bincount(self.indices.reshape(-1), minlength=self.m)
             if bool((hits == 0).any()):
                 self.col_support = hits > 0  # columns nobody reaches are dropped, b renormalised
@@ -150,6 +155,8 @@ class KnnCostOperator:
         """Raise on NaN/Inf costs or out-of-range indices; return (min, max) of the kept costs."""
         if not bool(torch.isfinite(self.cost).all()):
             raise ValueError(f"{name} contains NaN or Inf")
+        if self.tail_cost is not None and not bool(torch.isfinite(self.tail_cost).all()):
+            raise ValueError(f"{name}.fill contains NaN or Inf")
         lo_idx, hi_idx = int(self.indices.min()), int(self.indices.max())
         if lo_idx < 0 or hi_idx >= self.m:
             raise ValueError(f"{name}.indices must lie in [0, {self.m}), got [{lo_idx}, {hi_idx}]")
@@ -161,7 +168,7 @@ class KnnCostOperator:
             yield start, stop, self.indices[start:stop], self.cost[start:stop]
 
     def row_lse(self, beta: torch.Tensor, eps: float) -> torch.Tensor:
-        """out_i = log sum_j exp(beta_j - C_ij / eps) over kept entries (+ the missing ones under "kth")."""
+        """out_i = log sum_j exp(beta_j - C_ij / eps) over kept entries (+ the missing ones unless "inf")."""
         out = torch.empty(self.n, dtype=self.dtype, device=self.device)
         if self.tail_cost is not None:
             # Missing mass of row i = (sum over all j) - (sum over kept j), in float64 because
@@ -179,7 +186,7 @@ class KnnCostOperator:
         return out
 
     def col_lse(self, alpha: torch.Tensor, eps: float) -> torch.Tensor:
-        """out_j = log sum_i exp(alpha_i - C_ij / eps) over kept entries (+ the missing ones under "kth")."""
+        """out_j = log sum_i exp(alpha_i - C_ij / eps) over kept entries (+ the missing ones unless "inf")."""
         # Two passes: per-column max first (scatter amax) so the exponentials cannot overflow.
         col_max = torch.full((self.m,), -math.inf, dtype=self.dtype, device=self.device)
         for start, stop, idx, cost in self._blocks():
