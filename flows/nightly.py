@@ -62,7 +62,8 @@ def nightly_recuration(
     info = run_info(inputs, embedded, costs, solved, pool["seconds"] + batch.get("seconds", 0.0),
                     incoming={k: batch[k] for k in ("n_new", "files", "table_watermark")}, drift=drift)
     summary = publish_and_report(home, ids["pool"], solved, config, out_dir, info, None, name)
-    committed = commit_batch(home, batch, ids["pool"], summary["version"], embedded["pool"]["n_embedded"], drift)
+    committed = commit_batch(home, batch, ids["pool"], summary["version"], embedded["pool"]["n_embedded"], drift,
+                             pool["base_version"])
     drift_artifacts(home, name)
     nightly_artifact(name, batch, summary, drift, committed)
     return {"status": "published", **summary, "batch": committed["seq"], "n_new": batch["n_new"], "drift": drift}

@@ -27,9 +27,12 @@ def collect_incoming(home: str, name: str, incoming: str | None, incoming_table:
 
 @task(name="accumulate-pool", retries=1, retry_condition_fn=not_bad_input)
 def accumulate_pool(home: str, name: str, base_dataset_id: str | None, batch: dict, window: int | None) -> dict:
-    """The pool to re-solve: base pool + committed batches + this batch (windowed)."""
-    return incremental.accumulate_pool(Store(home), name, base_dataset_id,
+    """The pool to re-solve: base pool + committed batches + this batch (windowed), with the curated
+    version of the base pool (`base_version`, None when the base pool was never curated)."""
+    store = Store(home)
+    pool = incremental.accumulate_pool(store, name, base_dataset_id,
                                        batch["batch_dataset_ids"] + [batch["dataset_id"]], window)
+    return {**pool, "base_version": incremental.base_version(store, base_dataset_id)}
 
 
 @task(name="batch-drift", retries=1, retry_condition_fn=not_bad_input)
@@ -38,9 +41,10 @@ def batch_drift(home: str, batch_id: str, anchor_id: str, harmful_id: str, encod
 
 
 @task(name="commit-batch", retry_condition_fn=not_bad_input)
-def commit_batch(home: str, batch: dict, pool_dataset_id: str, version: str, n_embedded: int, drift: dict) -> dict:
+def commit_batch(home: str, batch: dict, pool_dataset_id: str, version: str, n_embedded: int, drift: dict,
+                 base_version: str | None = None) -> dict:
     """Move the watermark; last step, so a failed run leaves the rows for the next one."""
-    return incremental.commit_batch(Store(home), batch, pool_dataset_id, version, n_embedded, drift)
+    return incremental.commit_batch(Store(home), batch, pool_dataset_id, version, n_embedded, drift, base_version)
 
 
 @task(name="drift-artifacts")
@@ -76,5 +80,6 @@ def nightly_artifact(name: str, batch: dict, summary: dict, drift: dict, committ
         f"- accumulated pool: {summary['counts']['pool']} rows, kept {summary['counts']['selected']}\n"
         f"- drift (Sinkhorn divergence, eps {drift['eps']}): to anchor **{drift['to_anchor']:.4f}**, "
         f"to harmful reference **{drift['to_harmful']:.4f}**\n"
-        f"- published version `{summary['version']}` (parent `{summary['parent_version']}`)\n",
+        f"- published version `{summary['version']}` (parent `{summary['parent_version']}`, base "
+        f"`{summary['inputs']['pool'].get('base_version')}`)\n",
         key=f"{artifact_key(name)}-nightly", description="Nightly re-curation status")

@@ -11,7 +11,7 @@ import pytest
 from conftest import DEMO, refusal_rows, write_jsonl
 from sot_core.curate import incremental
 from sot_core.embed.encoders import ENCODERS, Encoder
-from sot_core.errors import StoreError
+from sot_core.errors import InputError, StoreError
 from sot_core.data.store import Store
 
 
@@ -40,7 +40,8 @@ def write_rows(path, start, n, tag="row"):
 
 def test_folder_watermark_consumes_each_file_once(tmp_path):
     store, incoming = Store(tmp_path / "home"), tmp_path / "incoming"
-    assert incremental.stage_batch(store, "n", str(incoming))["n_new"] == 0  # missing folder: nothing arrived
+    with pytest.raises(InputError, match="does not exist"):  # missing folder: a failure (issue 16), not a quiet night
+        incremental.stage_batch(store, "n", str(incoming))
     write_rows(incoming / "a.jsonl", 0, 5)
     first = incremental.stage_batch(store, "n", str(incoming))
     assert first["n_new"] == 5 and list(first["files"]) == ["a.jsonl"] and first["prev_seq"] == 0
@@ -126,6 +127,10 @@ def run(home, incoming, out):
 
 def test_nightly_flow_embeds_only_new_rows_and_noops_when_quiet(nightly_env):
     home, incoming, out = nightly_env
+    with pytest.raises(InputError, match="does not exist"):  # issue 16: a missing folder fails the run
+        run(home, incoming, out)
+    incoming.mkdir()
+    (incoming / "day0.empty").touch()  # an explicitly empty day
     assert run(home, incoming, out)["status"] == "no-op"
     write_rows(incoming / "day1.jsonl", 0, 40)
     first = run(home, incoming, out)
@@ -170,3 +175,81 @@ def test_nightly_with_refusal_anchor_keeps_refusals_weighted_up(tmp_path, prefec
     assert info["inputs"]["refusal_anchor"]["n_rows"] == len(refusals) - 8
     assert info["config"]["refusal_share"] == 0.5
     assert mean_weight["composite"] > 1.5 * mean_weight["plain"]
+
+
+def test_missing_or_empty_incoming_fails_and_an_explicit_empty_day_is_a_noop(tmp_path):
+    """Issue 16: a missing folder (unmounted volume, wrong path) or one without any data file passed
+    as a quiet night; an empty data file is bad input; only a ``*.empty`` marker declares an empty day."""
+    store, incoming = Store(tmp_path / "home"), tmp_path / "incoming"
+    with pytest.raises(InputError, match="does not exist"):
+        incremental.stage_batch(store, "n", str(incoming))
+    incoming.mkdir()
+    (incoming / "notes.txt").write_text("not data")
+    with pytest.raises(InputError, match="holds no data file"):
+        incremental.stage_batch(store, "n", str(incoming))
+    (incoming / "day1.jsonl").write_text("")
+    with pytest.raises(InputError, match="day1.jsonl: the file is empty"):
+        incremental.stage_batch(store, "n", str(incoming))
+    (incoming / "day1.jsonl").unlink()
+    (incoming / "2026-12-01.empty").touch()
+    quiet = incremental.stage_batch(store, "n", str(incoming))
+    assert quiet["n_new"] == 0 and quiet["files"] == {}
+    # Once files were consumed, a night without new ones is a no-op (the marker is not needed).
+    write_rows(incoming / "day2.jsonl", 0, 3)
+    (incoming / "2026-12-01.empty").unlink()
+    day2 = incremental.stage_batch(store, "n", str(incoming))
+    incremental.commit_batch(store, day2, day2["dataset_id"], "v1", 3, None)
+    assert incremental.stage_batch(store, "n", str(incoming))["n_new"] == 0
+
+
+def test_rows_appended_to_a_consumed_file_are_counted_once(tmp_path):
+    """Issue 16: 40 rows appended to a consumed 40-row file were counted as 80 new rows, and the
+    drift was computed over all 80. Only the appended rows are new; re-sent rows are not."""
+    store, incoming = Store(tmp_path / "home"), tmp_path / "incoming"
+    write_rows(incoming / "day.jsonl", 0, 40)
+    first = incremental.stage_batch(store, "n", str(incoming))
+    incremental.commit_batch(store, first, first["dataset_id"], "v1", 40, None)
+    with open(incoming / "day.jsonl", "a") as f:  # the producer appends to the same file
+        f.write("".join(json.dumps({"prompt": f"row question {i}", "response": f"answer {i}"}) + "\n"
+                        for i in range(40, 80)))
+    second = incremental.stage_batch(store, "n", str(incoming))
+    assert second["n_new"] == 40 and second["n_read"] == 80 and list(second["files"]) == ["day.jsonl"]
+    batch = store.get_rows(second["dataset_id"]).column("prompt").to_pylist()
+    assert batch == [f"row question {i}" for i in range(40, 80)]
+    incremental.commit_batch(store, second, second["dataset_id"], "v2", 40, None)
+    # A new file re-sending 5 old rows and 2 new ones: 2 new.
+    write_rows(incoming / "resend.jsonl", 75, 7)
+    assert incremental.stage_batch(store, "n", str(incoming))["n_new"] == 2
+
+
+def test_nightly_drift_and_versions_cover_only_new_rows_and_link_the_base_version(nightly_env):
+    """Issue 16: the drift of a night is computed over its new rows only (appended rows), and each
+    nightly version names the curated version of its base pool (run.json and the catalog)."""
+    from sot_prefect.flows.curate import curate_dataset
+    from sot_prefect.flows.nightly import nightly_recuration
+
+    home, incoming, out = nightly_env
+    base = tmp = incoming.parent / "base.jsonl"
+    write_rows(tmp, 0, 30, tag="base")
+    curated = curate_dataset(pool=str(base), out_dir=str(out.parent / "curated"), home=str(home), encoder="testhash",
+                             name="base-curation", labels=None)
+    write_rows(incoming / "day.jsonl", 0, 10)
+
+    def nightly():
+        return nightly_recuration(incoming=str(incoming), base_pool=str(base), home=str(home), out_dir=str(out),
+                                  encoder="testhash", name="nightly-base")
+
+    first = nightly()
+    with open(incoming / "day.jsonl", "a") as f:
+        f.write("".join(json.dumps({"prompt": f"row question {i}", "response": f"answer {i}"}) + "\n"
+                        for i in range(10, 16)))
+    second = nightly()
+    assert second["n_new"] == 6 and second["drift"]["n_batch"] == 6
+    assert second["counts"]["pool"] == 30 + 16
+    for res in (first, second):
+        assert res["inputs"]["pool"]["base_version"] == curated["version"]
+    info = json.loads((out / "run.json").read_text())
+    assert info["inputs"]["pool"]["base_version"] == curated["version"]
+    rows = Store(home).query("SELECT seq, n_rows, base_version FROM incoming_batches WHERE name = 'nightly-base' "
+                             "ORDER BY seq")
+    assert rows == [(1, 10, curated["version"]), (2, 6, curated["version"])]

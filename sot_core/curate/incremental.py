@@ -5,7 +5,11 @@ and/or a DuckDB table. The watermark of a curated dataset `name` is what its com
 have consumed:
 
 - folder: the set of (relative path, sha256) of every file already consumed. A new file, or a
-  file whose bytes changed, is new; files are expected to be appended, never edited in place.
+  file whose bytes changed (rows appended), is read again; of its rows only those whose content
+  (prompt, response) no earlier batch of `name` holds are new, so appended rows are counted once.
+  A missing folder, or one that holds no data file at all, is an error (a mount or a path gone
+  wrong must not pass as a quiet night); an explicitly empty day is a file named ``*.empty``
+  (e.g. ``2026-12-01.empty``) in the folder. A night whose files were all consumed is a no-op.
 - table: the largest value of a monotonically increasing column (`watermark_column`, e.g. an
   arrival sequence number or timestamp) already consumed.
 
@@ -43,6 +47,7 @@ from sot_core.failpoints import failpoint
 from sot_core.io import file_sha256
 
 INCOMING_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+EMPTY_DAY_SUFFIX = ".empty"  # an explicitly empty day: the producer says so instead of sending nothing
 
 BATCHES_SQL = """
 CREATE TABLE IF NOT EXISTS incoming_batches (
@@ -50,6 +55,8 @@ CREATE TABLE IF NOT EXISTS incoming_batches (
     files VARCHAR, table_watermark VARCHAR, pool_dataset_id VARCHAR, version VARCHAR,
     n_embedded BIGINT, drift_anchor DOUBLE, drift_harmful DOUBLE,
     created_at TIMESTAMP DEFAULT current_timestamp, UNIQUE (name, seq));
+-- the curated version of the base pool this name re-curates from (lineage); added after the table
+ALTER TABLE incoming_batches ADD COLUMN IF NOT EXISTS base_version VARCHAR;
 """
 
 
@@ -85,20 +92,52 @@ def read_watermark(store: Store, name: str) -> Watermark:
 
 
 def new_files(folder: str | Path, mark: Watermark) -> dict[str, str]:
-    """Files under `folder` not consumed yet (or changed since), as {relative path: sha256}, sorted."""
+    """Files under `folder` not consumed yet (or changed since), as {relative path: sha256}, sorted.
+
+    Raises
+    ------
+    InputError
+        When `folder` does not exist, is not a folder, or holds neither a data file nor an
+        explicit empty-day marker (``*.empty``) and nothing was consumed from it before: a
+        missing volume or a wrong path is a failure, never a quiet night.
+    """
     folder = Path(folder)
     if not folder.exists():
-        return {}
+        raise InputError(str(folder), "the incoming folder does not exist (is its volume mounted?); "
+                         f"declare an empty day with a file named *{EMPTY_DAY_SUFFIX} in it")
     if not folder.is_dir():
         raise InputError(str(folder), "the incoming location must be a folder")
-    found = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in INCOMING_SUFFIXES):
-        if path.name.startswith("."):  # a producer's temp file, not finished yet
+    found, seen_any = {}, False
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        suffix = path.suffix.lower()
+        if path.name.startswith(".") or suffix not in (*INCOMING_SUFFIXES, EMPTY_DAY_SUFFIX):
+            continue  # a producer's temp file (not finished yet) or not data
+        seen_any = True
+        if suffix == EMPTY_DAY_SUFFIX:
             continue
         rel, digest = str(path.relative_to(folder)), file_sha256(path)
         if mark.files.get(rel) != digest:
             found[rel] = digest
+    if not seen_any and not mark.files:
+        raise InputError(str(folder), f"the incoming folder holds no data file ({', '.join(INCOMING_SUFFIXES)}); "
+                         f"declare an empty day with a file named *{EMPTY_DAY_SUFFIX} in it")
     return found
+
+
+def seen_hashes(store: Store, dataset_ids: list[str]) -> set[str]:
+    """Content hashes of every row of the given (batch) datasets, from the catalog's row index."""
+    if not dataset_ids:
+        return set()
+    marks = ", ".join("?" for _ in dataset_ids)
+    return {h for (h,) in store.query(f"SELECT DISTINCT content_hash FROM rows WHERE dataset_id IN ({marks})",
+                                      list(dataset_ids))}
+
+
+def only_new_rows(rows: pa.Table, seen: set[str]) -> pa.Table:
+    """The rows whose content no earlier batch holds (rows appended to a consumed file, re-sent rows)."""
+    if not seen:
+        return rows
+    return rows.filter(pa.array([h not in seen for h in rows.column("content_hash").to_pylist()], pa.bool_()))
 
 
 def parse_table_spec(spec: str) -> tuple[str, str]:
@@ -178,11 +217,13 @@ def stage_batch(store: Store, name: str, incoming: str | None, incoming_table: s
         if records:
             tables.append(_rows_from_records(records, watermark_column, incoming_table, fields))
     base = {"name": name, "prev_seq": mark.seq, "batch_dataset_ids": mark.batch_dataset_ids}
-    if not tables or sum(t.num_rows for t in tables) == 0:
-        return {**base, "n_new": 0, "files": {}, "table_watermark": mark.table_value}
-    rows = dedupe_last(pa.concat_tables(tables))
+    read = dedupe_last(pa.concat_tables(tables)) if tables else None
+    rows = only_new_rows(read, seen_hashes(store, mark.batch_dataset_ids)) if read is not None else None
+    n_read = read.num_rows if read is not None else 0
+    if rows is None or rows.num_rows == 0:
+        return {**base, "n_new": 0, "n_read": n_read, "files": {}, "table_watermark": mark.table_value}
     info = ingest(store, f"incoming:{name}#{mark.seq + 1}", rows, "incoming")
-    return {**base, "n_new": rows.num_rows, "dataset_id": info["dataset_id"], "files": files,
+    return {**base, "n_new": rows.num_rows, "n_read": n_read, "dataset_id": info["dataset_id"], "files": files,
             "table_watermark": table_high, "seconds": info["seconds"]}
 
 
@@ -245,7 +286,7 @@ def batch_drift(store: Store, batch_id: str, anchor_id: str, harmful_id: str, en
 
 
 def commit_batch(store: Store, staged: dict, pool_dataset_id: str, version: str, n_embedded: int,
-                 drift: dict | None) -> dict:
+                 drift: dict | None, base_version: str | None = None) -> dict:
     """Record the batch and so move the watermark; refuses if another run committed meanwhile."""
     ensure_tables(store)
     failpoint("nightly.before_commit")
@@ -264,17 +305,29 @@ def commit_batch(store: Store, staged: dict, pool_dataset_id: str, version: str,
                     "but its rows will be picked up again by the next run")
             con.execute(
                 "INSERT INTO incoming_batches (batch_id, name, seq, dataset_id, n_rows, files, table_watermark, "
-                "pool_dataset_id, version, n_embedded, drift_anchor, drift_harmful) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "pool_dataset_id, version, n_embedded, drift_anchor, drift_harmful, base_version) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [batch_id, staged["name"], seq, staged["dataset_id"], staged["n_new"], json.dumps(staged["files"]),
                  json.dumps(staged["table_watermark"]), pool_dataset_id, version, n_embedded,
-                 _finite(drift.get("to_anchor")), _finite(drift.get("to_harmful"))])
+                 _finite(drift.get("to_anchor")), _finite(drift.get("to_harmful")), base_version])
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")
             raise
     failpoint("nightly.after_commit")
     return {"batch_id": batch_id, "seq": seq}
+
+
+def base_version(store: Store, base_dataset_id: str | None) -> str | None:
+    """The latest curated version whose pool is the base pool `base_dataset_id` (None: never curated).
+
+    A nightly dataset re-curates from this version's pool; the nightly versions name it as their base
+    (run.json ``inputs.pool.base_version``, ``incoming_batches.base_version``)."""
+    if not base_dataset_id:
+        return None
+    row = store.query("SELECT version FROM curated_versions WHERE pool_dataset_id = ? ORDER BY created_at DESC "
+                      "LIMIT 1", [base_dataset_id])
+    return row[0][0] if row else None
 
 
 def _finite(x):
