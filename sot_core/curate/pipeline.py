@@ -65,9 +65,13 @@ def load_inputs(sources: dict[str, str], fields: dict[str, FieldMap | None] | No
             require_responses(source, rows, role)
         tables[role] = rows
     if labels:
+        from sot_core.curate.guards import check_labels_match
         from sot_core.curate.quality import read_labels
 
-        read_labels(labels)
+        if "pool" in tables:  # a labels file that names no pool row is the wrong file
+            check_labels_match(read_labels(labels), tables["pool"].column("id").to_pylist(), labels)
+        else:
+            read_labels(labels)
     return tables
 
 

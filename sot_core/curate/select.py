@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from sot_core.config import CODE_VERSION, CurateConfig, config_hash
+from sot_core.curate.guards import check_labels_match, check_selection
 from sot_core.curate.quality import auroc, harmful_kept
 from sot_core.data.names import check_name
 from sot_core.data.store import Store
@@ -132,6 +133,9 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
     weights, score = (np.load(Path(solve_path) / f) for f in ("weights.npy", "score.npy"))
     ids, prompts, responses = (rows.column(c).to_pylist() for c in ("id", "prompt", "response"))
     selected, train_w = _selection(weights, responses, config)
+    check_selection(int(selected.sum()), len(ids), config.keep)  # before any file is written
+    if labels is not None:
+        check_labels_match(labels, ids)
     atomic_write_table(
         pa.table({"id": ids, "weight": weights, "selected": selected, "score": score, "train_weight": train_w}),
         out_dir / "weights.parquet",

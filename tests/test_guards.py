@@ -1,0 +1,58 @@
+"""Guards (issue 14): an empty or near-empty selection fails loudly, a labels file that names no
+pool row is refused, and mostly harmful-like inputs are named in a warning."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from sot_core.curate.guards import MIN_SELECTED, SelectionError, check_selection, composition_warnings
+from sot_core.errors import InputError
+from tests.conftest import DEMO
+from tests.test_cli_process import SMALL, SOT, sot_env
+
+
+def test_check_selection_refuses_empty_and_near_empty():
+    with pytest.raises(SelectionError, match="keeps 0 of 20 rows"):
+        check_selection(0, 20, 0.01)
+    with pytest.raises(SelectionError, match="near-empty"):
+        check_selection(MIN_SELECTED - 1, 1000, 0.004)
+    check_selection(MIN_SELECTED, 1000, 0.005)
+    check_selection(3, 3, 1.0)  # a tiny pool kept whole is not an error
+
+
+def test_keep_001_on_a_small_pool_fails_with_one_line_and_publishes_nothing(tmp_path):
+    """The issue's case: --keep 0.01 on a small pool published an empty curated set with exit 0."""
+    home, out = tmp_path / "home", tmp_path / "out"
+    done = subprocess.run([*SOT, "curate", *SMALL, "--home", str(home), "--out-dir", str(out), "--keep", "0.01"],
+                          capture_output=True, text=True, env=sot_env(tmp_path), timeout=300)
+    assert done.returncode != 0, done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("sot: error:") and "keeps 0 of 30 rows" in last and "--keep" in last
+    assert not (out / "curated.jsonl").exists() and not (out / "weights.parquet").exists()
+    assert not list((home / "curated").glob("*")) if (home / "curated").exists() else True
+
+
+def test_labels_file_matching_no_pool_id_is_refused(tmp_path):
+    from sot_core.curate.pipeline import load_inputs
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\nother-pool-1,1\nother-pool-2,0\n")
+    sources = {"pool": str(DEMO / "pool.jsonl"), "safe_anchor": str(DEMO / "safe_anchor.jsonl"),
+               "harmful_ref": str(DEMO / "harmful_ref.jsonl")}
+    with pytest.raises(InputError) as caught:
+        load_inputs(sources, labels=str(labels))
+    message = str(caught.value)
+    assert message.startswith(str(labels)) and "no id of the labels file matches" in message and "\n" not in message
+    # a labels file naming some pool rows is fine
+    labels.write_text("id,label\nother-pool-1,1\n" + f"{(DEMO / 'pool.jsonl').read_text().split(chr(34))[3]},0\n")
+    load_inputs(sources, labels=str(labels))
+
+
+def test_composition_warnings_name_the_problem():
+    assert composition_warnings(0.1, 0.0) == []
+    assert composition_warnings(None, None) == []
+    pool, = composition_warnings(0.7, 0.1)
+    assert "pool looks mostly harmful-like" in pool and "70%" in pool
+    anchor, = composition_warnings(0.1, 0.9)
+    assert "safe anchor looks mostly like the harmful reference" in anchor
