@@ -13,10 +13,11 @@ from sot_prefect.tasks.curation import (
     build_costs, embed_dataset, ingest_inputs, publish_curated, report_artifacts, run_info, solve_weights,
     stage_result, visual_artifacts,
 )
+from sot_prefect.tasks.ops import HOOKS, rename_run, run_name, shared_results
 
 
 # Every default below is the config's own (sot_core/config.py); tests/test_config_consistency.py checks it.
-@flow(name="curate-dataset", log_prints=True)
+@flow(name="curate-dataset", log_prints=True, flow_run_name=run_name("curate"), **HOOKS)
 @documented("Curate one pool against a safe anchor and a harmful reference; returns the run summary.",
             CurateInputs, CurateConfig)
 def curate_dataset(
@@ -55,7 +56,8 @@ def curate_dataset(
     sources = {"pool": pool, "safe_anchor": safe_anchor, "harmful_ref": harmful_ref,
                **({"refusal_anchor": refusal_anchor} if refusal_anchor else {})}
     labels = labels or demo_labels(pool)
-    ingest_state = ingest_inputs(home, sources, encoder, run.field_names(), labels, return_state=True)
+    ingest_state = shared_results(ingest_inputs, home)(home, sources, encoder, run.field_names(), labels,
+                                                       return_state=True)
     cached = ingest_state.name == "Cached"
     inputs = {role: {"source": sources[role], **r, **({"seconds": 0.0} if cached else {})}
               for role, r in ingest_state.result().items()}
@@ -74,13 +76,22 @@ def demo_labels(pool: str) -> str | None:
     return str(DEMO_DIR / "labels.csv") if Path(pool).resolve() == (DEMO_DIR / "pool.jsonl") else None
 
 
+def flow_kind() -> str:
+    """The running flow's short name (curate, nightly) for run names."""
+    from prefect.runtime import flow_run
+
+    return "nightly" if flow_run.flow_name == "nightly-recuration" else "curate"
+
+
 def embed_and_solve(home: str, ids: dict[str, str], config: CurateConfig) -> tuple[dict, dict, dict]:
     """Embed every input, build the cost matrices and solve the weights: (embedded, costs, solved)."""
-    embedded = {role: embed_dataset(home, ids[role], config.encoder, config.batch_size) for role in ids}
-    costs = stage_result(build_costs(home, ids["pool"], ids["safe_anchor"], ids["harmful_ref"],
-                                     embedded["pool"]["encoder_id"], config.knn, ids.get("refusal_anchor"),
-                                     return_state=True))
-    solved = stage_result(solve_weights(home, costs["cost_key"], config.to_dict(), return_state=True))
+    embedded = {role: embed_dataset.with_options(task_run_name=f"embed-{role}")(home, ids[role], config.encoder,
+                                                                              config.batch_size) for role in ids}
+    costs = stage_result(shared_results(build_costs, home)(
+        home, ids["pool"], ids["safe_anchor"], ids["harmful_ref"], embedded["pool"]["encoder_id"], config.knn,
+        ids.get("refusal_anchor"), return_state=True))
+    solved = stage_result(shared_results(solve_weights, home)(home, costs["cost_key"], config.to_dict(),
+                                                              return_state=True))
     return embedded, costs, solved
 
 
@@ -88,6 +99,7 @@ def publish_and_report(home: str, pool_id: str, solved: dict, config: CurateConf
                        labels: str | None, name: str) -> dict:
     """Publish the curated version, then its report, tables and plot as artifacts."""
     summary = publish_curated(home, pool_id, solved["path"], config.to_dict(), out_dir, info, labels, name)
+    rename_run(f"{flow_kind()}-{summary['version']}")
     report_artifacts(summary, (Path(out_dir) / "report.md").read_text(), name)
     visual_artifacts(home, summary, out_dir, info["encoder_id"], name)
     return summary

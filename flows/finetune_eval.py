@@ -8,11 +8,12 @@ from prefect import flow
 
 from sot_core.config import EvalSpec, FinetuneInputs, LoraTrainConfig, documented
 from sot_prefect.flows.curate import curate_dataset, resolve_home
+from sot_prefect.tasks.ops import HOOKS, run_name
 from sot_prefect.tasks.training import align_base, evaluate_adapter, mix_replay_rows, safety_artifacts, train_adapter
 
 
 # Every default below is the config's own (sot_core/config.py); tests/test_config_consistency.py checks it.
-@flow(name="finetune-and-evaluate", log_prints=True)
+@flow(name="finetune-and-evaluate", log_prints=True, flow_run_name=run_name("finetune"), **HOOKS)
 @documented("Fine-tune on curated data and measure harmfulness, over-refusal and utility.", FinetuneInputs)
 def finetune_and_evaluate(
     curated: str | None = FinetuneInputs.curated,
@@ -35,7 +36,7 @@ def finetune_and_evaluate(
     return {"curated": curated, "base_model": base_model, "adapter": adapter, "metrics": metrics}
 
 
-@flow(name="finetune", log_prints=True)
+@flow(name="finetune", log_prints=True, flow_run_name=run_name("finetune"), **HOOKS)
 @documented("Weighted LoRA fine-tuning only (no evaluation).", FinetuneInputs)
 def train_only(
     curated: str | None = FinetuneInputs.curated,
@@ -54,7 +55,7 @@ def train_only(
     return {"curated": curated, "base_model": base_model, "adapter": adapter}
 
 
-@flow(name="evaluate-model", log_prints=True)
+@flow(name="evaluate-model", log_prints=True, flow_run_name=run_name("evaluate"), **HOOKS)
 @documented("Harmful compliance (keyword and learned judges), over-refusal and utility of one model.", FinetuneInputs)
 def evaluate_only(base_model: str = FinetuneInputs.base_model, adapter: str | None = None, evaluation: EvalSpec = EvalSpec(),
                   home: str | None = FinetuneInputs.home) -> dict:

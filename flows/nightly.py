@@ -7,12 +7,15 @@ from sot_core.config import CurateConfig, Mode, NightlyInputs, SolverOptions, St
 from sot_prefect.flows.curate import embed_and_solve, publish_and_report, resolve_home
 from sot_prefect.tasks.curation import ingest_inputs, run_info
 from sot_prefect.tasks.incremental import (
-    accumulate_pool, batch_drift, collect_incoming, commit_batch, drift_artifacts, nightly_artifact, noop_artifact,
+    accumulate_pool, batch_drift, collect_incoming, commit_batch, drift_alert, drift_artifacts, nightly_artifact,
+    noop_artifact,
 )
+from sot_prefect.tasks.ops import HOOKS, run_name, shared_results
 
 
 # Every default below is the config's own (sot_core/config.py); tests/test_config_consistency.py checks it.
-@flow(name="nightly-recuration", log_prints=True)
+# A night that runs past 6 hours is stuck: fail it (and alert) rather than block the next night's queued run.
+@flow(name="nightly-recuration", log_prints=True, flow_run_name=run_name("nightly"), timeout_seconds=6 * 3600, **HOOKS)
 @documented("Curate what arrived since the last run together with everything before it.", NightlyInputs, CurateConfig)
 def nightly_recuration(
     incoming: str | None = NightlyInputs.incoming,
@@ -35,6 +38,7 @@ def nightly_recuration(
     batch_size: int = CurateConfig.batch_size,
     window: int | None = NightlyInputs.window,
     name: str = NightlyInputs.name,
+    drift_tolerance: float = NightlyInputs.drift_tolerance,
     solver: SolverOptions = SolverOptions(),
     home: str | None = NightlyInputs.home,
 ) -> dict:
@@ -42,7 +46,7 @@ def nightly_recuration(
                           stratify=stratify, train_weighting=train_weighting, batch_size=batch_size, solver=solver)
     NightlyInputs(incoming=incoming, incoming_table=incoming_table, watermark_column=watermark_column,
                   base_pool=base_pool, safe_anchor=safe_anchor, harmful_ref=harmful_ref, refusal_anchor=refusal_anchor,
-                  out_dir=out_dir, window=window, name=name, home=home)  # validates
+                  out_dir=out_dir, window=window, name=name, drift_tolerance=drift_tolerance, home=home)  # validates
     home = resolve_home(home)
     batch = collect_incoming(home, name, incoming, incoming_table, watermark_column)
     if batch["n_new"] == 0:
@@ -51,7 +55,7 @@ def nightly_recuration(
         return {"status": "no-op", "name": name, "batch": batch["prev_seq"]}
     sources = {**({"pool": base_pool} if base_pool else {}), "safe_anchor": safe_anchor, "harmful_ref": harmful_ref,
                **({"refusal_anchor": refusal_anchor} if refusal_anchor else {})}
-    refs = ingest_inputs(home, sources, encoder, None)
+    refs = shared_results(ingest_inputs, home)(home, sources, encoder, None)
     pool = accumulate_pool(home, name, refs.get("pool", {}).get("dataset_id"), batch, window)
     references = {role: {"source": sources[role], **refs[role]} for role in sources if role != "pool"}
     ids = {"pool": pool["dataset_id"], **{role: r["dataset_id"] for role, r in references.items()}}
@@ -64,7 +68,7 @@ def nightly_recuration(
     summary = publish_and_report(home, ids["pool"], solved, config, out_dir, info, None, name)
     committed = commit_batch(home, batch, ids["pool"], summary["version"], embedded["pool"]["n_embedded"], drift,
                              pool["base_version"])
-    drift_artifacts(home, name)
+    drift_alert(name, drift_artifacts(home, name), drift, drift_tolerance)
     nightly_artifact(name, batch, summary, drift, committed)
     return {"status": "published", **summary, "batch": committed["seq"], "n_new": batch["n_new"], "drift": drift}
 

@@ -344,6 +344,9 @@ class NightlyInputs(StoreOptions):
         "ge": 1, "help": "Keep only the most recent N rows of the accumulated pool (empty: all)."})
     name: str = field(default="nightly", metadata={
         "help": "Curated dataset name: its watermark, versions and artifact keys.", **NAME_RULE})
+    drift_tolerance: float = field(default=0.25, metadata={
+        "ge": 0, "help": "Drift alert (event sot.nightly.drift) when a batch's distance to the harmful reference falls, "
+        "or to the anchor rises, by more than this fraction of its median over earlier batches."})
 
 
 @dataclass(frozen=True)

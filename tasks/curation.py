@@ -17,11 +17,11 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact, c
 from sot_core.curate import pipeline, plots
 from sot_core.config import CurateConfig, config_hash
 from sot_core.data.loaders import FieldMap
-from sot_core.errors import SotError
 from sot_core.io import atomic_write
 from sot_core.curate.quality import read_labels
 from sot_core.curate.select import publish
 from sot_core.data.store import Store
+from sot_prefect.tasks.ops import log, not_bad_input, retry_policy  # noqa: F401  (not_bad_input: re-exported)
 
 CACHE_TTL = timedelta(days=30)
 
@@ -39,17 +39,6 @@ def source_fingerprint(source: str) -> str:
             for block in iter(lambda: stream.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
-
-
-def not_bad_input(task, task_run, state) -> bool:
-    """Retry unless the failure is our own deliberate error (bad input, store refusal)."""
-    try:
-        state.result()
-    except SotError:
-        return False
-    except Exception:
-        return True
-    return True
 
 
 def key_for(stage: str):
@@ -100,8 +89,7 @@ def run_info(inputs: dict, embedded: dict, costs: dict, solved: dict, ingest_sec
 # JSON and decode them without object hooks, so nothing is unpickled or imported by name (a result
 # that is not plain JSON fails when it is written, not when it is read).
 JSON_RESULTS = JSONSerializer(object_encoder=None, object_decoder=None)
-TASK_OPTIONS = dict(persist_result=True, result_serializer=JSON_RESULTS, cache_expiration=CACHE_TTL, retries=2,
-                    retry_delay_seconds=5, retry_condition_fn=not_bad_input)
+TASK_OPTIONS = dict(persist_result=True, result_serializer=JSON_RESULTS, cache_expiration=CACHE_TTL, **retry_policy())
 
 
 @task(name="ingest", cache_key_fn=key_for("ingest"), **TASK_OPTIONS)
@@ -114,33 +102,51 @@ def ingest_inputs(home: str, sources: dict[str, str], encoder: str, fields: dict
     tables = pipeline.load_inputs(sources, {role: field_map for role in sources}, labels=labels)
     spec = pipeline.cached_encoder(encoder)
     store.check_encoder(spec.encoder_id, spec.dim, register=False)
-    return {role: pipeline.ingest(store, sources[role], tables[role], role) for role in sources}
+    stored = {role: pipeline.ingest(store, sources[role], tables[role], role) for role in sources}
+    for role, info in stored.items():
+        log().info(f"ingest {role}: {info['n_rows']} rows from {sources[role]} -> {info['dataset_id']}")
+    return stored
 
 
-@task(name="embed", retries=2, retry_delay_seconds=5, retry_condition_fn=not_bad_input)
+@task(name="embed", **retry_policy())
 def embed_dataset(home: str, dataset_id: str, encoder: str, batch_size: int = 64) -> dict:
     """Not Prefect-cached on purpose: the store's (content hash, encoder) cache is finer grained
-    (only new rows are embedded) and the run summary must report what this run embedded."""
-    return pipeline.embed(Store(home), dataset_id, encoder, batch_size)
+    (only new rows are embedded) and the run summary must report what this run embedded.
+    The flows name each call after its role (``embed-pool``)."""
+    done = pipeline.embed(Store(home), dataset_id, encoder, batch_size)
+    log().info(f"embed {dataset_id}: {done['n_embedded']} of {done['n_rows']} rows embedded now "
+               f"({done['encoder_id']}, {done['seconds']:.1f} s); the rest came from the store")
+    return done
 
 
 @task(name="costs", cache_key_fn=key_for("costs"), **TASK_OPTIONS)
 def build_costs(home: str, pool_id: str, anchor_id: str, harmful_id: str, encoder_id: str, knn: int | None,
                 refusal_id: str | None = None) -> dict:
-    return pipeline.build_costs(Store(home), pool_id, anchor_id, harmful_id, encoder_id, knn, refusal_id)
+    done = pipeline.build_costs(Store(home), pool_id, anchor_id, harmful_id, encoder_id, knn, refusal_id)
+    log().info(f"costs {'kNN k=' + str(knn) if knn else 'dense'} for pool {pool_id}: {done['seconds']:.1f} s")
+    return done
 
 
 @task(name="solve", cache_key_fn=key_for("solve"), **TASK_OPTIONS)
 def solve_weights(home: str, cost_key: str, config: dict) -> dict:
-    return pipeline.solve(Store(home), cost_key, CurateConfig(**config))
+    done = pipeline.solve(Store(home), cost_key, CurateConfig(**config))
+    figures = {k: v for k, v in done["diagnostics"].items() if k != "objective_trace" and not isinstance(v, (list, dict))}
+    log().info(f"solve (lam {config.get('lam')}, eps {config.get('eps')}): {done['seconds']:.1f} s; "
+               + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))
+    return done
 
 
-@task(name="publish", retries=1, retry_condition_fn=not_bad_input)
+@task(name="publish", **retry_policy(retries=1))
 def publish_curated(home: str, pool_id: str, solve_path: str, config: dict, out_dir: str, run_info: dict,
                     labels: str | None = None, name: str = "default") -> dict:
     """Never cached: every run publishes a new curated version with its lineage."""
     label_map = read_labels(labels) if labels else None
-    return publish(Store(home), pool_id, solve_path, CurateConfig(**config), out_dir, run_info, label_map, name)
+    summary = publish(Store(home), pool_id, solve_path, CurateConfig(**config), out_dir, run_info, label_map, name)
+    quality = summary.get("quality") or {}
+    log().info(f"published {summary['version']}: kept {summary['counts']['selected']} of {summary['counts']['pool']} "
+               f"rows (keep {config.get('keep')}), parent {summary['parent_version']}, out {out_dir}"
+               + (f"; against the labels: AUROC {quality['auroc']:.3f}" if quality.get("auroc") is not None else ""))
+    return summary
 
 
 @task(name="report-artifacts")
@@ -156,7 +162,7 @@ def artifact_key(name: str) -> str:
     return "sot-" + "".join(ch if ch.isalnum() else "-" for ch in name.lower())
 
 
-@task(name="visual-artifacts", retries=1, retry_condition_fn=not_bad_input)
+@task(name="visual-artifacts", **retry_policy(retries=1))
 def visual_artifacts(home: str, summary: dict, out_dir: str, encoder_id: str, name: str = "default") -> dict:
     """Counts, harmful-likeness distribution, flagged rows with nearest harmful neighbours, solver
     diagnostics and a plot, as artifacts under stable keys (one series per key across runs)."""

@@ -14,37 +14,59 @@ from sot_core.curate import incremental
 from sot_core.curate import plots
 from sot_core.data.loaders import FieldMap
 from sot_core.data.store import Store
-from sot_prefect.tasks.curation import artifact_key, not_bad_input
+from sot_prefect.tasks.curation import artifact_key
+from sot_prefect.tasks.ops import emit, log, retry_policy
 
 
-@task(name="collect-incoming", retries=2, retry_delay_seconds=5, retry_condition_fn=not_bad_input)
+@task(name="collect-incoming", **retry_policy())
 def collect_incoming(home: str, name: str, incoming: str | None, incoming_table: str | None = None,
                      watermark_column: str = "seq", fields: dict | None = None) -> dict:
     """Stage everything past the watermark as one batch dataset (n_new == 0: nothing arrived)."""
-    return incremental.stage_batch(Store(home), name, incoming, incoming_table, watermark_column,
-                                   FieldMap(**fields) if fields else None)
+    batch = incremental.stage_batch(Store(home), name, incoming, incoming_table, watermark_column,
+                                    FieldMap(**fields) if fields else None)
+    log().info(f"nightly '{name}': {batch['n_new']} new rows of {batch['n_read']} read past batch {batch['prev_seq']} "
+               f"(files: {', '.join(batch['files']) or 'none'}; table watermark {batch['table_watermark']})")
+    return batch
 
 
-@task(name="accumulate-pool", retries=1, retry_condition_fn=not_bad_input)
+@task(name="accumulate-pool", **retry_policy(retries=1))
 def accumulate_pool(home: str, name: str, base_dataset_id: str | None, batch: dict, window: int | None) -> dict:
     """The pool to re-solve: base pool + committed batches + this batch (windowed), with the curated
     version of the base pool (`base_version`, None when the base pool was never curated)."""
     store = Store(home)
     pool = incremental.accumulate_pool(store, name, base_dataset_id,
                                        batch["batch_dataset_ids"] + [batch["dataset_id"]], window)
-    return {**pool, "base_version": incremental.base_version(store, base_dataset_id)}
+    base = incremental.base_version(store, base_dataset_id)
+    log().info(f"accumulated pool of '{name}': {pool['n_rows']} rows from {len(pool['parts'])} parts; base version {base}")
+    return {**pool, "base_version": base}
 
 
-@task(name="batch-drift", retries=1, retry_condition_fn=not_bad_input)
+@task(name="batch-drift", **retry_policy(retries=1))
 def batch_drift(home: str, batch_id: str, anchor_id: str, harmful_id: str, encoder_id: str, eps: float) -> dict:
-    return incremental.batch_drift(Store(home), batch_id, anchor_id, harmful_id, encoder_id, eps)
+    drift = incremental.batch_drift(Store(home), batch_id, anchor_id, harmful_id, encoder_id, eps)
+    log().info(f"drift of batch {batch_id} ({drift['n_batch']} rows): to anchor {drift['to_anchor']:.4f}, "
+               f"to harmful reference {drift['to_harmful']:.4f}")
+    return drift
 
 
-@task(name="commit-batch", retry_condition_fn=not_bad_input)
+@task(name="commit-batch", **retry_policy(retries=0))
 def commit_batch(home: str, batch: dict, pool_dataset_id: str, version: str, n_embedded: int, drift: dict,
                  base_version: str | None = None) -> dict:
     """Move the watermark; last step, so a failed run leaves the rows for the next one."""
     return incremental.commit_batch(Store(home), batch, pool_dataset_id, version, n_embedded, drift, base_version)
+
+
+@task(name="drift-alert")
+def drift_alert(name: str, history: list[dict], drift: dict, tolerance: float) -> str | None:
+    """Emit ``sot.nightly.drift`` when this batch moved towards the harmful reference or away from the
+    anchor (`incremental.drift_alarm`); every batch emits ``sot.nightly.batch`` with its figures."""
+    reason = incremental.drift_alarm(history[:-1], drift, tolerance)
+    payload = {**{k: drift[k] for k in ("to_anchor", "to_harmful", "eps", "n_batch")}, "reason": reason}
+    emit("sot.nightly.batch", name, payload)
+    if reason:
+        log().warning(f"drift alert for '{name}': {reason}")
+        emit("sot.nightly.drift", name, payload)
+    return reason
 
 
 @task(name="drift-artifacts")

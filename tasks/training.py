@@ -21,10 +21,11 @@ from sot_core.models.llm import model_fingerprint
 from sot_core.train.replay import write_replay_mix
 from sot_core.io import file_sha256
 from sot_core.train.lora import read_curated, train_lora
-from sot_prefect.tasks.curation import JSON_RESULTS, not_bad_input
+from sot_prefect.tasks.curation import JSON_RESULTS
+from sot_prefect.tasks.ops import retry_policy
 
-OPTIONS = dict(persist_result=True, result_serializer=JSON_RESULTS, cache_expiration=timedelta(days=30), retries=1,
-               retry_delay_seconds=10, retry_condition_fn=not_bad_input)
+OPTIONS = dict(persist_result=True, result_serializer=JSON_RESULTS, cache_expiration=timedelta(days=30),
+               **retry_policy(retries=1, first_delay=10))
 
 
 def _digest(*parts) -> str:
@@ -66,7 +67,7 @@ def train_adapter(curated_path: str, base_model: str, out_dir: str, config: dict
                           progress=lambda s, n, loss: print(f"step {s}/{n} loss {loss:.3f}") if s % 10 == 0 else None))
 
 
-@task(name="mix-replay", retries=1, retry_delay_seconds=5, retry_condition_fn=not_bad_input)
+@task(name="mix-replay", **retry_policy(retries=1))
 def mix_replay_rows(curated_path: str, replay_path: str, fraction: float, out_path: str, seed: int = 0) -> str:
     """curated.jsonl plus trusted refusal rows (`sot_core.train.replay`); cheap, so not cached."""
     return str(write_replay_mix(curated_path, replay_path, fraction, out_path, seed))

@@ -285,6 +285,30 @@ def batch_drift(store: Store, batch_id: str, anchor_id: str, harmful_id: str, en
             "n_batch": int(len(batch))}
 
 
+def drift_alarm(previous: list[dict], drift: dict, tolerance: float) -> str | None:
+    """Why a batch's drift calls for attention, or None.
+
+    With d_h, d_a the batch's Sinkhorn divergences to the harmful reference and the safe anchor and
+    m_h, m_a their medians over the `previous` batches (`drift_history` rows): alarm when
+    d_h < d_a (the batch is nearer the harmful reference than the anchor), d_h < (1 - tolerance) m_h
+    (it moved towards harmful content) or d_a > (1 + tolerance) m_a (it moved away from the task).
+    """
+    d_h, d_a = drift["to_harmful"], drift["to_anchor"]
+    if not (math.isfinite(d_h) and math.isfinite(d_a)):
+        return None
+    if d_h < d_a:
+        return f"the batch is nearer the harmful reference ({d_h:.4f}) than the safe anchor ({d_a:.4f})"
+    past_h = [r["drift_to_harmful"] for r in previous if r.get("drift_to_harmful") is not None]
+    past_a = [r["drift_to_anchor"] for r in previous if r.get("drift_to_anchor") is not None]
+    if past_h and d_h < (1 - tolerance) * float(np.median(past_h)):
+        return (f"distance to the harmful reference fell to {d_h:.4f} from a median of {np.median(past_h):.4f} "
+                f"over {len(past_h)} earlier batches (tolerance {tolerance:.0%})")
+    if past_a and d_a > (1 + tolerance) * float(np.median(past_a)):
+        return (f"distance to the safe anchor rose to {d_a:.4f} from a median of {np.median(past_a):.4f} "
+                f"over {len(past_a)} earlier batches (tolerance {tolerance:.0%})")
+    return None
+
+
 def commit_batch(store: Store, staged: dict, pool_dataset_id: str, version: str, n_embedded: int,
                  drift: dict | None, base_version: str | None = None) -> dict:
     """Record the batch and so move the watermark; refuses if another run committed meanwhile."""
