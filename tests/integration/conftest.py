@@ -66,9 +66,9 @@ def prefect_server(tmp_path_factory):
            # Nightly schedules must not create runs during the test; runs are triggered by hand.
            "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
            "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO",
-           "SOT_REPO": str(REPO),
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for name in ("PREFECT_PROFILES_PATH", "SOT_HOME"):
+    # No SOT_REPO: deployments find the code through the folder `prefect deploy` ran in (issue 16).
+    for name in ("PREFECT_PROFILES_PATH", "SOT_HOME", "SOT_REPO"):
         env.pop(name, None)
     log = open(home / "server.log", "w")
     # The UI asks its API at PREFECT_UI_API_URL, which otherwise defaults to port 4200.
