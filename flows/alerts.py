@@ -10,7 +10,9 @@ from scripts/serve.sh or from the images' deploy job) creates or updates, on the
   tagged deployments: Prefect's ``prefect.flow-run.Failed/Crashed/Late`` events, which the server
   emits even when the run's process died) and ``sot: drift`` (``sot.nightly.drift``, emitted by the
   nightly flow). Each sends a notification through ``sot-alerts``; without such a block they only
-  record that they fired (the UI's event feed shows them) until one is saved.
+  record that they fired (the UI's event feed shows them) until one is saved;
+- ``sot: lost run``: a running flow run whose heartbeats stop for 90 s is marked Crashed with the
+  reason (its process died together with its worker, so nobody else reports it).
 
 Run by hand with ``python -m sot_prefect.flows.alerts [WEBHOOK_URL]``.
 """
@@ -70,6 +72,26 @@ def automation(name: str, event: str, subject: str, body: str, description: str,
     return AutomationCore(name=name, description=description, enabled=True, trigger=trigger, actions=[action])
 
 
+LOST_MESSAGE = ("No heartbeat for 90 s: the flow run's process is gone (killed, out of memory, or its machine or "
+                "worker lost). Rerun it; cached stages are reused.")
+
+
+def lost_run_automation():
+    """Mark a flow run Crashed when its heartbeats (every 30 s, prefect.yaml) stop for 90 s without a final
+    state: nobody else reports a run whose worker died with it. The Crashed state then alerts as usual."""
+    from prefect.automations import AutomationCore, ChangeFlowRunState, EventTrigger, Posture
+    from prefect.client.schemas.objects import StateType
+
+    finals = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed", "Cancelling")}
+    trigger = EventTrigger(
+        after={"prefect.flow-run.heartbeat"}, expect={"prefect.flow-run.heartbeat", *finals},
+        match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=TAG, for_each={"prefect.resource.id"},
+        posture=Posture.Proactive, threshold=1, within=90)
+    return AutomationCore(name="sot: lost run", description="A running flow run stopped sending heartbeats.",
+                          enabled=True, trigger=trigger,
+                          actions=[ChangeFlowRunState(state=StateType.CRASHED, message=LOST_MESSAGE)])
+
+
 def ensure_alerts(webhook: str | None = None, **_ignored) -> dict:
     """Create or update the notification block and the four automations; returns their ids by name.
 
@@ -81,16 +103,15 @@ def ensure_alerts(webhook: str | None = None, **_ignored) -> dict:
     block_id = notification_block_id((webhook or "").strip() or None)
     ids = {}
     with get_client(sync_client=True) as client:
-        for spec in ALERTS:
-            wanted = automation(*spec, block_id)
-            existing = client.read_automations_by_name(spec[0])
+        for wanted in [automation(*spec, block_id) for spec in ALERTS] + [lost_run_automation()]:
+            existing = client.read_automations_by_name(wanted.name)
             if existing:
                 client.update_automation(existing[0].id, wanted)
                 for extra in existing[1:]:  # duplicates from a race of two deploys
                     client.delete_automation(extra.id)
-                ids[spec[0]] = str(existing[0].id)
+                ids[wanted.name] = str(existing[0].id)
             else:
-                ids[spec[0]] = str(client.create_automation(wanted))
+                ids[wanted.name] = str(client.create_automation(wanted))
     print(f"alerts: {len(ids)} automations; notifications {'through block ' + BLOCK if block_id else 'off'}"
           f"{'' if block_id else ' (set SOT_ALERT_WEBHOOK at deploy time or save a notification block ' + BLOCK + ')'}")
     return {"alert_block": str(block_id) if block_id else None, "automations": ids}

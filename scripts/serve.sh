@@ -1,26 +1,34 @@
 #!/usr/bin/env bash
 # Local operations in one command: a Prefect server on 127.0.0.1:4200, the work pools, the
-# deployments of prefect.yaml, and a process worker in the foreground (Ctrl-C stops the worker
-# and the server this script started).
+# deployments and alerts of prefect.yaml, and a supervised process worker.
 #
-#   bash scripts/serve.sh                 # UI at http://127.0.0.1:4200
+#   bash scripts/serve.sh          # UI at http://127.0.0.1:4200 ; Ctrl-C stops the worker only
+#   bash scripts/serve.sh stop     # stops the server this script started (pid in out/logs/server.pid)
+#
+# Three kinds of processes, each independent of the others:
+# - the server runs in its own session (setsid): stopping or killing the worker or this script
+#   leaves it (and the UI) up; `serve.sh stop` ends it;
+# - the worker is restarted when it dies (a crash, kill -9, out of memory), after 5 s;
+# - flow runs are the worker's children in their own process group with their output to their log
+#   files only (prefect.yaml: stream_output false), so a dead worker neither kills them nor breaks
+#   their stdout. A run whose process dies is marked Crashed with the cause: by the worker (exit
+#   code/signal) or, when the worker is gone too, by the "sot: lost run" automation (no heartbeat).
 #
 # Environment (all optional): SOT_PORT (4200), SOT_HOME (store, default ./.sot of the checkout),
-# PREFECT_HOME (server database and settings, default ~/.prefect), SOT_GPU_WORKER=1 to also start
-# a worker for the GPU pool (started automatically when nvidia-smi sees a GPU), SOT_SERVE_NO_WORKER=1
-# to register everything and return without a worker.
+# PREFECT_HOME (server database and settings, default ~/.prefect), SOT_ALERT_WEBHOOK (a URL that
+# receives the alerts as JSON {subject, body}), SOT_GPU_WORKER=1 to also run a worker for the GPU
+# pool (automatic when nvidia-smi sees a GPU), SOT_SERVE_NO_WORKER=1 to register and return.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 [ -x .venv/bin/prefect ] || bash scripts/setup.sh
 export PATH="$REPO/.venv/bin:$PATH"
 PORT=${SOT_PORT:-4200}
+LOGS="${SOT_LOGS:-$REPO/out/logs}"  # SOT_LOGS: another folder for logs and server.pid
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_API_URL="http://127.0.0.1:${PORT}/api"
-# Read by prefect.yaml's pull step in each flow run: the code and data/demo live here.
-export SOT_REPO="$REPO"
 export SOT_HOME="${SOT_HOME:-$REPO/.sot}"
-mkdir -p "$REPO/out/logs" "$REPO/data/incoming"
+mkdir -p "$LOGS" "$REPO/data/incoming"
 
 healthy() { python - "$PREFECT_API_URL/health" <<'EOF'
 import sys, urllib.request
@@ -31,36 +39,56 @@ except Exception:
 EOF
 }
 
-pids=()
-cleanup() { for pid in "${pids[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done; }
-trap cleanup EXIT INT TERM
+if [ "${1:-}" = stop ]; then
+  if [ -f "$LOGS/server.pid" ] && kill -0 "$(cat "$LOGS/server.pid")" 2>/dev/null; then
+    kill -TERM -- "-$(cat "$LOGS/server.pid")" && echo "serve: server stopped"  # its own process group
+  else
+    echo "serve: no server started by this script is running"
+  fi
+  rm -f "$LOGS/server.pid"
+  exit 0
+fi
 
 if healthy; then
   echo "serve: using the Prefect server already at $PREFECT_API_URL"
 else
-  echo "serve: starting the Prefect server on 127.0.0.1:$PORT (log: out/logs/server.log)"
-  prefect server start --host 127.0.0.1 --port "$PORT" >"$REPO/out/logs/server.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 1 120); do healthy && break; sleep 0.5; done
-  healthy || { echo "serve: the server did not become healthy; see out/logs/server.log"; exit 1; }
+  echo "serve: starting the Prefect server on 127.0.0.1:$PORT (log: ${LOGS#"$REPO"/}/server.log)"
+  setsid prefect server start --host 127.0.0.1 --port "$PORT" >"$LOGS/server.log" 2>&1 </dev/null &
+  echo $! >"$LOGS/server.pid"
+  for _ in $(seq 1 240); do healthy && break; sleep 0.5; done
+  healthy || { echo "serve: the server did not become healthy; see ${LOGS#"$REPO"/}/server.log"; exit 1; }
 fi
 
 for pool in sot-process sot-gpu; do
   prefect work-pool inspect "$pool" >/dev/null 2>&1 || prefect work-pool create "$pool" --type process >/dev/null
 done
 
-prefect --no-prompt deploy --all
+prefect --no-prompt deploy --all   # also creates the alert automations (prefect.yaml build step)
 
-if [ "${SOT_GPU_WORKER:-}" = 1 ] || { [ -z "${SOT_GPU_WORKER:-}" ] && nvidia-smi -L >/dev/null 2>&1; }; then
-  echo "serve: starting a worker for the GPU pool sot-gpu (log: out/logs/worker-gpu.log)"
-  prefect worker start --pool sot-gpu --name "sot-gpu-$(hostname)" >"$REPO/out/logs/worker-gpu.log" 2>&1 &
-  pids+=($!)
-fi
+# A worker that comes back: each start polls the pool again; runs already started keep running.
+supervise() {
+  local pool=$1 log=$2 stop=0 pid=
+  trap 'stop=1; [ -n "$pid" ] && kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null' INT TERM
+  while [ "$stop" = 0 ]; do
+    # Its own session: a Ctrl-C in this terminal reaches the supervisor (which stops it), not the runs.
+    setsid prefect worker start --pool "$pool" --name "$pool-$(hostname)" >>"$log" 2>&1 </dev/null &
+    pid=$!
+    echo "serve: worker for $pool started (pid $pid, log: ${log#"$REPO"/})"
+    wait "$pid" && code=0 || code=$?
+    pid=
+    [ "$stop" = 1 ] && break
+    echo "serve: worker for $pool exited ($code); restarting in 5 s"
+    sleep 5
+  done
+}
 
 echo "serve: UI at http://127.0.0.1:$PORT  (deployments: prefect deployment ls; store: $SOT_HOME)"
 if [ "${SOT_SERVE_NO_WORKER:-}" = 1 ]; then
-  trap - EXIT INT TERM  # leave the server running for whoever asked for no worker
   exit 0
 fi
-echo "serve: worker for pool sot-process in the foreground; Ctrl-C stops it and the server"
-prefect worker start --pool sot-process --name "sot-process-$(hostname)"
+if [ "${SOT_GPU_WORKER:-}" = 1 ] || { [ -z "${SOT_GPU_WORKER:-}" ] && nvidia-smi -L >/dev/null 2>&1; }; then
+  supervise sot-gpu "$LOGS/worker-gpu.log" &
+fi
+echo "serve: Ctrl-C stops the workers; the server keeps running (bash scripts/serve.sh stop)"
+supervise sot-process "$LOGS/worker.log"
+wait

@@ -7,6 +7,7 @@ policy). Retries are for transient failures only; bad input fails at once.
 from __future__ import annotations
 
 import hashlib
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -113,7 +114,9 @@ def embed_dataset(home: str, dataset_id: str, encoder: str, batch_size: int = 64
     """Not Prefect-cached on purpose: the store's (content hash, encoder) cache is finer grained
     (only new rows are embedded) and the run summary must report what this run embedded.
     The flows name each call after its role (``embed-pool``)."""
-    done = pipeline.embed(Store(home), dataset_id, encoder, batch_size)
+    # A progress bar only on a terminal: under a worker, stderr is a pipe that dies with the worker, and
+    # the bar's BrokenPipeError used to fail the run (and every retry) instead of the real cause.
+    done = pipeline.embed(Store(home), dataset_id, encoder, batch_size, show_progress=sys.stderr.isatty())
     log().info(f"embed {dataset_id}: {done['n_embedded']} of {done['n_rows']} rows embedded now "
                f"({done['encoder_id']}, {done['seconds']:.1f} s); the rest came from the store")
     return done
