@@ -88,6 +88,7 @@ def test_kill_9_of_sot_leaves_no_orphan_prefect_server(tmp_path):
             proc.kill()
 
 
+@pytest.mark.slow
 def test_cached_task_results_are_plain_json(tmp_path):
     args = [*SOT, "curate", *SMALL, "--home", str(tmp_path / "home")]
     for run in ("first", "second"):
@@ -105,6 +106,7 @@ def test_cached_task_results_are_plain_json(tmp_path):
     assert set(second["cached_stages"]) == {"ingest", "costs", "solve"}
 
 
+@pytest.mark.slow
 def test_a_copied_store_is_not_served_the_originals_cached_results(tmp_path):
     """Cached results name files under the store; a copy (same store id) must compute its own."""
     env = sot_env(tmp_path)
@@ -119,6 +121,7 @@ def test_a_copied_store_is_not_served_the_originals_cached_results(tmp_path):
     assert run["cached_stages"] == []
 
 
+@pytest.mark.slow
 def test_an_unwritable_output_folder_fails_in_one_line(tmp_path):
     out = tmp_path / "file-not-folder"
     out.write_text("a file where the output folder should be")

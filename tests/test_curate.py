@@ -71,6 +71,7 @@ def test_second_run_embeds_nothing(demo_run):
     assert len(versions) == 2 and versions[1][1] == versions[0][0]
 
 
+@pytest.mark.slow
 def test_refusal_anchor_lifts_refusals_in_the_pool(tmp_path, prefect_backend):
     """A composite anchor (task rows + refusals) must raise the weight of refusals in the pool."""
     benign, harmful, refusals = refusal_rows()
@@ -89,6 +90,7 @@ def test_refusal_anchor_lifts_refusals_in_the_pool(tmp_path, prefect_backend):
     assert mean_refusal_weight["composite"] > 2 * mean_refusal_weight["plain"]
 
 
+@pytest.mark.slow
 def test_contrast_view_through_the_cli_weights_refusals_up_and_drops_harm(tmp_path, prefect_backend):
     """`--encoder minilm:contrast` with the refusal anchor (the README's setting for chat pools):
     run.json names the exact embedding, refusals in the pool get more weight than harmful rows,

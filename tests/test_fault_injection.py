@@ -41,6 +41,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+# Every test here starts real `sot` processes and kills them: minutes in all, so CI runs them
+# with the slow lane (`pytest -m slow`).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 INPUTS = REPO / "tests" / "fixtures" / "store_v0" / "inputs"
 SOT = [sys.executable, "-m", "sot_prefect.flows.cli"]
@@ -244,7 +248,6 @@ def test_kill_mid_embed_keeps_the_finished_shard(tmp_path, api_url, reference):
     assert_same_result(out, reference[1])
 
 
-@pytest.mark.slow
 def test_kill_between_shard_and_catalog_leaves_nothing_behind(tmp_path, api_url, reference):
     """Killed after a shard is renamed into place but before its catalog rows commit: the next
     run removes the unnamed shard (one line naming it) and embeds those 16 rows again, no more."""
@@ -392,7 +395,6 @@ def mtime(path: Path) -> int:
     return path.stat().st_mtime_ns
 
 
-@pytest.mark.slow
 def test_a_run_killed_at_every_point_in_turn_ends_like_an_uninterrupted_one(tmp_path, api_url, reference):
     """One store, eleven `sot curate` processes: each but the last is killed at the next point
     (inside ingest, embed, costs, solve and publish, and at the boundaries between them). Each run
@@ -471,7 +473,6 @@ def test_a_run_killed_at_every_point_in_turn_ends_like_an_uninterrupted_one(tmp_
     assert_same_result(out, reference[1])
 
 
-@pytest.mark.slow
 def test_removed_stage_output_under_a_cached_result_stops_once_then_recomputes(tmp_path, api_url, reference):
     """The solve folder deleted while Prefect still caches the result that names it: the run stops
     with one line naming the folder (no traceback) and resets the caches; the next run computes the
@@ -500,7 +501,6 @@ def incoming_rows(n: int = 6) -> list[dict]:
     return [r for r in rows if r["id"] not in taken][:n]
 
 
-@pytest.mark.slow
 def test_nightly_killed_around_the_watermark_move(tmp_path, api_url, reference):
     """Killed after publishing but before the batch commit, the watermark stays: the rerun takes the
     same batch again (embedding nothing again). Killed right after the commit, the batch counts as
@@ -537,7 +537,6 @@ def test_nightly_killed_around_the_watermark_move(tmp_path, api_url, reference):
 
 
 # =========================================================================== slow: training
-@pytest.mark.slow
 def test_training_killed_resumes_from_its_last_checkpoint(tmp_path, api_url):
     """64 steps of LoRA training on a tiny random model, checkpointed at step 50. Killed while
     writing the step-50 checkpoint, the rerun starts over (the half checkpoint is removed, never

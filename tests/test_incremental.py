@@ -151,6 +151,7 @@ def test_nightly_flow_embeds_only_new_rows_and_noops_when_quiet(nightly_env):
     assert DEMO.exists()
 
 
+@pytest.mark.slow
 def test_nightly_with_refusal_anchor_keeps_refusals_weighted_up(tmp_path, prefect_backend):
     """The nightly flow takes the same refusal anchor as `sot curate` (real MiniLM): refusals that
     arrive with the day's data get more weight than without it, and run.json lists the input."""

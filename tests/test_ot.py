@@ -200,7 +200,7 @@ def test_pull_only_is_stationary_and_push_only_pushes(synthetic):
     assert 1 / (w ** 2).sum() >= 0.3 * len(w)
 
 
-@pytest.mark.parametrize("missing", ["kth", "inf"])
+@pytest.mark.parametrize("missing", [pytest.param("kth", marks=pytest.mark.slow), "inf"])
 def test_knn_sparse_close_to_dense(missing):
     rng = np.random.default_rng(3)
     d = 16
@@ -307,7 +307,7 @@ def centred_gap(r32, r64, eps):
                np.abs((r32.g - r32.g.mean()) - (r64.g - r64.g.mean())).max()) / eps
 
 
-@pytest.mark.parametrize("eps", [0.02, 0.005, 0.002, 0.001])
+@pytest.mark.parametrize("eps", [0.02, 0.005, 0.002, pytest.param(0.001, marks=pytest.mark.slow)])
 def test_float32_follows_float64_down_to_eps_1e3(eps):
     """float32 solves follow float64 ones on cosine costs for every eps down to 1e-3, including
     40 < spread / eps <= 600, where a float32 solve uses the float64 Gibbs kernel (its scaling
@@ -356,6 +356,7 @@ def test_default_tau_does_not_shrink_with_eps(synthetic):
     assert max(ratios) / min(ratios) < 3  # measured 5.0, 6.2, 7.3, 7.8
 
 
+@pytest.mark.slow
 def test_collapse_is_not_reported_converged(synthetic):
     """tau = 2 eps at eps 1e-3 (the earlier default) collapses the weights: ESS 9.5 of 200, a 1e56
     weight ratio. That is converged=False with the reason, and a warning."""
