@@ -15,6 +15,12 @@ from sot_prefect.tasks.curation import (
 )
 from sot_prefect.tasks.ops import HOOKS, rename_run, run_name, shared_results
 
+from sot_prefect.flows.params import bounded
+
+# Bounded parameter types (the run form shows the bounds; the server refuses values outside them).
+Keep, Lam, Eps = bounded(CurateConfig, "keep"), bounded(CurateConfig, "lam"), bounded(CurateConfig, "eps")
+Knn, Share, Batch = bounded(CurateConfig, "knn"), bounded(CurateConfig, "refusal_share"), bounded(CurateConfig, "batch_size")
+
 
 # Every default below is the config's own (sot_core/config.py); tests/test_config_consistency.py checks it.
 @flow(name="curate-dataset", log_prints=True, flow_run_name=run_name("curate"), **HOOKS)
@@ -25,18 +31,18 @@ def curate_dataset(
     safe_anchor: str = CurateInputs.safe_anchor,
     harmful_ref: str = CurateInputs.harmful_ref,
     out_dir: str = CurateInputs.out_dir,
-    keep: float = CurateConfig.keep,
-    lam: float = CurateConfig.lam,
-    eps: float = CurateConfig.eps,
+    keep: Keep = CurateConfig.keep,
+    lam: Lam = CurateConfig.lam,
+    eps: Eps = CurateConfig.eps,
     mode: Mode = CurateConfig.mode,
     encoder: str = CurateConfig.encoder,
-    knn: int | None = CurateConfig.knn,
+    knn: Knn = CurateConfig.knn,
     labels: str | None = CurateInputs.labels,
     refusal_anchor: str | None = CurateInputs.refusal_anchor,
-    refusal_share: float = CurateConfig.refusal_share,
+    refusal_share: Share = CurateConfig.refusal_share,
     stratify: Stratify = CurateConfig.stratify,
     train_weighting: TrainWeighting = CurateConfig.train_weighting,
-    batch_size: int = CurateConfig.batch_size,
+    batch_size: Batch = CurateConfig.batch_size,
     name: str = CurateInputs.name,
     prompt_field: str | None = CurateInputs.prompt_field,
     response_field: str | None = CurateInputs.response_field,

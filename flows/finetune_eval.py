@@ -11,6 +11,10 @@ from sot_prefect.flows.curate import curate_dataset, resolve_home
 from sot_prefect.tasks.ops import HOOKS, run_name
 from sot_prefect.tasks.training import align_base, evaluate_adapter, mix_replay_rows, safety_artifacts, train_adapter
 
+from sot_prefect.flows.params import bounded
+
+ReplayFraction = bounded(FinetuneInputs, "replay_fraction")  # the run form shows and enforces [0, 1]
+
 
 # Every default below is the config's own (sot_core/config.py); tests/test_config_consistency.py checks it.
 @flow(name="finetune-and-evaluate", log_prints=True, flow_run_name=run_name("finetune"), **HOOKS)
@@ -25,7 +29,7 @@ def finetune_and_evaluate(
     train: LoraTrainConfig = LoraTrainConfig(),
     evaluation: EvalSpec = EvalSpec(),
     replay: str | None = FinetuneInputs.replay,
-    replay_fraction: float = FinetuneInputs.replay_fraction,
+    replay_fraction: ReplayFraction = FinetuneInputs.replay_fraction,
     home: str | None = FinetuneInputs.home,
 ) -> dict:
     home = resolve_home(home)
@@ -47,7 +51,7 @@ def train_only(
     out_dir: str = FinetuneInputs.out_dir,
     train: LoraTrainConfig = LoraTrainConfig(),
     replay: str | None = FinetuneInputs.replay,
-    replay_fraction: float = FinetuneInputs.replay_fraction,
+    replay_fraction: ReplayFraction = FinetuneInputs.replay_fraction,
     home: str | None = FinetuneInputs.home,
 ) -> dict:
     curated, base_model, adapter = _train(curated, pool, safe_anchor, harmful_ref, base_model, out_dir, train, replay,

@@ -12,6 +12,13 @@ from sot_prefect.tasks.incremental import (
 )
 from sot_prefect.tasks.ops import HOOKS, run_name, shared_results
 
+from sot_prefect.flows.params import bounded
+
+# Bounded parameter types (the run form shows the bounds; the server refuses values outside them).
+Keep, Lam, Eps = bounded(CurateConfig, "keep"), bounded(CurateConfig, "lam"), bounded(CurateConfig, "eps")
+Knn, Share, Batch = bounded(CurateConfig, "knn"), bounded(CurateConfig, "refusal_share"), bounded(CurateConfig, "batch_size")
+Window, Tolerance = bounded(NightlyInputs, "window"), bounded(NightlyInputs, "drift_tolerance")
+
 
 # Every default below is the config's own (sot_core/config.py); tests/test_config_consistency.py checks it.
 # A night that runs past 6 hours is stuck: fail it (and alert) rather than block the next night's queued run.
@@ -25,20 +32,20 @@ def nightly_recuration(
     safe_anchor: str = NightlyInputs.safe_anchor,
     harmful_ref: str = NightlyInputs.harmful_ref,
     refusal_anchor: str | None = NightlyInputs.refusal_anchor,
-    refusal_share: float = CurateConfig.refusal_share,
+    refusal_share: Share = CurateConfig.refusal_share,
     out_dir: str = NightlyInputs.out_dir,
-    keep: float = CurateConfig.keep,
-    lam: float = CurateConfig.lam,
-    eps: float = CurateConfig.eps,
+    keep: Keep = CurateConfig.keep,
+    lam: Lam = CurateConfig.lam,
+    eps: Eps = CurateConfig.eps,
     mode: Mode = CurateConfig.mode,
     encoder: str = CurateConfig.encoder,
-    knn: int | None = CurateConfig.knn,
+    knn: Knn = CurateConfig.knn,
     stratify: Stratify = CurateConfig.stratify,
     train_weighting: TrainWeighting = CurateConfig.train_weighting,
-    batch_size: int = CurateConfig.batch_size,
-    window: int | None = NightlyInputs.window,
+    batch_size: Batch = CurateConfig.batch_size,
+    window: Window = NightlyInputs.window,
     name: str = NightlyInputs.name,
-    drift_tolerance: float = NightlyInputs.drift_tolerance,
+    drift_tolerance: Tolerance = NightlyInputs.drift_tolerance,
     solver: SolverOptions = SolverOptions(),
     home: str | None = NightlyInputs.home,
 ) -> dict:

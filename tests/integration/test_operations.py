@@ -172,3 +172,30 @@ def test_a_gpu_run_without_a_gpu_worker_goes_late_and_says_why(ops):
     finally:
         server.post(f"/flow_runs/{run_id}/set_state", {"state": {"type": "CANCELLED", "name": "Cancelled"},
                                                        "force": True})
+
+
+def test_run_form_is_typed_and_the_server_refuses_bad_values_before_a_run_exists(ops):
+    """Verifies what earlier sessions built (typed parameters, bounds, demo labels only for the demo pool)
+    on the deployment this module registered: dropdowns come from enums, `keep` is bounded, `solver` is a
+    typed object, and the API refuses keep=1.5 or an unknown mode with 409 before any flow run is created."""
+    server, _, _ = ops
+    dep = deployment(server, "curate-dataset", "curate-dataset")
+    schema = dep["parameter_openapi_schema"]
+    props, defs = schema["properties"], schema.get("definitions", {})
+
+    def resolved(prop: dict) -> dict:
+        ref = (prop.get("allOf") or [prop])[0].get("$ref") or prop.get("$ref")
+        return defs[ref.rsplit("/", 1)[1]] if ref else prop
+
+    assert set(resolved(props["mode"])["enum"]) >= {"push-pull"}, props["mode"]
+    assert len(resolved(props["stratify"])["enum"]) >= 2
+    keep = props["keep"]
+    assert keep.get("exclusiveMinimum", keep.get("minimum")) == 0 and (keep.get("maximum") or keep.get("exclusiveMaximum")) == 1
+    assert "properties" in resolved(props["solver"])
+    assert "labels" not in dep["parameters"]  # the demo labels are applied only to the demo pool, in the flow
+    assert "MODEL" in props["encoder"]["description"]
+    before = len(server.post("/flow_runs/filter", {}))
+    for bad in ({"keep": 1.5}, {"mode": "not-a-mode"}):
+        r = server.http.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": bad})
+        assert r.status_code == 409, (bad, r.status_code, r.text[:300])
+    assert len(server.post("/flow_runs/filter", {})) == before
