@@ -47,8 +47,21 @@ def run_curate(args: argparse.Namespace, dests: dict) -> int:
     line = f"sot: kept {summary['counts']['selected']} of {summary['counts']['pool']} rows -> {args.out_dir}"
     if q:
         line += f" (harmful kept {q['harmful_kept']}/{q['harmful_total']}, AUROC {q['auroc']:.3f})"
-    print(line)
+    print(line + budget_line(summary))
+    warn(summary)
     return 0
+
+
+def budget_line(summary: dict) -> str:
+    """`; estimated contamination 9.8%` when the harmful-row budget ran."""
+    b = summary.get("budget")
+    return f"; estimated contamination {b['estimated_contamination']:.1%}" if b else ""
+
+
+def warn(summary: dict) -> None:
+    """The run's composition warnings (mostly harmful-like pool or anchor), one line each on stderr."""
+    for w in summary.get("warnings") or []:
+        print(f"sot: warning: {w}", file=sys.stderr)
 
 
 def run_nightly(args: argparse.Namespace, dests: dict) -> int:
@@ -64,7 +77,8 @@ def run_nightly(args: argparse.Namespace, dests: dict) -> int:
         print(f"sot: nightly '{args.name}' batch {result['batch']}: {result['n_new']} new rows, embedded "
               f"{result['counts']['embedded_now']['pool']}, kept {result['counts']['selected']} of "
               f"{result['counts']['pool']} -> {result['version']} (drift to anchor {drift['to_anchor']:.4f}, "
-              f"to harmful {drift['to_harmful']:.4f})")
+              f"to harmful {drift['to_harmful']:.4f}){budget_line(result)}")
+        warn(result)
     return 0
 
 

@@ -58,9 +58,30 @@ def add_options(parser: argparse.ArgumentParser, cls, only: typing.Iterable[str]
     return dests
 
 
-def checked(kind: type, metadata) -> typing.Callable[[str], typing.Any]:
+class NumberOrChoice(typing.NamedTuple):
+    """The argparse kind of a field typed ``float | Literal["auto"]``: one of the choices, or a number."""
+
+    kind: type
+    choices: tuple
+
+
+def checked(kind, metadata) -> typing.Callable[[str], typing.Any]:
     """An argparse type: converts, then applies the field's bounds, so a bad value stops the
     command before any work with a message that names the option."""
+    if isinstance(kind, NumberOrChoice):
+        number = checked(kind.kind, metadata)
+
+        def convert_either(text: str):
+            if text in kind.choices:
+                return text
+            try:
+                return number(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"must be {' or '.join(map(repr, kind.choices))} or a {kind.kind.__name__}, got {text!r}") from None
+
+        convert_either.__name__ = kind.kind.__name__
+        return convert_either
     if kind not in (int, float, str):
         return kind
 
@@ -84,6 +105,11 @@ def take(args: argparse.Namespace, cls, dests: typing.Iterable[str], prefix: str
 def _scalar_type(hint) -> tuple[type | None, list | None]:
     """(argparse type, choices) of a field's type; (None, None) for lists and dataclasses."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
+    literal = [a for a in args if typing.get_origin(a) is Literal]
+    if len(args) == 2 and len(literal) == 1 and _scalar_type(next(a for a in args if a not in literal))[0]:
+        # a number or a named choice (`--keep 0.8` or `--keep auto`)
+        return NumberOrChoice(_scalar_type(next(a for a in args if a not in literal))[0],
+                              typing.get_args(literal[0])), None
     if typing.get_origin(hint) is Literal:
         return type(typing.get_args(hint)[0]), list(typing.get_args(hint))
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:

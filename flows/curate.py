@@ -10,7 +10,7 @@ from sot_core.config import (
 )
 from sot_core.io import default_home
 from sot_prefect.tasks.curation import (
-    build_costs, embed_dataset, ingest_inputs, publish_curated, report_artifacts, run_info, solve_weights,
+    budget_stage, build_costs, embed_dataset, ingest_inputs, publish_curated, report_artifacts, run_info, solve_weights,
     stage_result, visual_artifacts,
 )
 from sot_prefect.tasks.ops import HOOKS, rename_run, run_name, shared_results
@@ -19,6 +19,7 @@ from sot_prefect.flows.params import bounded
 
 # Bounded parameter types (the run form shows the bounds; the server refuses values outside them).
 Keep, Lam, Eps = bounded(CurateConfig, "keep"), bounded(CurateConfig, "lam"), bounded(CurateConfig, "eps")
+Recall = bounded(CurateConfig, "harmful_recall")
 Knn, Share, Batch = bounded(CurateConfig, "knn"), bounded(CurateConfig, "refusal_share"), bounded(CurateConfig, "batch_size")
 
 
@@ -32,6 +33,8 @@ def curate_dataset(
     harmful_ref: str = CurateInputs.harmful_ref,
     out_dir: str = CurateInputs.out_dir,
     keep: Keep = CurateConfig.keep,
+    harmful_recall: Recall = CurateConfig.harmful_recall,
+    refusal_guard: bool = CurateConfig.refusal_guard,
     lam: Lam = CurateConfig.lam,
     eps: Eps = CurateConfig.eps,
     mode: Mode = CurateConfig.mode,
@@ -52,7 +55,8 @@ def curate_dataset(
     solver: SolverOptions = SolverOptions(),
     home: str | None = CurateInputs.home,
 ) -> dict:
-    config = CurateConfig(keep=keep, lam=lam, eps=eps, mode=mode, encoder=encoder, knn=knn, refusal_share=refusal_share,
+    config = CurateConfig(keep=keep, harmful_recall=harmful_recall, refusal_guard=refusal_guard,
+                          lam=lam, eps=eps, mode=mode, encoder=encoder, knn=knn, refusal_share=refusal_share,
                           stratify=stratify, train_weighting=train_weighting, batch_size=batch_size, solver=solver)
     run = CurateInputs(pool=pool, safe_anchor=safe_anchor, harmful_ref=harmful_ref, labels=labels,
                        refusal_anchor=refusal_anchor, out_dir=out_dir, name=name, prompt_field=prompt_field,
@@ -98,6 +102,9 @@ def embed_and_solve(home: str, ids: dict[str, str], config: CurateConfig) -> tup
         ids.get("refusal_anchor"), return_state=True))
     solved = stage_result(shared_results(solve_weights, home)(home, costs["cost_key"], config.to_dict(),
                                                               return_state=True))
+    if config.harmful_recall > 0:  # the harmful-row budget (sot_core/curate/budget.py)
+        solved["budget"] = stage_result(shared_results(budget_stage, home)(
+            home, ids, embedded["pool"]["encoder_id"], config.to_dict(), return_state=True))
     return embedded, costs, solved
 
 

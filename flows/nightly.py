@@ -16,6 +16,7 @@ from sot_prefect.flows.params import bounded
 
 # Bounded parameter types (the run form shows the bounds; the server refuses values outside them).
 Keep, Lam, Eps = bounded(CurateConfig, "keep"), bounded(CurateConfig, "lam"), bounded(CurateConfig, "eps")
+Recall = bounded(CurateConfig, "harmful_recall")
 Knn, Share, Batch = bounded(CurateConfig, "knn"), bounded(CurateConfig, "refusal_share"), bounded(CurateConfig, "batch_size")
 Window, Tolerance = bounded(NightlyInputs, "window"), bounded(NightlyInputs, "drift_tolerance")
 
@@ -35,6 +36,8 @@ def nightly_recuration(
     refusal_share: Share = CurateConfig.refusal_share,
     out_dir: str = NightlyInputs.out_dir,
     keep: Keep = CurateConfig.keep,
+    harmful_recall: Recall = CurateConfig.harmful_recall,
+    refusal_guard: bool = CurateConfig.refusal_guard,
     lam: Lam = CurateConfig.lam,
     eps: Eps = CurateConfig.eps,
     mode: Mode = CurateConfig.mode,
@@ -49,7 +52,8 @@ def nightly_recuration(
     solver: SolverOptions = SolverOptions(),
     home: str | None = NightlyInputs.home,
 ) -> dict:
-    config = CurateConfig(keep=keep, lam=lam, eps=eps, mode=mode, encoder=encoder, knn=knn, refusal_share=refusal_share,
+    config = CurateConfig(keep=keep, harmful_recall=harmful_recall, refusal_guard=refusal_guard,
+                          lam=lam, eps=eps, mode=mode, encoder=encoder, knn=knn, refusal_share=refusal_share,
                           stratify=stratify, train_weighting=train_weighting, batch_size=batch_size, solver=solver)
     NightlyInputs(incoming=incoming, incoming_table=incoming_table, watermark_column=watermark_column,
                   base_pool=base_pool, safe_anchor=safe_anchor, harmful_ref=harmful_ref, refusal_anchor=refusal_anchor,

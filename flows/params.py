@@ -21,6 +21,10 @@ def bounded(cls, name: str):
     if not limits:
         return hint
     args = typing.get_args(hint)
+    choices = [a for a in args if typing.get_origin(a) is typing.Literal]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and choices and type(None) not in args:  # keep
+        number = next(a for a in args if a not in choices)
+        return typing.Union[Annotated[number, Field(**limits)], choices[0]]
     if isinstance(hint, types.UnionType) and type(None) in args:
         inner = next(a for a in args if a is not type(None))
         return Optional[Annotated[inner, Field(**limits)]]

@@ -32,6 +32,9 @@ Precision = Literal["auto", "fp32", "bf16"]
 UtilityTask = Literal["sst2", "ag_news", "none"]
 # Representations of a (prompt, response) row; the suffix of an encoder spec (`minilm:contrast`).
 View = Literal["pair", "response", "both", "contrast"]
+# How many rows to keep: a fraction in (0, 1] (an upper bound on top of the harmful-row budget),
+# or "auto" (the budget alone decides; `sot_core.curate.budget`).
+Keep = float | Literal["auto"]
 
 
 def validate_fields(obj) -> None:
@@ -40,9 +43,11 @@ def validate_fields(obj) -> None:
     hints = typing.get_type_hints(type(obj))
     for f in fields(obj):
         value, hint = getattr(obj, f.name), hints[f.name]
-        choices = _literal_choices(hint)
-        if choices and value not in choices:
-            raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        choices, others = _literal_choices(hint), _plain_types(hint)
+        if choices and value not in choices and not (others and isinstance(value, others)
+                                                     and not isinstance(value, bool)):
+            also = f" or a {' or '.join(t.__name__ for t in others)}" if others else ""
+            raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}{also}; got {value!r}")
         problem = value_problem(value, f.metadata)
         if problem:
             raise ValueError(f"{f.name} {problem}")
@@ -71,6 +76,13 @@ def _literal_choices(hint) -> tuple:
         if typing.get_origin(arg) is Literal:
             return typing.get_args(arg)
     return ()
+
+
+def _plain_types(hint) -> tuple:
+    """The non-Literal scalar types a field also accepts besides its choices (``float | Literal["auto"]``:
+    (float, int)); () for a plain ``Literal``."""
+    out = tuple(a for a in typing.get_args(hint) if a in (int, float, str))
+    return out + ((int,) if float in out and int not in out else ())
 
 
 def default_of(cls, name: str):
@@ -165,7 +177,19 @@ class PushPullConfig(SolverOptions):
 class CurateConfig:
     """What decides a curation's result (the run's inputs and outputs are flow parameters)."""
 
-    keep: float = field(default=0.8, metadata={"gt": 0, "le": 1, "help": "Fraction of the pool kept (top-K by weight)."})
+    keep: Keep = field(default=0.8, metadata={
+        "gt": 0, "le": 1,
+        "help": "Rows kept: 'auto' keeps every row below the harmful-row threshold (see --harmful-recall); a "
+                "fraction in (0, 1] keeps the top fraction by weight among those rows (an upper bound)."})
+    harmful_recall: float = field(default=0.95, metadata={
+        "ge": 0, "lt": 1,
+        "help": "Harmful-row budget: drop every row that scores like harmful rows, with the threshold calibrated "
+                "so that this share of harmful reference rows held out from the solve (cross-fitting) is dropped; "
+                "0: no budget, keep alone decides."})
+    refusal_guard: bool = field(default=True, metadata={
+        "help": "Keep rows whose whole response refuses (a refusal opening that never turns to compliance; "
+                "sot_core/refusals.py): they are exempt from the harmful-row budget and ranked first, since "
+                "refusals to harmful prompts are wanted safety data; apology-then-comply answers are not exempt."})
     lam: float = same_field(PushPullConfig, "lam")
     eps: float = same_field(PushPullConfig, "eps")
     mode: Mode = same_field(PushPullConfig, "mode")
@@ -188,6 +212,9 @@ class CurateConfig:
         if isinstance(self.solver, dict):  # from JSON (run.json, a Prefect parameter)
             object.__setattr__(self, "solver", SolverOptions(**self.solver))
         validate_fields(self)
+        if self.keep == "auto" and self.harmful_recall == 0:
+            raise ValueError("keep 'auto' needs the harmful-row budget: set harmful_recall > 0 (e.g. 0.95) "
+                             "or give keep as a fraction")
 
     def push_pull(self) -> PushPullConfig:
         return PushPullConfig(lam=self.lam, eps=self.eps, mode=self.mode, **asdict(self.solver))

@@ -78,10 +78,12 @@ def run_info(inputs: dict, embedded: dict, costs: dict, solved: dict, ingest_sec
         "encoder_id": embedded["pool"]["encoder_id"],
         "embedded_now": {role: e["n_embedded"] for role, e in embedded.items()},
         "stage_seconds": {"ingest": ingest_seconds, "embed": sum(e["seconds"] for e in embedded.values()),
-                          "costs": costs["seconds"], "solve": solved["seconds"]},
+                          "costs": costs["seconds"], "solve": solved["seconds"],
+                          **({"budget": solved["budget"]["seconds"]} if solved.get("budget") else {})},
         "cached_stages": [stage for stage, cached in (("ingest", ingest_cached), ("costs", costs["cached"]),
                                                       ("solve", solved["cached"])) if cached],
         "solver": solved["diagnostics"],
+        **({"budget_path": solved["budget"]["path"]} if solved.get("budget") else {}),
         **extra,
     }
 
@@ -139,6 +141,12 @@ def solve_weights(home: str, cost_key: str, config: dict) -> dict:
     return done
 
 
+@task(name="budget", cache_key_fn=key_for("budget"), **TASK_OPTIONS)
+def budget_stage(home: str, ids: dict[str, str], encoder_id: str, config: dict) -> dict:
+    """The cross-fitted harmful-row budget (`sot_core.curate.budget`); the target recall is applied at publish."""
+    return pipeline.budget(Store(home), ids, encoder_id, CurateConfig(**config))
+
+
 @task(name="publish", **retry_policy(retries=1))
 def publish_curated(home: str, pool_id: str, solve_path: str, config: dict, out_dir: str, run_info: dict,
                     labels: str | None = None, name: str = "default") -> dict:
@@ -158,6 +166,10 @@ def report_artifacts(summary: dict, report_md: str, name: str = "default") -> No
     key = artifact_key(name)
     create_markdown_artifact(report_md, key=f"{key}-report", description="SOT curation report")
     create_table_artifact(summary["top_flagged"], key=f"{key}-flagged", description="Most harmful-like rows")
+    if summary.get("budget"):
+        rows = [{"key": k, "value": str(v)} for k, v in summary["budget"].items()]
+        create_table_artifact(rows, key=f"{key}-budget",
+                              description="Harmful-row budget: threshold, estimated contamination, warnings")
 
 
 def artifact_key(name: str) -> str:

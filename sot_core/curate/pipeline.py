@@ -239,3 +239,30 @@ def solve(store: Store, cost_key: str, config: CurateConfig, show_progress: bool
     failpoint("solve.done")
     diagnostics = json.loads((out / "diagnostics.json").read_text())
     return {"solve_key": key, "path": str(out), "diagnostics": diagnostics, "seconds": time.perf_counter() - start}
+
+
+def budget(store: Store, ids: dict[str, str], encoder_id: str, config: CurateConfig) -> dict:
+    """The cross-fitted harmful-row budget of the pool (`sot_core.curate.budget.cross_fit`), cached in
+    the store under its inputs and solver settings. The target recall is applied at selection, so
+    changing ``harmful_recall`` reuses this stage. `ids` maps roles (pool, safe_anchor, harmful_ref,
+    optionally refusal_anchor) to dataset ids."""
+    from sot_core.curate import budget as bud
+
+    start = time.perf_counter()
+    refusal_id = ids.get("refusal_anchor")
+    key = config_hash("budget", ids["pool"], ids["safe_anchor"], ids["harmful_ref"], refusal_id, encoder_id,
+                      config.push_pull().__dict__, config.refusal_share if refusal_id else None, bud.FOLDS, bud.SEED, bud.FORMAT)
+    out = store.stage_dir("budget", key)
+    if not (out / "done").exists():
+        pool, anchor, harmful = (load_embeddings(store, ids[r], encoder_id) for r in ("pool", "safe_anchor", "harmful_ref"))
+        n_task, masses = len(anchor), None
+        if refusal_id:
+            refusals = load_embeddings(store, refusal_id, encoder_id)
+            masses = composite_anchor_masses(n_task, len(refusals), max(config.refusal_share, 1e-12))
+            anchor = np.vstack([anchor, refusals])
+        fit = bud.cross_fit(pool, anchor, harmful, config, bud.FOLDS, bud.SEED, masses, check_anchor_rows=n_task)
+        _clear_incomplete(out)
+        with atomic_dir(out, keep_if="done") as tmp:
+            fit.save(tmp)
+            (tmp / "done").write_text(key)
+    return {"budget_key": key, "path": str(out), "seconds": time.perf_counter() - start}

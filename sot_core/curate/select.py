@@ -11,13 +11,13 @@ import numpy as np
 import pyarrow as pa
 
 from sot_core.config import CODE_VERSION, CurateConfig, config_hash
-from sot_core.curate.guards import check_labels_match, check_selection
+from sot_core.curate.guards import MOSTLY, check_labels_match, check_selection, composition_warnings
 from sot_core.curate.quality import auroc, harmful_kept
 from sot_core.data.names import check_name
 from sot_core.data.store import Store
 from sot_core.failpoints import failpoint
 from sot_core.io import atomic_write_table, atomic_write_text, sweep_temp
-from sot_core.refusals import keyword_refusal
+from sot_core.refusals import keyword_refusal, whole_response_refusal
 
 
 def select_top(weights: np.ndarray, keep: float) -> np.ndarray:
@@ -132,17 +132,33 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
     rows = store.get_rows(pool_id)
     weights, score = (np.load(Path(solve_path) / f) for f in ("weights.npy", "score.npy"))
     ids, prompts, responses = (rows.column(c).to_pylist() for c in ("id", "prompt", "response"))
-    selected, train_w = _selection(weights, responses, config)
-    check_selection(int(selected.sum()), len(ids), config.keep)  # before any file is written
+    budget = _budget(store, config, run_info, len(ids))
+    protected = refusal_rows(responses) if config.refusal_guard else np.zeros(len(ids), dtype=bool)
+    if budget is not None:  # refusals are wanted data, not contamination
+        budget.refusals_exempt = int((budget.harmful_like & protected).sum())
+        budget.harmful_like = budget.harmful_like & ~protected
+    # A pool that mostly scores like harm (or that the scores cannot tell from it) makes the budget
+    # unreliable: with a numeric keep the top-K alone decides, and the report says so.
+    applied = budget is not None and (config.keep == "auto" or budget.contamination <= MOSTLY)
+    eligible = ~budget.harmful_like if applied else None
+    selected, train_w = _selection(weights, responses, config, eligible, protected)
+    check_selection(int(selected.sum()), len(ids), config.keep,  # before any file is written
+                    "" if budget is None or budget.harmful_like.mean() < 0.5 else
+                    f"{int(budget.harmful_like.sum())} rows score like harmful reference rows; check the inputs")
     if labels is not None:
         check_labels_match(labels, ids)
     atomic_write_table(
-        pa.table({"id": ids, "weight": weights, "selected": selected, "score": score, "train_weight": train_w}),
+        pa.table({"id": ids, "weight": weights, "selected": selected, "score": score, "train_weight": train_w,
+                  "safety_score": refusal_aware_score(score, protected), "refusal": protected,
+                  **({} if budget is None else {"budget_score": budget.budget_score,
+                                                "harmful_like": budget.harmful_like})}),
         out_dir / "weights.parquet",
     )
     curated = _curated_jsonl(rows, selected, train_w)
     atomic_write_text(curated, out_dir / "curated.jsonl")
-    quality, label = _label_quality(labels, ids, score, selected)
+    quality, label = _label_quality(labels, ids, refusal_aware_score(score, protected), selected)
+    if quality is not None:
+        quality["auroc_ot_score"] = auroc(score, label)
     failpoint("publish.before_record")
     # The random part keeps two identical runs in the same second apart.
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -164,6 +180,9 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
         "solver": run_info.get("solver", {}),
         "quality": quality,
         "refusals": count_refusals(responses, selected, label),
+        "budget": budget_summary(budget, applied),
+        "warnings": composition_warnings(*(None, None) if budget is None else
+                                         (budget.contamination, budget.anchor_harmful_share)),
         "top_flagged": _top_flagged(ids, prompts, score),
     }
     atomic_write_text(json.dumps(summary, indent=2, default=float), out_dir / "run.json")
@@ -171,19 +190,69 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
     return summary
 
 
-def _selection(weights: np.ndarray, responses: list[str], config: CurateConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The kept rows (mask) and their training weights (0 for dropped rows), per `config`."""
-    train_w = np.zeros(len(weights))
+def refusal_rows(responses: list[str]) -> np.ndarray:
+    """Rows whose whole response refuses (`sot_core.refusals.whole_response_refusal`)."""
+    return np.array([whole_response_refusal(r or "") for r in responses], dtype=bool)
+
+
+def refusal_aware_score(score: np.ndarray, protected: np.ndarray) -> np.ndarray:
+    """The OT score with refusal rows lowered to at most the pool's median score: the harmful-likeness
+    the selection acts on (a refusal shares its prompt with harm, not its content)."""
+    if not protected.any():
+        return np.asarray(score, dtype=np.float64)
+    return np.where(protected, np.minimum(score, np.median(score)), score)
+
+
+def _selection(weights: np.ndarray, responses: list[str], config: CurateConfig,
+               eligible: np.ndarray | None = None,
+               protected: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The kept rows (mask) and their training weights (0 for dropped rows), per `config`.
+
+    Only `eligible` rows (the harmful-row budget's survivors; default all) can be kept; among them
+    the top rows by weight, at most round(keep * n) of them when keep is a fraction (keep 'auto':
+    all of them). `protected` rows (refusals) rank first and train at the kept rows' median weight
+    (their OT weight is low only because they share prompts with harm).
+    """
+    n = len(weights)
+    eligible = np.ones(n, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    if protected is not None and protected.any():
+        others = weights[eligible & ~protected]
+        level = float(np.median(others)) if len(others) else float(np.max(weights))
+        weights = np.where(protected, np.maximum(weights, level), weights)
+        rank = np.where(protected, np.inf, weights)
+    else:
+        rank = weights
+    cap = n if config.keep == "auto" else int(round(config.keep * n))
+    fraction = min(cap, int(eligible.sum())) / n if n else 0.0
+    masked = np.where(eligible, rank, -np.inf)  # dropped rows rank last and are never kept
+    train_w = np.zeros(n)
     if config.stratify == "label":
         groups = label_groups(responses)
-        selected = select_stratified(weights, config.keep, groups)
+        selected = select_stratified(masked, fraction, groups) & eligible
         for g in np.unique(groups[selected]):  # mean weight 1 within each group: label masses stay put
             part = selected & (groups == g)
             train_w[part] = training_weights(weights[part], config.train_weighting)
     else:
-        selected = select_top(weights, config.keep)
+        selected = select_top(masked, fraction) & eligible
         train_w[selected] = training_weights(weights[selected], config.train_weighting)
     return selected, train_w
+
+
+def _budget(store: Store, config: CurateConfig, run_info: dict, n: int):
+    """The harmful-row budget at the configured recall (None when off); keep 'auto' needs one."""
+    path = run_info.get("budget_path")
+    if config.harmful_recall > 0 and path:
+        from sot_core.curate.budget import CrossFit, apply_recall
+
+        if not CrossFit.complete(path):
+            raise store.lost_stage(Path(path))
+        budget = apply_recall(CrossFit.load(path), config.harmful_recall)
+        if len(budget.budget_score) != n:
+            raise ValueError(f"{path}: the budget covers {len(budget.budget_score)} rows, the pool {n}")
+        return budget
+    if config.keep == "auto":
+        raise ValueError("keep 'auto' needs the harmful-row budget stage (run through the curation flow)")
+    return None
 
 
 def _curated_jsonl(rows: pa.Table, selected: np.ndarray, train_w: np.ndarray) -> str:
@@ -230,15 +299,43 @@ def _record_version(store: Store, version: str, curated: str, config: CurateConf
     )
 
 
+def budget_summary(budget, applied: bool = True) -> dict | None:
+    """The budget's figures for run.json and the artifacts (None when the budget is off)."""
+    return None if budget is None else {**budget.summary(), "applied": applied}
+
+
+def _report_budget(s: dict) -> list[str]:
+    """The report's warnings and harmful-row budget section."""
+    lines = [f"> **Warning:** {w}" for w in s.get("warnings") or []]
+    lines += [""] if lines else []
+    b = s.get("budget")
+    if not b:
+        return lines
+    if not b.get("applied", True):
+        lines += ["> **Warning:** the harmful-row budget was **not applied**: it would drop most of the pool, "
+                  "so the top rows by weight were kept (`--keep`). Check the inputs; `--keep auto` applies it.", ""]
+    lines += ["## Harmful-row budget", "",
+              f"Rows that score like the harmful reference rows held out from the solve ({b['folds']}-fold "
+              f"cross-fitting) are dropped, at a threshold that drops {b['harmful_recall']:.0%} of those held-out "
+              "rows (`--harmful-recall`).", "",
+              "| estimated contamination | harmful-like rows | budget-score threshold | score thresholds per fold "
+              "| held-out harmful rows dropped per fold | anchor rows harmful-like |", "|---|---|---|---|---|---|",
+              f"| {b['estimated_contamination']:.1%} | {b['harmful_like_rows']} | {b['threshold']:.3f} | "
+              + ", ".join(f"{t:.4f}" for t in b["fold_score_thresholds"]) + " | "
+              + ", ".join(f"{r:.0%}" for r in b["held_out_recall"]) + f" | {b['anchor_harmful_share']:.0%} |", ""]
+    return lines
+
+
 def render_report(s: dict) -> str:
     c, cfg, solver = s["counts"], s["config"], s["solver"]
     lines = [
         f"# SOT curation report: {s['version']}",
         "",
-        f"Kept **{c['selected']} of {c['pool']}** pool rows (keep={cfg['keep']}, lam={cfg['lam']}, eps={cfg['eps']}, "
+        f"Kept **{c['selected']} of {c['pool']}** pool rows (keep={cfg['keep']}, harmful_recall={cfg.get('harmful_recall', 0)}, lam={cfg['lam']}, eps={cfg['eps']}, "
         f"mode={cfg['mode']}, encoder={cfg['encoder']}).",
         "",
     ]
+    lines += _report_budget(s)
     q = s.get("quality")
     if q:
         lines += [

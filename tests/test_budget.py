@@ -1,0 +1,143 @@
+"""The harmful-row budget (sot_core/curate/budget.py): the split, the quantile, the out-of-sample
+score against the solver's own potentials, determinism, the selection it drives, and `--keep auto`
+through the real `sot` process."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from sot_core.config import CurateConfig
+from sot_core.curate import budget as B
+from sot_core.curate.select import _selection
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clouds(n_benign=150, n_harm=30, n_anchor=20, n_ref=80, dim=16, seed=0):
+    """Benign rows around one direction, harmful rows (and the reference) around another."""
+    rng = np.random.default_rng(seed)
+    b, h = np.eye(dim)[0], np.eye(dim)[1]
+    draw = lambda centre, n: unit(centre + 0.35 * rng.normal(size=(n, dim)))
+    return draw(b, n_benign), draw(h, n_harm), draw(b, n_anchor), draw(h, n_ref)
+
+
+@pytest.mark.parametrize("n,folds,seed", [(10, 2, 0), (463, 5, 0), (464, 5, 3), (97, 7, 1)])
+def test_reference_folds_are_disjoint_balanced_and_deterministic(n, folds, seed):
+    f = B.reference_folds(n, folds, seed)
+    assert f.shape == (n,) and set(f) == set(range(folds))  # every row in exactly one fold
+    sizes = np.bincount(f)
+    assert sizes.max() - sizes.min() <= 1
+    assert (B.reference_folds(n, folds, seed) == f).all()
+    assert not (B.reference_folds(n, folds, seed + 1) == f).all()
+
+
+def test_usable_folds_shrink_for_small_references():
+    assert B.usable_folds(463, 5) == 5 and B.usable_folds(30, 5) == 3 and B.usable_folds(12, 5) == 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("recall", [0.5, 0.9, 0.95, 0.99])
+def test_fold_threshold_is_the_brute_force_quantile(seed, recall):
+    """Rows at or above t are dropped: at least recall * m held-out rows are, and no larger
+    candidate threshold drops enough (brute force over every held-out value)."""
+    rng = np.random.default_rng(seed)
+    held = np.round(rng.normal(size=int(rng.integers(5, 60))), 1)  # ties on purpose
+    t = B.fold_threshold(held, recall)
+    assert (held >= t).sum() >= recall * len(held) - 1e-9
+    best = max(c for c in held if (held >= c).sum() >= recall * len(held) - 1e-9)
+    assert t == best
+    # the budget score agrees: held-out rows with share > 1 - recall are exactly those >= t
+    shares = B.share_at_or_below(held, held)
+    assert ((shares > 1 - recall) == (held >= t)).all() or (held >= t).sum() >= ((shares > 1 - recall)).sum()
+    assert (shares > 1 - recall).mean() >= recall - 1e-9
+
+
+def test_share_at_or_below_brute_force():
+    rng = np.random.default_rng(0)
+    held, x = rng.normal(size=40), rng.normal(size=25)
+    assert np.allclose(B.share_at_or_below(x, held), [(held <= v).mean() for v in x])
+
+
+def test_soft_c_transform_reproduces_the_sinkhorn_potential_and_the_solver_score():
+    """At a Sinkhorn fixed point f_i = T(x_i); the scorer's pool scores equal the solver's up to a constant."""
+    from sot_core.ot.push_pull import solve_push_pull
+    from sot_core.ot.sinkhorn import sinkhorn_log
+
+    benign, harm, anchor, ref = clouds()
+    pool = np.vstack([benign, harm])
+    cost = np.clip(1 - pool @ ref.T, 0, 2)
+    w = np.random.default_rng(1).dirichlet(np.ones(len(pool)))
+    res = sinkhorn_log(w, np.full(len(ref), 1 / len(ref)), cost, 0.1, dtype="float64", device="cpu", tol=1e-9,
+                       max_iter=20000)
+    t = B.soft_c_transform(cost, res.g, np.log(np.full(len(ref), 1 / len(ref))), 0.1)
+    assert np.allclose(t, res.f, atol=1e-6)
+    cfg = CurateConfig()
+    scorer = B.FoldScorer(pool, anchor, ref, cfg)
+    solver = solve_push_pull(np.clip(1 - pool @ anchor.T, 0, 2), cost, cfg.push_pull()).score
+    diff = scorer.score(pool) - solver
+    assert diff.std() < 0.02 * solver.std()
+
+
+@pytest.mark.filterwarnings("ignore:push-pull solve not converged")  # well-separated toy clouds
+def test_calibrate_drops_the_harm_keeps_the_benign_and_is_deterministic():
+    benign, harm, anchor, ref = clouds()
+    pool = np.vstack([benign, harm])
+    a = B.calibrate(pool, anchor, ref, CurateConfig(), 0.95)
+    b = B.calibrate(pool, anchor, ref, CurateConfig(), 0.95)
+    assert (a.budget_score == b.budget_score).all() and a.fold_thresholds == b.fold_thresholds
+    assert all(r >= 0.95 for r in a.per_fold_recall) and a.folds == 5
+    assert a.harmful_like[len(benign):].mean() >= 0.95 and a.harmful_like[:len(benign)].mean() <= 0.05
+    assert a.anchor_harmful_share == 0.0
+    assert abs(a.contamination - len(harm) / len(pool)) < 0.05
+    swapped = B.calibrate(pool, ref[:20], anchor, CurateConfig(), 0.95)  # anchor and reference swapped
+    assert swapped.contamination > 0.5
+
+
+def test_selection_with_budget_caps_and_protects():
+    w = np.linspace(1.0, 0.0, 10)
+    eligible = np.array([1, 1, 0, 1, 1, 1, 1, 1, 1, 1], bool)
+    protected = np.zeros(10, bool)
+    protected[9] = True
+    sel, tw = _selection(w, ["x"] * 10, CurateConfig(keep="auto"), eligible, protected)
+    assert sel.tolist() == eligible.tolist()  # auto: every eligible row
+    sel, tw = _selection(w, ["x"] * 10, CurateConfig(keep=0.3), eligible, protected)
+    assert sel.sum() == 3 and sel[9] and sel[0] and sel[1] and not sel[2]  # cap; refusal first; dropped never
+    assert abs(tw[sel].mean() - 1) < 1e-9 and tw[9] > 0.5  # trains at the median level, not the 0.2 floor
+
+
+def test_keep_auto_config_and_option():
+    from sot_prefect.flows.cli import build_parser
+
+    assert CurateConfig(keep="auto").keep == "auto"
+    with pytest.raises(ValueError, match="keep must be one of auto or a float"):
+        CurateConfig(keep="most")
+    with pytest.raises(ValueError, match="harmful_recall > 0"):
+        CurateConfig(keep="auto", harmful_recall=0)
+    parser, _ = build_parser()
+    assert parser.parse_args(["curate", "--keep", "auto"]).keep == "auto"
+    assert parser.parse_args(["curate", "--keep", "0.7", "--harmful-recall", "0.9"]).harmful_recall == 0.9
+    with pytest.raises(SystemExit):
+        parser.parse_args(["curate", "--keep", "most"])
+
+
+def test_keep_auto_through_sot_reports_contamination_and_threshold(tmp_path):
+    from tests.test_cli_process import SMALL, SOT, sot_env
+
+    out = tmp_path / "out"
+    done = subprocess.run([*SOT, "curate", *SMALL, "--home", str(tmp_path / "home"), "--out-dir", str(out),
+                           "--keep", "auto", "--harmful-recall", "0.95"],
+                          capture_output=True, text=True, env=sot_env(tmp_path), timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "estimated contamination" in done.stdout
+    info = json.loads((out / "run.json").read_text())
+    b = info["budget"]
+    assert b["harmful_recall"] == 0.95 and 0 <= b["estimated_contamination"] <= 1 and b["fold_score_thresholds"]
+    # the fixture pool holds 5 PyRIT rows among 25 GSM8K rows: they are the rows dropped
+    kept = {json.loads(line)["id"] for line in (out / "curated.jsonl").read_text().splitlines()}
+    assert not any(i.startswith("pyrit") for i in kept) and len(kept) >= 23
+    assert "## Harmful-row budget" in (out / "report.md").read_text()
