@@ -7,7 +7,8 @@ from sot_core.config import CurateConfig, Mode, NightlyInputs, SolverOptions, St
 from sot_prefect.flows.curate import embed_and_solve, publish_and_report, resolve_home
 from sot_prefect.tasks.curation import ingest_inputs, run_info
 from sot_prefect.tasks.incremental import (
-    accumulate_pool, batch_drift, collect_incoming, commit_batch, drift_alert, drift_artifacts, nightly_artifact,
+    accumulate_pool, batch_contamination, batch_drift, collect_incoming, commit_batch, drift_alert, drift_artifacts,
+    nightly_artifact,
     noop_artifact,
 )
 from sot_prefect.tasks.ops import HOOKS, run_name, shared_results
@@ -77,6 +78,7 @@ def nightly_recuration(
     info = run_info(inputs, embedded, costs, solved, pool["seconds"] + batch.get("seconds", 0.0),
                     incoming={k: batch[k] for k in ("n_new", "files", "table_watermark")}, drift=drift)
     summary = publish_and_report(home, ids["pool"], solved, config, out_dir, info, None, name)
+    drift = {**drift, "contamination": batch_contamination(home, batch["dataset_id"], out_dir)}
     committed = commit_batch(home, batch, ids["pool"], summary["version"], embedded["pool"]["n_embedded"], drift,
                              pool["base_version"])
     drift_alert(name, drift_artifacts(home, name), drift, drift_tolerance)

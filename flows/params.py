@@ -23,9 +23,27 @@ def bounded(cls, name: str):
     args = typing.get_args(hint)
     choices = [a for a in args if typing.get_origin(a) is typing.Literal]
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and choices and type(None) not in args:  # keep
-        number = next(a for a in args if a not in choices)
-        return typing.Union[Annotated[number, Field(**limits)], choices[0]]
+        return _number_or_choice(hint, args, choices[0], limits)
     if isinstance(hint, types.UnionType) and type(None) in args:
         inner = next(a for a in args if a is not type(None))
         return Optional[Annotated[inner, Field(**limits)]]
     return Annotated[hint, Field(**limits)]
+
+
+def _number_or_choice(hint, args, choice, limits: dict):
+    """``float | Literal["auto"]`` with the number's bounds at the top of its JSON schema (JSON Schema's
+    numeric keywords ignore strings), so the run form and the server bound the number and accept the choice."""
+    from pydantic import AfterValidator, WithJsonSchema
+
+    from sot_core.config import value_problem
+
+    def check(value):
+        problem = value_problem(value, limits)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    keywords = {"gt": "exclusiveMinimum", "ge": "minimum", "lt": "exclusiveMaximum", "le": "maximum"}
+    schema = {"anyOf": [{"type": "number"}, {"type": "string", "enum": list(typing.get_args(choice))}],
+              **{keywords[k]: v for k, v in limits.items()}}
+    return Annotated[hint, AfterValidator(check), WithJsonSchema(schema)]

@@ -6,6 +6,8 @@ The heavy stages (ingest of the references, embed, costs, solve) reuse the tasks
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
@@ -49,6 +51,16 @@ def batch_drift(home: str, batch_id: str, anchor_id: str, harmful_id: str, encod
     return drift
 
 
+@task(name="batch-contamination")
+def batch_contamination(home: str, batch_id: str, out_dir: str) -> float | None:
+    """The batch's estimated contamination: share of its rows the published budget drops (issue 14)."""
+    ids = Store(home).get_rows(batch_id).column("id").to_pylist()
+    c = incremental.batch_contamination(Path(out_dir) / "weights.parquet", ids)
+    if c is not None:
+        log().info(f"estimated contamination of batch {batch_id}: {c:.1%}")
+    return c
+
+
 @task(name="commit-batch", **retry_policy(retries=0))
 def commit_batch(home: str, batch: dict, pool_dataset_id: str, version: str, n_embedded: int, drift: dict,
                  base_version: str | None = None) -> dict:
@@ -61,7 +73,8 @@ def drift_alert(name: str, history: list[dict], drift: dict, tolerance: float) -
     """Emit ``sot.nightly.drift`` when this batch moved towards the harmful reference or away from the
     anchor (`incremental.drift_alarm`); every batch emits ``sot.nightly.batch`` with its figures."""
     reason = incremental.drift_alarm(history[:-1], drift, tolerance)
-    payload = {**{k: drift[k] for k in ("to_anchor", "to_harmful", "eps", "n_batch")}, "reason": reason}
+    payload = {**{k: drift.get(k) for k in ("to_anchor", "to_harmful", "eps", "n_batch", "contamination")},
+               "reason": reason}
     emit("sot.nightly.batch", name, payload)
     if reason:
         log().warning(f"drift alert for '{name}': {reason}")

@@ -141,3 +141,23 @@ def test_keep_auto_through_sot_reports_contamination_and_threshold(tmp_path):
     kept = {json.loads(line)["id"] for line in (out / "curated.jsonl").read_text().splitlines()}
     assert not any(i.startswith("pyrit") for i in kept) and len(kept) >= 23
     assert "## Harmful-row budget" in (out / "report.md").read_text()
+
+
+def test_contamination_jump_raises_the_nightly_drift_alarm(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sot_core.curate.incremental import batch_contamination, contamination_jump, drift_alarm
+
+    quiet = [{"contamination": c, "drift_to_harmful": 1.0, "drift_to_anchor": 0.5} for c in (0.02, 0.03, 0.02)]
+    assert contamination_jump(quiet, 0.04, 0.25) is None  # within (1.25 * 0.02 + 0.05)
+    assert "jumped to 30.0%" in contamination_jump(quiet, 0.30, 0.25)
+    assert contamination_jump([], 0.04, 0.25) is None and "jumped" in contamination_jump([], 0.30, 0.25)
+    drift = {"to_harmful": 1.0, "to_anchor": 0.5, "contamination": 0.30}
+    assert "contamination" in drift_alarm(quiet, drift, 0.25)
+    assert drift_alarm(quiet, {**drift, "contamination": 0.02}, 0.25) is None
+    pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "harmful_like": [True, False, True, False]}),
+                   tmp_path / "weights.parquet")
+    assert batch_contamination(tmp_path / "weights.parquet", ["a", "b", "c"]) == pytest.approx(2 / 3)
+    pq.write_table(pa.table({"id": ["a"], "weight": [1.0]}), tmp_path / "plain.parquet")
+    assert batch_contamination(tmp_path / "plain.parquet", ["a"]) is None

@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS incoming_batches (
     created_at TIMESTAMP DEFAULT current_timestamp, UNIQUE (name, seq));
 -- the curated version of the base pool this name re-curates from (lineage); added after the table
 ALTER TABLE incoming_batches ADD COLUMN IF NOT EXISTS base_version VARCHAR;
+-- the batch's estimated contamination (share of its rows the harmful-row budget drops; issue 14)
+ALTER TABLE incoming_batches ADD COLUMN IF NOT EXISTS contamination DOUBLE;
 """
 
 
@@ -293,6 +295,9 @@ def drift_alarm(previous: list[dict], drift: dict, tolerance: float) -> str | No
     d_h < d_a (the batch is nearer the harmful reference than the anchor), d_h < (1 - tolerance) m_h
     (it moved towards harmful content) or d_a > (1 + tolerance) m_a (it moved away from the task).
     """
+    jump = contamination_jump(previous, drift.get("contamination"), tolerance)
+    if jump:
+        return jump
     d_h, d_a = drift["to_harmful"], drift["to_anchor"]
     if not (math.isfinite(d_h) and math.isfinite(d_a)):
         return None
@@ -307,6 +312,40 @@ def drift_alarm(previous: list[dict], drift: dict, tolerance: float) -> str | No
         return (f"distance to the safe anchor rose to {d_a:.4f} from a median of {np.median(past_a):.4f} "
                 f"over {len(past_a)} earlier batches (tolerance {tolerance:.0%})")
     return None
+
+
+# Absolute rise of a batch's estimated contamination (share of rows) below which no jump is reported:
+# a batch of 40 rows moves by 2.5 points with one row.
+CONTAMINATION_FLOOR = 0.05
+
+
+def contamination_jump(previous: list[dict], c: float | None, tolerance: float) -> str | None:
+    """Why a batch's estimated contamination c (the harmful-row budget's share of its rows) is a jump, or None.
+
+    With m the median over the `previous` batches (0 for the first batch): alarm when
+    c > (1 + tolerance) m + `CONTAMINATION_FLOOR`.
+    """
+    if c is None or not math.isfinite(c):
+        return None
+    past = [r["contamination"] for r in previous if r.get("contamination") is not None]
+    m = float(np.median(past)) if past else 0.0
+    if c > (1 + tolerance) * m + CONTAMINATION_FLOOR:
+        return (f"estimated contamination of the batch jumped to {c:.1%} from a median of {m:.1%} over "
+                f"{len(past)} earlier batches (tolerance {tolerance:.0%} + {CONTAMINATION_FLOOR:.0%})")
+    return None
+
+
+def batch_contamination(weights_file: str | Path, batch_ids: list[str]) -> float | None:
+    """Share of the batch's rows that the harmful-row budget marked harmful-like in a published
+    ``weights.parquet`` (None when the budget did not run)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(weights_file)
+    if "harmful_like" not in table.column_names or not batch_ids:
+        return None
+    flags = dict(zip(table.column("id").to_pylist(), table.column("harmful_like").to_pylist()))
+    hits = [bool(flags[i]) for i in batch_ids if i in flags]
+    return float(np.mean(hits)) if hits else None
 
 
 def commit_batch(store: Store, staged: dict, pool_dataset_id: str, version: str, n_embedded: int,
@@ -329,11 +368,12 @@ def commit_batch(store: Store, staged: dict, pool_dataset_id: str, version: str,
                     "but its rows will be picked up again by the next run")
             con.execute(
                 "INSERT INTO incoming_batches (batch_id, name, seq, dataset_id, n_rows, files, table_watermark, "
-                "pool_dataset_id, version, n_embedded, drift_anchor, drift_harmful, base_version) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "pool_dataset_id, version, n_embedded, drift_anchor, drift_harmful, base_version, contamination) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [batch_id, staged["name"], seq, staged["dataset_id"], staged["n_new"], json.dumps(staged["files"]),
                  json.dumps(staged["table_watermark"]), pool_dataset_id, version, n_embedded,
-                 _finite(drift.get("to_anchor")), _finite(drift.get("to_harmful")), base_version])
+                 _finite(drift.get("to_anchor")), _finite(drift.get("to_harmful")), base_version,
+                 _finite(drift.get("contamination"))])
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")
@@ -363,6 +403,7 @@ def drift_history(store: Store, name: str) -> list[dict]:
     ensure_tables(store)
     rows = store.query(
         "SELECT seq, strftime(created_at, '%Y-%m-%d %H:%M:%S'), n_rows, n_embedded, drift_anchor, drift_harmful, "
-        "version FROM incoming_batches WHERE name = ? ORDER BY seq", [name])
-    keys = ("batch", "committed_utc", "rows", "embedded", "drift_to_anchor", "drift_to_harmful", "version")
+        "version, contamination FROM incoming_batches WHERE name = ? ORDER BY seq", [name])
+    keys = ("batch", "committed_utc", "rows", "embedded", "drift_to_anchor", "drift_to_harmful", "version",
+            "contamination")
     return [dict(zip(keys, r)) for r in rows]

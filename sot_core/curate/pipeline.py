@@ -251,10 +251,12 @@ def budget(store: Store, ids: dict[str, str], encoder_id: str, config: CurateCon
     start = time.perf_counter()
     refusal_id = ids.get("refusal_anchor")
     key = config_hash("budget", ids["pool"], ids["safe_anchor"], ids["harmful_ref"], refusal_id, encoder_id,
-                      config.push_pull().__dict__, config.refusal_share if refusal_id else None, bud.FOLDS, bud.SEED, bud.FORMAT)
+                      config.push_pull().__dict__, config.refusal_share if refusal_id else None,
+                      bud.FOLDS, bud.SEED, bud.FORMAT)
     out = store.stage_dir("budget", key)
     if not (out / "done").exists():
-        pool, anchor, harmful = (load_embeddings(store, ids[r], encoder_id) for r in ("pool", "safe_anchor", "harmful_ref"))
+        pool, anchor, harmful = (load_embeddings(store, ids[role], encoder_id)
+                                 for role in ("pool", "safe_anchor", "harmful_ref"))
         n_task, masses = len(anchor), None
         if refusal_id:
             refusals = load_embeddings(store, refusal_id, encoder_id)

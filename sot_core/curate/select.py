@@ -331,7 +331,8 @@ def render_report(s: dict) -> str:
     lines = [
         f"# SOT curation report: {s['version']}",
         "",
-        f"Kept **{c['selected']} of {c['pool']}** pool rows (keep={cfg['keep']}, harmful_recall={cfg.get('harmful_recall', 0)}, lam={cfg['lam']}, eps={cfg['eps']}, "
+        f"Kept **{c['selected']} of {c['pool']}** pool rows (keep={cfg['keep']}, "
+        f"harmful_recall={cfg.get('harmful_recall', 0)}, lam={cfg['lam']}, eps={cfg['eps']}, "
         f"mode={cfg['mode']}, encoder={cfg['encoder']}).",
         "",
     ]
