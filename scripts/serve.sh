@@ -65,10 +65,22 @@ done
 
 prefect --no-prompt deploy --all   # also creates the alert automations (prefect.yaml build step)
 
+stop_worker() {
+  kill -TERM "$1" 2>/dev/null || return 0
+  for i in $(seq 1 40); do
+    kill -0 "$1" 2>/dev/null || return 0
+    [ "$i" = 20 ] && kill -TERM "$1" 2>/dev/null
+    sleep 0.5
+  done
+  kill -KILL "$1" 2>/dev/null || true
+}
+
 # A worker that comes back: each start polls the pool again; runs already started keep running.
 supervise() {
   local pool=$1 log=$2 stop=0 pid=
-  trap 'stop=1; [ -n "$pid" ] && kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null' INT TERM
+  # Stop: SIGTERM (a background job ignores SIGINT, so the worker would never see one), again if
+  # it is still there after 10 s (a worker treats the first as a request), then SIGKILL.
+  trap 'stop=1; [ -n "$pid" ] && stop_worker "$pid"' INT TERM
   while [ "$stop" = 0 ]; do
     # Its own session: a Ctrl-C in this terminal reaches the supervisor (which stops it), not the runs.
     setsid prefect worker start --pool "$pool" --name "$pool-$(hostname)" >>"$log" 2>&1 </dev/null &

@@ -79,8 +79,9 @@ class Served:
             os.killpg(self.proc.pid, signal.SIGINT)  # Ctrl-C: the supervisor stops its worker
             try:
                 self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # fails the test below: serve.sh must stop on Ctrl-C
                 os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
         subprocess.run(["bash", "scripts/serve.sh", "stop"], cwd=REPO, env=self.env, timeout=60)
         self.out.close()
 
@@ -125,6 +126,11 @@ def test_serve_sh_supervises_the_worker_and_reports_crashed_runs(tmp_path):
         call = hook.wait_for("SOT run crashed")
         assert "SIGKILL" in call["body"] or "-9" in call["body"]
     finally:
+        workers = [served.worker_pid(n + 1) for n in range(served.output().count("worker for sot-process started"))]
         served.stop()
         hook.server.shutdown()
-    assert not served.healthy()
+    assert served.proc.returncode is not None and not served.healthy()
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    for pid in alive:  # never leave a worker polling behind
+        os.kill(pid, signal.SIGKILL)
+    assert alive == [], "Ctrl-C on serve.sh left its worker running"
