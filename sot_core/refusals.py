@@ -1,4 +1,9 @@
-"""The keyword refusal heuristic, shared by curation (counting refusals kept) and evaluation.
+"""The refusal heuristics, shared by curation and evaluation.
+
+`keyword_refusal` (refusal phrases near the start) counts refusals in reports and is the
+evaluation's keyword judge. `whole_response_refusal` reads the whole response and is what the
+curation's refusal guard uses (`CurateConfig.refusal_guard`): an answer that opens with an apology
+or a disclaimer and then complies is not a refusal, so it gets no protection from the guard.
 
 It lives outside both groups so that publishing a curation needs nothing from the evaluation
 code (judges, prompt sets, generation).

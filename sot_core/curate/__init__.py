@@ -1,7 +1,9 @@
 """Curation: the stages from input files to a published curated dataset, and how good it is.
 
-Stages (`pipeline`): `load_inputs`, `ingest`, `embed`, `build_costs`, `solve`; then `publish`
-(`select`: top-K or label-stratified selection, training weights, report and lineage).
+Stages (`pipeline`): `load_inputs`, `ingest`, `embed`, `build_costs`, `solve`, `budget` (the
+cross-fitted harmful-row threshold, `budget`); then `publish` (`select`: the refusal guard, the
+budget's survivors, top-K or label-stratified selection, training weights, report and lineage).
+`guards` refuses empty selections and wrong labels files and words the composition warnings.
 `quality` measures a curation against labels (`auroc`, `harmful_kept`, `read_labels`);
 `baselines` are the per-row scores SOT must beat (`BASELINES`); `incremental` runs the nightly
 re-curation of newly arrived rows; `plots` draws what a run shows a person.

@@ -1,4 +1,11 @@
-"""Selection and publishing: top-K by weight, training weights, and the run's output files."""
+"""Selection and publishing: which rows are kept, their training weights, and the run's output files.
+
+Order of the selection (`publish`): rows whose whole response refuses (`refusal_rows`, when
+``refusal_guard``) are protected; the harmful-row budget (`sot_core.curate.budget`) drops the
+other harmful-like rows; among the rest the top rows by OT weight are kept, all of them with
+``keep='auto'``, at most round(keep * n) with a numeric keep; fewer than `guards.MIN_SELECTED`
+rows is an error. The OT weights themselves are not changed by the guard or the budget.
+"""
 from __future__ import annotations
 
 import json
