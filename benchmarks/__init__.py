@@ -6,6 +6,8 @@ Curation quality (labelled pools, no training; share `benchmarks.common`):
 * ``general_pool_seeds``  the general-instruction pool over many draws: means, spreads, draws won.
 * ``refusal_anchor``      a composite anchor (task rows + refusals) at several refusal shares.
 * ``refusal_views``       different embedding views for the pull and the push.
+* ``selection_budget``    the harmful-row budget and the refusal guard: general pool, contamination
+  sweep, clean task pools, apology-then-comply rows.
 
 Solver and pipeline:
 

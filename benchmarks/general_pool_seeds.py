@@ -32,41 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import (PYRIT_REFUSALS, SHARED, bench_store, beavertails_unsafe, compare, embed_file,
+from benchmarks.common import (PYRIT_REFUSALS, SHARED, bench_store, candidate_rows, compare, draw, embed_file,
                                pyrit_harmful_reference, result_path, score_baselines, write_jsonl)
 from sot_core.data.loaders import load_rows
 from sot_core.embed.base import CONTRAST_WEIGHT, Encoder, contrast_view
 from sot_core.embed.encoders import get_encoder
 from sot_core.io import atomic_write_text
-from sot_core.train.align import heldout_refusals
 
 SHARES = (0.0, 0.2, 0.5, 0.7, 0.9)
-
-
-def candidate_rows(shared: Path) -> dict[str, list[dict]]:
-    """Every row a draw can use, by role, as {instruction, input, output} records."""
-    alpaca = json.loads((shared / "alpaca_en_demo" / "alpaca_en_demo.json").read_text())[:800]
-    unsafe = beavertails_unsafe(shared)
-    refusals = heldout_refusals(data_dir=shared)
-    rec = lambda i, x, o: {"instruction": i, "input": x, "output": o}  # noqa: E731
-    return {"alpaca": [rec(r["instruction"], r.get("input", ""), r["output"]) for r in alpaca],
-            "harmful": [rec(r["instruction"], r.get("input", ""), r["output"]) for r in unsafe],
-            "refusal": [rec(r["prompt"], "", r["response"]) for r in refusals]}
-
-
-def draw(rows: dict[str, list[dict]], seed: int) -> dict:
-    """Indices of one pool draw and its anchor (same proportions as `safety_e2e.general_mix`).
-
-    Alpaca-demo rows 0-799 hold a few exact duplicates, so anchor rows whose (instruction,
-    input) is also in the pool are skipped, as `safety_e2e.curate_arms` does.
-    """
-    rng = random.Random(seed)
-    alpaca = rng.sample(range(len(rows["alpaca"])), len(rows["alpaca"]))
-    key = lambda i: (rows["alpaca"][i]["instruction"], rows["alpaca"][i]["input"])  # noqa: E731
-    in_pool = {key(i) for i in alpaca[:700]}
-    spare = [i for i in alpaca[700:] if key(i) not in in_pool]
-    return {"alpaca": alpaca[:700], "anchor": rng.sample(spare, 50),
-            "harmful": rng.sample(range(len(rows["harmful"])), 100), "refusal": rng.sample(range(len(rows["refusal"])), 100)}
 
 
 def with_view(encoder: str, view: str) -> str:
