@@ -20,7 +20,8 @@ from sot_prefect.flows.params import bounded
 # Bounded parameter types (the run form shows the bounds; the server refuses values outside them).
 Keep, Lam, Eps = bounded(CurateConfig, "keep"), bounded(CurateConfig, "lam"), bounded(CurateConfig, "eps")
 Recall = bounded(CurateConfig, "harmful_recall")
-Knn, Share, Batch = bounded(CurateConfig, "knn"), bounded(CurateConfig, "refusal_share"), bounded(CurateConfig, "batch_size")
+Knn, Batch = bounded(CurateConfig, "knn"), bounded(CurateConfig, "batch_size")
+Share = bounded(CurateConfig, "refusal_share")
 
 
 # Every default below is the config's own (sot_core/config.py); tests/test_config_consistency.py checks it.

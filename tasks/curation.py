@@ -135,7 +135,8 @@ def build_costs(home: str, pool_id: str, anchor_id: str, harmful_id: str, encode
 @task(name="solve", cache_key_fn=key_for("solve"), **TASK_OPTIONS)
 def solve_weights(home: str, cost_key: str, config: dict) -> dict:
     done = pipeline.solve(Store(home), cost_key, CurateConfig(**config))
-    figures = {k: v for k, v in done["diagnostics"].items() if k != "objective_trace" and not isinstance(v, (list, dict))}
+    figures = {k: v for k, v in done["diagnostics"].items()
+               if k != "objective_trace" and not isinstance(v, (list, dict))}
     log().info(f"solve (lam {config.get('lam')}, eps {config.get('eps')}): {done['seconds']:.1f} s; "
                + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))
     return done

@@ -39,7 +39,8 @@ def accumulate_pool(home: str, name: str, base_dataset_id: str | None, batch: di
     pool = incremental.accumulate_pool(store, name, base_dataset_id,
                                        batch["batch_dataset_ids"] + [batch["dataset_id"]], window)
     base = incremental.base_version(store, base_dataset_id)
-    log().info(f"accumulated pool of '{name}': {pool['n_rows']} rows from {len(pool['parts'])} parts; base version {base}")
+    log().info(f"accumulated pool of '{name}': {pool['n_rows']} rows from {len(pool['parts'])} parts; "
+               f"base version {base}")
     return {**pool, "base_version": base}
 
 

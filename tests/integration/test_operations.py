@@ -190,7 +190,8 @@ def test_run_form_is_typed_and_the_server_refuses_bad_values_before_a_run_exists
     assert set(resolved(props["mode"])["enum"]) >= {"push-pull"}, props["mode"]
     assert len(resolved(props["stratify"])["enum"]) >= 2
     keep = props["keep"]
-    assert keep.get("exclusiveMinimum", keep.get("minimum")) == 0 and (keep.get("maximum") or keep.get("exclusiveMaximum")) == 1
+    assert keep.get("exclusiveMinimum", keep.get("minimum")) == 0
+    assert (keep.get("maximum") or keep.get("exclusiveMaximum")) == 1
     assert "properties" in resolved(props["solver"])
     assert "labels" not in dep["parameters"]  # the demo labels are applied only to the demo pool, in the flow
     assert "MODEL" in props["encoder"]["description"]
