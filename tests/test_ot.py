@@ -8,6 +8,8 @@ import ot as pot
 import pytest
 import torch
 
+from ot_reference import gradient_score, stationarity_gap
+
 from sot_core.ot.costs import KnnCost, cosine_costs
 from sot_core.config import PushPullConfig
 from sot_core.ot.push_pull import solve_push_pull
@@ -152,8 +154,15 @@ def test_push_pull_downweights_harmful_without_collapse(synthetic, dtype):
     assert 1 / (w ** 2).sum() >= 0.5 * n  # effective sample size stays above half the pool
     order_by_weight = np.argsort(-w, kind="stable")
     assert np.all(np.diff(result.score[order_by_weight]) >= -1e-9)  # score ranks like weight
-    np.testing.assert_allclose(w, np.exp(-result.score / tau) / np.exp(-result.score / tau).sum(),
-                               rtol=1e-6)
+    # independent of the solver (it computes w as softmax(-score/tau), so that identity proves
+    # nothing): POT's potentials at the returned w satisfy the first-order condition of
+    # OT(w, anchor) - lam OT(w, harmful) + tau KL(w|u) up to the default tolerances, and the
+    # score is that gradient. Measured: gap 0.003, score error 0.0015; a solver using 0.8 lam
+    # gives 0.062 and 0.12; returning the next Gibbs point instead of the certified iterate 0.021.
+    ca, ch = cost_anchor.astype(np.float64), cost_harmful.astype(np.float64)
+    assert stationarity_gap(w, ca, ch, config.lam, config.eps, tau) < 0.01
+    s = gradient_score(w, ca, ch, config.lam, config.eps)
+    assert np.abs((result.score - result.score.mean()) - (s - s.mean())).max() < 0.005
     diag = result.diagnostics
     json.dumps(diag)
     assert diag["converged"] and diag["mode"] == "push-pull" and diag["dtype"] == dtype
