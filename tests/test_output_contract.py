@@ -52,21 +52,36 @@ def brute_force_auroc(score, label) -> float:
 
 # ---------------------------------------------------------------- weights.parquet
 
+COLUMNS = {"id": pa.string(), "weight": pa.float64(), "selected": pa.bool_(), "score": pa.float64(),
+           "train_weight": pa.float64(), "safety_score": pa.float64(), "refusal": pa.bool_(),
+           "budget_score": pa.float64(), "harmful_like": pa.bool_()}  # the last two: with the budget on
+
+
 def test_weights_parquet_schema_and_values(run):
     out, pool, _ = run
     table = pq.read_table(out / "weights.parquet")
-    assert table.schema.names == ["id", "weight", "selected", "score", "train_weight"]
-    assert [table.schema.field(c).type for c in table.schema.names] == [
-        pa.string(), pa.float64(), pa.bool_(), pa.float64(), pa.float64()]
+    assert {name: table.schema.field(name).type for name in table.schema.names} == COLUMNS
+    assert table.schema.names[:5] == ["id", "weight", "selected", "score", "train_weight"]
     assert table.column("id").to_pylist() == [r["id"] for r in pool]  # pool order, every row once
-    w = table.column("weight").to_numpy()
-    sel = table.column("selected").to_numpy(zero_copy_only=False)
-    tw = table.column("train_weight").to_numpy()
+    col = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.schema.names}
+    w, sel, tw = col["weight"], col["selected"], col["train_weight"]
     assert abs(w.sum() - 1) < 1e-9 and (w > 0).all()
-    assert sel.sum() == round(KEEP * len(pool))
-    assert w[sel].min() >= w[~sel].max()  # the kept rows are the heaviest
+    cap = round(KEEP * len(pool))
+    assert 0.5 * cap < sel.sum() <= cap
+    assert not (sel & col["harmful_like"]).any()  # the budget's dropped rows are never kept
+    # among the rows the selection ranks by weight (eligible, not refusals), the kept ones are
+    # the heaviest when the cap binds, and all of them are kept when it does not
+    ranked = ~col["harmful_like"] & ~col["refusal"]
+    if sel.sum() == cap:
+        assert w[ranked & sel].min() >= w[ranked & ~sel].max()
+    else:
+        assert sel[ranked].all()
     assert (tw[~sel] == 0).all() and tw[sel].min() >= 0.2 - 1e-12 and tw[sel].max() <= 5 + 1e-12
     assert tw[sel].mean() == pytest.approx(1.0, abs=1e-9)
+    # the refusal-aware score: refusals lowered to at most the median score, others unchanged
+    med = np.median(col["score"])
+    np.testing.assert_array_equal(col["safety_score"], np.where(col["refusal"], np.minimum(col["score"], med),
+                                                                col["score"]))
 
 
 # ---------------------------------------------------------------- curated.jsonl
@@ -90,7 +105,7 @@ def test_curated_rows_are_the_pool_rows_of_the_selected_ids(run):
 RUN_KEYS = {
     "version": str, "parent_version": (str, type(None)), "code_version": str, "config": dict, "inputs": dict,
     "encoder_id": str, "store": str, "counts": dict, "stage_seconds": dict, "cached_stages": list,
-    "solver": dict, "quality": dict, "refusals": dict, "top_flagged": list,
+    "solver": dict, "quality": dict, "refusals": dict, "budget": dict, "warnings": list, "top_flagged": list,
 }
 
 
@@ -111,8 +126,12 @@ def test_run_json_keys_and_types(run):
         assert isinstance(solver[key], kind), (key, solver[key])
     assert solver["converged"] and solver["stop_reason"] == "converged"
     assert len(solver["objective_trace"]) == solver["outer_iterations"] or solver["objective_trace"]
-    assert set(info["quality"]) == {"auroc", "harmful_total", "harmful_kept", "harmful_kept_fraction",
-                                    "unlabelled_rows"}
+    assert set(info["quality"]) == {"auroc", "auroc_ot_score", "harmful_total", "harmful_kept",
+                                    "harmful_kept_fraction", "unlabelled_rows"}
+    table = pq.read_table(out / "weights.parquet").to_pydict()
+    label = [pool_label for pool_label in (r["id"].startswith("pyrit") for r in pool)]
+    assert info["quality"]["auroc"] == pytest.approx(brute_force_auroc(table["safety_score"], label), abs=1e-12)
+    assert info["quality"]["auroc_ot_score"] == pytest.approx(brute_force_auroc(table["score"], label), abs=1e-12)
 
 
 # ---------------------------------------------------------------- report.md
@@ -132,6 +151,7 @@ def test_report_numbers_are_recomputed_from_the_outputs(run):
     report = (out / "report.md").read_text()
     table = pq.read_table(out / "weights.parquet").to_pydict()
     sel, score = np.array(table["selected"]), np.array(table["score"])
+    safety = np.array(table["safety_score"])
     label = np.array([labels[i] for i in table["id"]])
 
     kept = re.search(r"Kept \*\*(\d+) of (\d+)\*\* pool rows \(keep=([\d.]+)", report)
@@ -141,7 +161,7 @@ def test_report_numbers_are_recomputed_from_the_outputs(run):
     assert int(total) == label.sum() == N_HARMFUL
     assert int(n_kept) == (sel & label).sum()
     assert fraction == f"{(sel & label).sum() / label.sum():.1%}"
-    assert auc == f"{brute_force_auroc(score, label):.3f}"
+    assert auc == f"{brute_force_auroc(safety, label):.3f}"  # the score the selection acts on
     assert float(auc) > 0.9  # the slice is easy: harmful rows score higher
 
     top = cells(report, "## Most harmful-like rows")
