@@ -200,3 +200,47 @@ def test_run_form_is_typed_and_the_server_refuses_bad_values_before_a_run_exists
         r = server.http.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": bad})
         assert r.status_code == 409, (bad, r.status_code, r.text[:300])
     assert len(server.post("/flow_runs/filter", {})) == before
+
+
+def test_a_run_lost_with_its_worker_is_marked_crashed_by_the_heartbeat_automation(ops):
+    """Worker and flow-run process killed together (a lost machine): nobody reports the run, so before it
+    stayed Running forever. Its heartbeats (every 30 s, prefect.yaml) stop; 'sot: lost run' marks it
+    Crashed with the reason and 'sot: run crashed' notifies."""
+    import os
+    import signal
+    import subprocess
+
+    from integration.conftest import BIN
+    from integration.test_serve import run_process
+
+    server, hook, work = ops
+    pool = write_jsonl(work / "lost.jsonl", demo_rows(0, 300, "[lost]"))
+    run_id = trigger(server, "curate-dataset", "curate-dataset",
+                     {"pool": str(pool), "out_dir": str(work / "lost-out"), "home": str(work / "lost-home"),
+                      "name": "lost", "labels": None})
+    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "sot-process"], env=server.env,
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while server.get(f"/flow_runs/{run_id}")["state"]["type"] != "RUNNING":
+            assert time.monotonic() < deadline and worker.poll() is None, "the run never started"
+            time.sleep(1)
+        time.sleep(3)
+        pid = run_process(run_id)
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker (a lost machine takes it and its runs)
+        worker.wait()
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    run = None
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline:
+        run = server.get(f"/flow_runs/{run_id}")
+        if run["state"]["type"] != "RUNNING":
+            break
+        time.sleep(3)
+    assert run["state"]["type"] == "CRASHED", run["state"]
+    assert "No heartbeat for 90 s" in run["state"]["message"]
+    assert "No heartbeat" in hook.wait_for(f"SOT run crashed: {run['name']}")["body"]
