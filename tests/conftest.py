@@ -8,13 +8,36 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("SOT_SHARED_DATA", REPO.parent / "shared" / "data"))
+# The one place for the public datasets' folder: $SOT_SHARED_DATA, else <checkout>/../shared/data.
+# Exported so the library's own lookup (sot_core.eval.eval_sets.shared_data_dir) agrees.
+SHARED_DATA = Path(os.environ.setdefault("SOT_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+# CI sets SOT_REQUIRE_DATA=1: then missing shared data fails the test instead of skipping it.
+REQUIRE_DATA = os.environ.get("SOT_REQUIRE_DATA", "") not in ("", "0")
 DEMO = REPO / "data" / "demo"
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Prefect's console handler keeps the stream it first saw; pytest closes captured streams
 # between tests, so console logging off (run logs still go to the test API).
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+
+SLOW_TIMEOUT_S = 1200  # the default (pyproject: timeout = 300) is too short for a real fine-tune
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow get a longer default timeout unless they set their own."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def throwaway_default_store(tmp_path_factory):
+    """A test that names no store gets a throwaway one, never the checkout's ./.sot: SOT_HOME
+    points into this session's tmp dir (tests still pass their own --home / home=)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SOT_HOME", str(tmp_path_factory.mktemp("default-store")))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -26,11 +49,21 @@ def prefect_backend():
         yield
 
 
+def require_shared(relative: str = "") -> Path:
+    """`SHARED_DATA / relative`, or skip the test when it is missing (fail under SOT_REQUIRE_DATA=1)."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        message = f"shared data not found: {path} (set SOT_SHARED_DATA to the datasets folder)"
+        if REQUIRE_DATA:
+            pytest.fail(message + "; SOT_REQUIRE_DATA is set, so this is a failure, not a skip", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
 @pytest.fixture
 def shared_data() -> Path:
-    if not SHARED_DATA.exists():
-        pytest.skip(f"shared datasets not present at {SHARED_DATA}")
-    return SHARED_DATA
+    """The shared datasets folder (see `require_shared`)."""
+    return require_shared()
 
 
 def read_jsonl(path: Path) -> list[dict]:

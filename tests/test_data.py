@@ -5,18 +5,20 @@ import csv
 import gzip
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import require_shared
 from sot_core.data import loaders as data_module
 from sot_core.data.loaders import FieldMap, load_labels, load_rows, unwrap_alpaca_template
 from sot_core.errors import InputError
 from sot_core.data.schema import ROW_SCHEMA, content_hash
 
-SHARED = Path("/work/shared/data")
 
 
 # ---------------------------------------------------------------- writers, one per format
@@ -343,22 +345,62 @@ def test_malformed_input_names_file_row_and_field(tmp_path, case):
     assert words in message
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_file_without_read_permission(tmp_path):
-    path = write_jsonl(tmp_path / "secret.jsonl", [OK])
-    path.chmod(0)
-    with pytest.raises(InputError, match="cannot read"):
-        load_rows(str(path))
+NOBODY = 65534
+
+
+def load_error(path: Path) -> str:
+    """What `load_rows(path)` raises, as "Type: message" ("ok" when it loads).
+
+    Root reads files whatever their permissions (CI runs as root), so as root the call runs in a
+    forked child that first drops to the unprivileged uid/gid 65534; otherwise in-process. Warm
+    the reader up first: the child may not be allowed to import from the interpreter's folders."""
+    def attempt() -> str:
+        try:
+            load_rows(str(path))
+            return "ok"
+        except Exception as exc:  # reported to the parent, which asserts on it
+            return f"{type(exc).__name__}: {exc}"
+
+    if os.geteuid() != 0:
+        return attempt()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop root, try, report, exit without running pytest's teardown
+        os.close(read_end)
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            out = attempt()
+        except BaseException as exc:  # noqa: BLE001 - anything, reported
+            out = f"{type(exc).__name__}: {exc}"
+        os.write(write_end, out.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        out = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return out
+
+
+def test_file_without_read_permission():
+    folder = Path(tempfile.mkdtemp(prefix="sot-perm-"))  # world-traversable, unlike tmp_path's parents
+    try:
+        folder.chmod(0o755)
+        readable = write_jsonl(folder / "open.jsonl", [OK])
+        readable.chmod(0o644)
+        secret = write_jsonl(folder / "secret.jsonl", [OK])
+        secret.chmod(0)
+        load_rows(str(readable))  # imports what the reader loads lazily (codecs...) before any uid change
+        assert load_error(readable) == "ok"  # the same reader, folder and user can read a readable file
+        error = load_error(secret)
+        assert error.startswith("InputError: ") and "cannot read" in error and "secret.jsonl" in error
+    finally:
+        shutil.rmtree(folder)
 
 
 # ---------------------------------------------------------------- real shared data
 def shared(relative: str) -> str:
-    if not SHARED.exists():
-        pytest.skip(f"{SHARED} is not present on this machine")
-    path = SHARED / relative
-    if not path.exists():
-        pytest.skip(f"{path} is not present on this machine")
-    return str(path)
+    return str(require_shared(relative))
 
 
 REAL = {  # file: (field map, rows, (first prompt start, first response start))
@@ -388,9 +430,8 @@ def test_real_shared_files(relative):
 
 
 def test_real_merged_mixes_unwrap_templates_and_expose_flags():
-    merged = sorted((SHARED / "harmful_finetune_mixes_beavertails").glob("*/train_merged_*.json"))
-    if not merged:
-        pytest.skip(f"no merged fine-tuning mixes under {SHARED}")
+    merged = sorted(require_shared("harmful_finetune_mixes_beavertails").glob("*/train_merged_*.json"))
+    assert merged, "no merged fine-tuning mixes in the shared data"
     for path in merged:
         table = load_rows(str(path))
         prompts = table.column("prompt").to_pylist()

@@ -1,5 +1,5 @@
 """Evaluation: keyword judge, metrics on hand-made generations, the learned refusal judge on
-real XSTest/PyRIT completions (skipped when ../shared/data is absent), and a tiny end-to-end
+real XSTest/PyRIT completions (skipped when the shared data is absent, failed under SOT_REQUIRE_DATA=1), and a tiny end-to-end
 `evaluate_model` run on a random model."""
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import dataclasses
 import numpy as np
 import pytest
 
+from conftest import SHARED_DATA
 from sot_core.eval.evaluate import (
     EvalSpec, KeywordJudge, benign_eval_prompts, evaluate_model, harmful_prompts, keyword_refusal,
-    label_accuracy, safety_metrics, shared_data_dir, train_refusal_judge, xstest_prompts,
+    label_accuracy, safety_metrics, train_refusal_judge, xstest_prompts,
 )
 
-DATA = shared_data_dir()
-needs_data = pytest.mark.skipif(not (DATA / "xstest").exists(), reason=f"shared data not found at {DATA}")
+DATA = SHARED_DATA
+# the shared_data fixture skips without the data, or fails under SOT_REQUIRE_DATA=1 (CI)
+needs_data = pytest.mark.usefixtures("shared_data")
 
 
 @pytest.mark.parametrize("text", [
@@ -113,7 +115,6 @@ def test_learned_judge_heldout_accuracy(tmp_path):
 
 @needs_data
 def test_evaluate_model_end_to_end_on_tiny_model(tmp_path):
-    pytest.importorskip("torch")
     from test_llm_encoder import make_tiny_model
 
     from sot_core.eval.evaluate import GuardJudge

@@ -542,7 +542,6 @@ def test_training_killed_resumes_from_its_last_checkpoint(tmp_path, api_url):
     writing the step-50 checkpoint, the rerun starts over (the half checkpoint is removed, never
     loaded); that run killed at step 57, the next resumes from step 50 and runs 14 steps. It ends
     with the adapter tensors of an uninterrupted run."""
-    pytest.importorskip("peft")
     from safetensors.numpy import load_file
     from test_train import make_tiny_model, write_curated
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("peft")
 
-from sot_prefect.flows.cli import main  # noqa: E402
-from test_train import make_tiny_model, write_curated  # noqa: E402
+from sot_prefect.flows.cli import main
+from test_train import make_tiny_model, write_curated
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +44,10 @@ def test_finetune_cli_replay_mixes_refusals_into_training(tmp_path, prefect_back
 
 
 @pytest.mark.slow
-def test_finetune_with_evaluation_writes_metrics_that_sot_compare_reads(tmp_path, prefect_backend, capsys):
+def test_finetune_with_evaluation_writes_metrics_that_sot_compare_reads(tmp_path, prefect_backend, capsys,
+                                                                   shared_data):
+    """The evaluation draws its prompts from the shared datasets (`shared_data`: skipped without
+    them, failed under SOT_REQUIRE_DATA=1)."""
     base = make_tiny_model(tmp_path / "tiny")
     curated = write_curated(tmp_path / "curated.jsonl")
     run = tmp_path / "run"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
 
-from sot_core.embed.encoders import get_encoder  # noqa: E402
-from sot_core.embed.llm_encoder import LastTokenEncoder, _fit  # noqa: E402
+from sot_core.embed.encoders import get_encoder
+from sot_core.embed.llm_encoder import LastTokenEncoder, _fit
 
 WORDS = "what is the capital of france paris tell me a joke no i can not help how to bake bread mix flour".split()
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} <eot> {% endfor %}"

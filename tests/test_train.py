@@ -7,12 +7,12 @@ import math
 from pathlib import Path
 
 import pytest
+import peft  # noqa: F401 - required: a broken install fails here, never skips
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
 
-from sot_core.errors import InputError, SotError  # noqa: E402
-from sot_core.train.lora import (  # noqa: E402
+from sot_core.errors import InputError, SotError
+from sot_core.train.lora import (
     LoraTrainConfig, collate, per_sample_loss, read_curated, tokenize_rows, train_lora,
 )
 
