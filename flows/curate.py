@@ -9,6 +9,7 @@ from sot_core.config import (
     DEMO_DIR, CurateConfig, CurateInputs, Mode, SolverOptions, Stratify, TrainWeighting, documented,
 )
 from sot_core.io import default_home
+from sot_prefect.flows.embed import embed_on
 from sot_prefect.tasks.curation import (
     budget_stage, build_costs, embed_dataset, ingest_inputs, publish_curated, report_artifacts, run_info, solve_weights,
     stage_result, visual_artifacts,
@@ -22,6 +23,7 @@ Keep, Lam, Eps = bounded(CurateConfig, "keep"), bounded(CurateConfig, "lam"), bo
 Recall = bounded(CurateConfig, "harmful_recall")
 Knn, Batch = bounded(CurateConfig, "knn"), bounded(CurateConfig, "batch_size")
 Share = bounded(CurateConfig, "refusal_share")
+Rows = bounded(CurateConfig, "shard_rows")
 
 
 # Every default below is the config's own (sot_core/config.py); tests/test_config_consistency.py checks it.
@@ -47,6 +49,8 @@ def curate_dataset(
     stratify: Stratify = CurateConfig.stratify,
     train_weighting: TrainWeighting = CurateConfig.train_weighting,
     batch_size: Batch = CurateConfig.batch_size,
+    shard_rows: Rows = CurateConfig.shard_rows,
+    runner: str = CurateConfig.runner,
     name: str = CurateInputs.name,
     prompt_field: str | None = CurateInputs.prompt_field,
     response_field: str | None = CurateInputs.response_field,
@@ -58,7 +62,8 @@ def curate_dataset(
 ) -> dict:
     config = CurateConfig(keep=keep, harmful_recall=harmful_recall, refusal_guard=refusal_guard,
                           lam=lam, eps=eps, mode=mode, encoder=encoder, knn=knn, refusal_share=refusal_share,
-                          stratify=stratify, train_weighting=train_weighting, batch_size=batch_size, solver=solver)
+                          stratify=stratify, train_weighting=train_weighting, batch_size=batch_size,
+                          shard_rows=shard_rows, runner=runner, solver=solver)
     run = CurateInputs(pool=pool, safe_anchor=safe_anchor, harmful_ref=harmful_ref, labels=labels,
                        refusal_anchor=refusal_anchor, out_dir=out_dir, name=name, prompt_field=prompt_field,
                        response_field=response_field, id_field=id_field, input_field=input_field,
@@ -96,23 +101,25 @@ def flow_kind() -> str:
 
 def embed_and_solve(home: str, ids: dict[str, str], config: CurateConfig) -> tuple[dict, dict, dict]:
     """Embed every input, build the cost matrices and solve the weights: (embedded, costs, solved)."""
-    embedded = {role: embed_dataset.with_options(task_run_name=f"embed-{role}")(home, ids[role], config.encoder,
-                                                                              config.batch_size) for role in ids}
+    sharded = embed_on(config.runner, home, ids, config.encoder, config.batch_size, config.shard_rows)
+    # per input: what the shards left (nothing after a complete run), the totals and their log line
+    embedded = {role: embed_dataset.with_options(task_run_name=f"embed-{role}")(
+        home, ids[role], config.encoder, config.batch_size, sharded[role]) for role in ids}
     costs = stage_result(shared_results(build_costs, home)(
         home, ids["pool"], ids["safe_anchor"], ids["harmful_ref"], embedded["pool"]["encoder_id"], config.knn,
         ids.get("refusal_anchor"), return_state=True))
-    solved = stage_result(shared_results(solve_weights, home)(home, costs["cost_key"], config.to_dict(),
+    solved = stage_result(shared_results(solve_weights, home)(home, costs["cost_key"], config.result_dict(),
                                                               return_state=True))
     if config.harmful_recall > 0:  # the harmful-row budget (sot_core/curate/budget.py)
         solved["budget"] = stage_result(shared_results(budget_stage, home)(
-            home, ids, embedded["pool"]["encoder_id"], config.to_dict(), return_state=True))
+            home, ids, embedded["pool"]["encoder_id"], config.result_dict(), return_state=True))
     return embedded, costs, solved
 
 
 def publish_and_report(home: str, pool_id: str, solved: dict, config: CurateConfig, out_dir: str, info: dict,
                        labels: str | None, name: str) -> dict:
     """Publish the curated version, then its report, tables and plot as artifacts."""
-    summary = publish_curated(home, pool_id, solved["path"], config.to_dict(), out_dir, info, labels, name)
+    summary = publish_curated(home, pool_id, solved["path"], config.result_dict(), out_dir, info, labels, name)
     rename_run(f"{flow_kind()}-{summary['version']}")
     report_artifacts(summary, (Path(out_dir) / "report.md").read_text(), name)
     visual_artifacts(home, summary, out_dir, info["encoder_id"], name)

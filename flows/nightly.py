@@ -20,6 +20,7 @@ Keep, Lam, Eps = bounded(CurateConfig, "keep"), bounded(CurateConfig, "lam"), bo
 Recall = bounded(CurateConfig, "harmful_recall")
 Knn, Batch = bounded(CurateConfig, "knn"), bounded(CurateConfig, "batch_size")
 Share = bounded(CurateConfig, "refusal_share")
+Rows = bounded(CurateConfig, "shard_rows")
 Window, Tolerance = bounded(NightlyInputs, "window"), bounded(NightlyInputs, "drift_tolerance")
 
 
@@ -48,6 +49,8 @@ def nightly_recuration(
     stratify: Stratify = CurateConfig.stratify,
     train_weighting: TrainWeighting = CurateConfig.train_weighting,
     batch_size: Batch = CurateConfig.batch_size,
+    shard_rows: Rows = CurateConfig.shard_rows,
+    runner: str = CurateConfig.runner,
     window: Window = NightlyInputs.window,
     name: str = NightlyInputs.name,
     drift_tolerance: Tolerance = NightlyInputs.drift_tolerance,
@@ -56,7 +59,8 @@ def nightly_recuration(
 ) -> dict:
     config = CurateConfig(keep=keep, harmful_recall=harmful_recall, refusal_guard=refusal_guard,
                           lam=lam, eps=eps, mode=mode, encoder=encoder, knn=knn, refusal_share=refusal_share,
-                          stratify=stratify, train_weighting=train_weighting, batch_size=batch_size, solver=solver)
+                          stratify=stratify, train_weighting=train_weighting, batch_size=batch_size,
+                          shard_rows=shard_rows, runner=runner, solver=solver)
     NightlyInputs(incoming=incoming, incoming_table=incoming_table, watermark_column=watermark_column,
                   base_pool=base_pool, safe_anchor=safe_anchor, harmful_ref=harmful_ref, refusal_anchor=refusal_anchor,
                   out_dir=out_dir, window=window, name=name, drift_tolerance=drift_tolerance, home=home)  # validates

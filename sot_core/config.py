@@ -173,6 +173,11 @@ class PushPullConfig(SolverOptions):
 
 
 # --------------------------------------------------------------------------- curation
+# Where embedding shards run: in-process, a local Dask cluster, Ray, or a Dask scheduler's address.
+RUNNER_PATTERN = r"local|dask|ray|tcp://[A-Za-z0-9.\[\]:_-]+:[0-9]+"
+# Curation settings that change how a run executes, not its result.
+EXECUTION_FIELDS = ("shard_rows", "runner")
+
 @dataclass(frozen=True)
 class CurateConfig:
     """What decides a curation's result (the run's inputs and outputs are flow parameters)."""
@@ -194,7 +199,9 @@ class CurateConfig:
     eps: float = same_field(PushPullConfig, "eps")
     mode: Mode = same_field(PushPullConfig, "mode")
     encoder: str = field(default="minilm", metadata={
-        "help": "Encoder: minilm[:pair|response|both|contrast] or hf:MODEL[:pair|response|both|contrast][@final|middle|N]."})
+        "help": "Encoder: minilm[:pair|response|both|contrast] (PyTorch, the reference), minilm-onnx or minilm-int8 "
+                "(the same model on ONNX Runtime, fp32 or int8: faster on CPUs), minilm-fp16 or minilm-bf16 (CUDA), "
+                "or hf:MODEL[:pair|response|both|contrast][@final|middle|N]."})
     knn: int | None = field(default=None, metadata={
         "ge": 1, "help": "k nearest reference rows per pool row; empty: dense costs when small, kNN when large."})
     train_weighting: TrainWeighting = field(default="normalised", metadata={
@@ -206,6 +213,13 @@ class CurateConfig:
         "help": "label: keep each label's share (rows sharing a response of >= 20 rows form a label); "
                 "free-form rows are selected by weight alone."})
     batch_size: int = field(default=64, metadata={"ge": 1, "help": "Encoder batch size."})
+    shard_rows: int = field(default=8192, metadata={
+        "ge": 1, "help": "Rows per embedding shard (rounded down to whole batches): one Prefect task and one stored "
+                         "file each; a killed run loses at most one shard's work."})
+    runner: str = field(default="local", metadata={
+        "pattern": RUNNER_PATTERN, "pattern_help": "local, dask, ray, or a Dask scheduler address tcp://HOST:PORT",
+        "help": "Where embedding shards run: local (this process), dask (a local Dask cluster), ray (a local Ray "
+                "instance), or the address of a Dask scheduler (tcp://HOST:PORT); every worker must reach the store."})
     solver: SolverOptions = field(default_factory=SolverOptions, metadata={"help": "Advanced solver settings."})
 
     def __post_init__(self):
@@ -221,6 +235,11 @@ class CurateConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def result_dict(self) -> dict:
+        """`to_dict` without the fields that say how a run executes, not what it computes (cache
+        keys and lineage hashes use this, so another runner or shard size reuses the results)."""
+        return {k: v for k, v in asdict(self).items() if k not in EXECUTION_FIELDS}
 
 
 def config_hash(*parts) -> str:

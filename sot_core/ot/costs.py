@@ -15,6 +15,11 @@ import numpy as np
 
 # Rows of x handled per FAISS call: bounds the (block, m) temporary to ~64 MB at m = 5k.
 _ROW_BLOCK = 4096
+# The kNN search switches from exact to an IVF index at this many reference rows; IVF recall
+# against the exact search: tests/test_ivf.py (synthetic clustered data).
+IVF_MIN_ROWS = 100_000
+IVF_NPROBE = 32
+IVF_TRAIN_ROWS = 100_000
 # Unit-norm check tolerance: float32 embeddings normalised upstream are within ~1e-6.
 _NORM_TOL = 1e-3
 
@@ -163,14 +168,33 @@ def _dense_costs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
-def _knn_costs(x: np.ndarray, y: np.ndarray, k: int) -> KnnCost:
-    """Exact k nearest rows of y per row of x (FAISS ``IndexFlatIP``, on all GPUs when FAISS has any)."""
-    import faiss  # lazy: see the module docstring
-
-    index = faiss.IndexFlatIP(y.shape[1])
+def _knn_index(faiss, y: np.ndarray):
+    r"""A FAISS inner-product index of `y`: exact (``IndexFlatIP``) below `IVF_MIN_ROWS` rows, else an
+    inverted file (``IndexIVFFlat``) with :math:`n_{list} = 4\sqrt{m}` k-means cells (trained on at
+    most `IVF_TRAIN_ROWS` rows) of which `IVF_NPROBE` nearest are searched per query; on all GPUs
+    when FAISS has any."""
+    m, dim = y.shape
+    if m < IVF_MIN_ROWS:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = int(4 * np.sqrt(m))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)  # a fixed sample: the same reference gives the same index
+        index.train(y[np.sort(rng.choice(m, size=min(m, IVF_TRAIN_ROWS), replace=False))])
+        index.nprobe = min(IVF_NPROBE, nlist)
     if faiss.get_num_gpus() > 0:  # only GPU builds of faiss have this; faiss-cpu reports 0
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(y)
+    return index
+
+
+def _knn_costs(x: np.ndarray, y: np.ndarray, k: int) -> KnnCost:
+    """k nearest rows of y per row of x: exact (FAISS ``IndexFlatIP``) or, for a reference of
+    `IVF_MIN_ROWS` rows or more, approximate (IVF, `_knn_index`); on all GPUs when FAISS has any.
+    A row for which the probed cells hold fewer than k rows is searched exactly."""
+    import faiss  # lazy: see the module docstring
+
+    index = _knn_index(faiss, y)
     n, m = x.shape[0], y.shape[0]
     y_sum = y.sum(axis=0, dtype=np.float64)  # sum_j C_ij = m - <x_i, y_sum>
     indices = np.empty((n, k), dtype=np.int64)
@@ -180,6 +204,9 @@ def _knn_costs(x: np.ndarray, y: np.ndarray, k: int) -> KnnCost:
         block = x[start:start + _ROW_BLOCK]
         _check_block("x", start, block)
         sims, idx = index.search(block, k)  # sorted by decreasing similarity
+        short = np.flatnonzero((idx < 0).any(axis=1))  # IVF: fewer than k rows in the probed lists
+        if len(short):
+            sims[short], idx[short] = faiss.knn(block[short], y, k, metric=faiss.METRIC_INNER_PRODUCT)
         rows = slice(start, start + len(block))
         indices[rows] = idx
         np.subtract(1.0, sims, out=costs[rows])

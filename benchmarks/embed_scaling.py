@@ -1,0 +1,220 @@
+"""Embedding at scale: the PyTorch reference against a fast CPU backend of the same MiniLM, side by side.
+
+Three parts, one process (the end-to-end part in a child process, so its peak RSS is its own):
+
+1. speed: rows/s of ``minilm`` (PyTorch fp32) and the fast backend (default ``minilm-int8``) on
+   the same real rows (the general pool's first `--speed-rows`), alternating backends over
+   `--repeats` timed passes after a warm-up; medians and their ratio.
+2. quality: every pool of `common.build_inputs` (the five shared fine-tuning mixes and the
+   general pool) embedded with both backends and curated with the default push-pull solve:
+   AUROC of the score against the harmful labels per backend and its difference, the share of
+   pool rows whose keep-80% selection is the same, and the per-row cosine between the backends.
+3. end to end: `--e2e-rows` distinct rows drawn from the shared data (AG News test, GSM8K train,
+   Alpaca, safety-tuned-llamas; exact duplicates of (prompt, response) removed) curated in a fresh
+   store with the fast backend: ingest, embed (shards), costs, solve; seconds per stage, rows/s
+   and the child's peak RSS.
+4. with `--dask-rows N`: whole `curate-dataset` flow runs on N such rows, in-process and on a local
+   Dask cluster with the same total cores (alternating, twice each): the Dask overhead.
+
+    python -m benchmarks.embed_scaling [--json FILE] [--fast minilm-int8] [--speed-rows 512]
+        [--repeats 3] [--e2e-rows 10000] [--skip-quality] [--skip-e2e] [--skip-speed] [--dask-rows N]
+
+The machine is shared: run it under ``nice`` and read the speed figures as that (the ratio comes
+from alternating runs in one process, which shares the noise between the two).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import SHARED, bench_store, build_inputs, embed_file, evaluate, result_path
+from sot_core.curate.select import select_top
+from sot_core.data.loaders import load_rows
+from sot_core.embed import get_encoder
+from sot_core.ot.costs import cosine_costs
+from sot_core.ot.push_pull import PushPullConfig, solve_push_pull
+
+
+def speed(rows: list[dict], fast: str, repeats: int, home: Path) -> dict:
+    """Median rows/s of the reference and `fast` on the same rows, alternating, after a warm-up."""
+    prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
+    encoders = {"torch": get_encoder("minilm"), "fast": get_encoder(fast)}
+    encoders["fast"].attach_store(home)
+    for encoder in encoders.values():  # load models, build or read the export, warm the kernels
+        encoder.encode(prompts[:64], responses[:64])
+    seconds = {name: [] for name in encoders}
+    for _ in range(repeats):
+        for name, encoder in encoders.items():
+            start = time.perf_counter()
+            encoder.encode(prompts, responses)
+            seconds[name].append(time.perf_counter() - start)
+    med = {name: float(np.median(s)) for name, s in seconds.items()}
+    return {"rows": len(rows), "repeats": repeats, "fast": fast,
+            "seconds": {k: [round(x, 2) for x in v] for k, v in seconds.items()},
+            "rows_per_s": {k: round(len(rows) / v, 1) for k, v in med.items()},
+            "ratio": round(med["torch"] / med["fast"], 2)}
+
+
+def quality(fast: str) -> dict:
+    """AUROC and keep-80% selections of both backends on every labelled pool."""
+    store = bench_store()
+    inputs = build_inputs(SHARED, Path(tempfile.mkdtemp(prefix="sot-bench-")))
+    out = {}
+    for name, task in inputs["tasks"].items():
+        if name == "general_refusal_anchor":
+            continue  # the same pool as "general"
+        per = {}
+        for label, spec in (("torch", "minilm"), ("fast", fast)):
+            pool, anchor = embed_file(store, task["pool"], spec), embed_file(store, task["anchor"], spec)
+            harmful_ref = embed_file(store, inputs["reference"], spec)
+            result = solve_push_pull(cosine_costs(pool, anchor), cosine_costs(pool, harmful_ref), PushPullConfig())
+            per[label] = {"pool": pool, "selected": select_top(result.weights, 0.8),
+                          **evaluate(result.score, result.weights, task)}
+        cos = (per["torch"]["pool"] * per["fast"]["pool"]).sum(axis=1)
+        out[name] = {"rows": int(len(cos)), "auroc_torch": per["torch"]["auroc"], "auroc_fast": per["fast"]["auroc"],
+                     "auroc_diff": round(per["fast"]["auroc"] - per["torch"]["auroc"], 4),
+                     "keep80_same": round(float((per["torch"]["selected"] == per["fast"]["selected"]).mean()), 4),
+                     "cosine_mean": round(float(cos.mean()), 4), "cosine_min": round(float(cos.min()), 4)}
+        print(f"quality {name}: {out[name]}", flush=True)
+    return out
+
+
+def distinct_rows(n: int) -> list[dict]:
+    """`n` rows from the shared data with exact (prompt, response) duplicates removed."""
+    sources = [SHARED / "harmful_finetune_mixes_beavertails" / "ag_news" / "test.json", SHARED / "gsm8k" / "train.jsonl",
+               SHARED / "alpaca_en_demo" / "alpaca_en_demo.json",
+               SHARED / "safety_tuned_llamas" / "training" / "safety_only_data_Instructions.json",
+               SHARED / "gsm8k" / "test.jsonl"]
+    seen, rows = set(), []
+    for source in sources:
+        table = load_rows(str(source))
+        for p, r in zip(table.column("prompt").to_pylist(), table.column("response").to_pylist()):
+            if (p, r) not in seen and r:
+                seen.add((p, r))
+                rows.append({"id": f"r{len(rows)}", "prompt": p, "response": r})
+            if len(rows) == n:
+                return rows
+    raise SystemExit(f"only {len(rows)} distinct rows in the shared data; ask for fewer with --e2e-rows")
+
+
+def end_to_end(n: int, encoder: str, shard_rows: int) -> dict:
+    """Ingest, embed, costs and solve of `n` distinct rows in a fresh store (run in a child process)."""
+    from sot_core.config import CurateConfig
+    from sot_core.curate import pipeline
+    from sot_core.data.store import Store
+
+    work = Path(tempfile.mkdtemp(prefix="sot-e2e-"))
+    store = Store(work / "store")
+    inputs = build_inputs(SHARED, work)
+    pool = work / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in distinct_rows(n)))
+    sources = {"pool": pool, "safe_anchor": inputs["tasks"]["general"]["anchor"], "harmful_ref": inputs["reference"]}
+    seconds, ids = {}, {}
+    start = time.perf_counter()
+    for role, path in sources.items():
+        ids[role] = pipeline.ingest(store, str(path), load_rows(str(path)), role)["dataset_id"]
+    seconds["ingest"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for role in sources:
+        pipeline.embed(store, ids[role], encoder, show_progress=False, rows_per_shard=shard_rows)
+    seconds["embed"] = time.perf_counter() - start
+    start = time.perf_counter()
+    encoder_id = get_encoder(encoder).encoder_id
+    costs = pipeline.build_costs(store, ids["pool"], ids["safe_anchor"], ids["harmful_ref"], encoder_id, None)
+    seconds["costs"] = time.perf_counter() - start
+    start = time.perf_counter()
+    solved = pipeline.solve(store, costs["cost_key"], CurateConfig(encoder=encoder), show_progress=False)
+    seconds["solve"] = time.perf_counter() - start
+    total = sum(seconds.values())
+    return {"rows": n, "encoder": encoder, "shard_rows": shard_rows, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "total_seconds": round(total, 1), "embed_rows_per_s": round(n / seconds["embed"], 1),
+            "end_to_end_rows_per_s": round(n / total, 1), "converged": solved.get("diagnostics", {}).get("converged"),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def dask_overhead(n: int, encoder: str, shard_rows: int) -> dict:
+    """Whole `curate-dataset` flow runs on the same `n` rows, in-process and on a local Dask cluster
+    (one single-thread worker per core: the same total cores), each in a fresh store."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from sot_prefect.flows.curate import curate_dataset
+
+    work = Path(tempfile.mkdtemp(prefix="sot-dask-"))
+    inputs = build_inputs(SHARED, work)
+    pool = work / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in distinct_rows(n)))
+    out = {"rows": n, "encoder": encoder, "shard_rows": shard_rows}
+    with prefect_test_harness(server_startup_timeout=120):
+        for runner in ("local", "dask", "local", "dask"):  # alternating: the machine's load shifts
+            home = work / f"home-{runner}-{time.time_ns()}"
+            if (bench_store().home / "models").is_dir():  # the ONNX export is not what is timed
+                shutil.copytree(bench_store().home / "models", home / "models")
+            start = time.perf_counter()
+            curate_dataset(pool=str(pool), safe_anchor=str(inputs["tasks"]["general"]["anchor"]),
+                           harmful_ref=str(inputs["reference"]), out_dir=str(work / f"out-{runner}"), encoder=encoder,
+                           shard_rows=shard_rows, runner=runner, home=str(home),
+                           name="bench")
+            out.setdefault(f"{runner}_seconds", []).append(round(time.perf_counter() - start, 1))
+    local, dask = (float(np.median(out[f"{r}_seconds"])) for r in ("local", "dask"))
+    out["dask_overhead"] = round(dask / local - 1, 3)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", default=result_path("embed_scaling", "results.json"))
+    p.add_argument("--fast", default="minilm-int8", help="the fast backend's encoder spec")
+    p.add_argument("--speed-rows", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--e2e-rows", type=int, default=10_000)
+    p.add_argument("--shard-rows", type=int, default=2048)
+    p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--skip-e2e", action="store_true")
+    p.add_argument("--dask-rows", type=int, default=0, help="also time whole flow runs, local vs a local Dask cluster")
+    p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--e2e-child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if not SHARED.exists():
+        print(f"shared data not found at {SHARED}; nothing to measure", file=sys.stderr)
+        return 1
+    if args.e2e_child:
+        print(json.dumps(end_to_end(args.e2e_rows, args.fast, args.shard_rows)))
+        return 0
+    out = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other jobs; "
+                      "run under nice)", "command": " ".join(["python -m benchmarks.embed_scaling", *(argv or sys.argv[1:])])}
+    general = build_inputs(SHARED, Path(tempfile.mkdtemp(prefix="sot-bench-")))["tasks"]["general"]["pool"]
+    rows = [{"prompt": p, "response": r} for p, r in zip(*(load_rows(str(general)).column(c).to_pylist()
+                                                           for c in ("prompt", "response")))][: args.speed_rows]
+    if not args.skip_speed:
+        out["speed"] = speed(rows, args.fast, args.repeats, bench_store().home)
+        print(f"speed: {out['speed']}", flush=True)
+    if not args.skip_quality:
+        out["quality"] = quality(args.fast)
+    if not args.skip_e2e:
+        child = subprocess.run([sys.executable, "-m", "benchmarks.embed_scaling", "--e2e-child", "--fast", args.fast,
+                                "--e2e-rows", str(args.e2e_rows), "--shard-rows", str(args.shard_rows)],
+                               capture_output=True, text=True, check=True)
+        out["end_to_end"] = json.loads(child.stdout.strip().splitlines()[-1])
+        print(f"end to end: {out['end_to_end']}", flush=True)
+    if args.dask_rows:
+        out["dask"] = dask_overhead(args.dask_rows, args.fast, args.shard_rows)
+        print(f"dask: {out['dask']}", flush=True)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

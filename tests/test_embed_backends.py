@@ -1,0 +1,107 @@
+"""The ONNX Runtime backends of MiniLM (fp32 and int8) against the PyTorch reference, on real rows.
+
+Real parts only: the packaged all-MiniLM-L6-v2 weights, a real ``torch.onnx.export``, real
+dynamic int8 quantisation and real ONNX Runtime sessions; the export is cached in a real store.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sot_core.embed import encoders as encoders_module
+from sot_core.embed import onnx_backend
+from sot_core.embed.encoders import MiniLMEncoder, get_encoder
+from sot_core.errors import OptionError
+
+from conftest import DEMO, read_jsonl
+
+# 96 demo rows, harmful and benign, most of them filling the 128-token window
+ROWS = read_jsonl(DEMO / "pool.jsonl")[::13][:96]
+PROMPTS, RESPONSES = [r["prompt"] for r in ROWS], [r["response"] for r in ROWS]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return get_encoder("minilm").encode(PROMPTS, RESPONSES)
+
+
+@pytest.fixture(scope="module")
+def fast(cache):
+    """Both backends, exported into one store's model cache."""
+    out = {}
+    for backend in ("onnx", "int8"):
+        encoder = get_encoder(f"minilm-{backend}")
+        encoder.attach_store(cache)
+        out[backend] = encoder.encode(PROMPTS, RESPONSES)
+    return out
+
+
+def test_onnx_fp32_matches_pytorch(fast, reference):
+    cos = (fast["onnx"] * reference).sum(axis=1)
+    assert fast["onnx"].shape == reference.shape and fast["onnx"].dtype == np.float32
+    assert cos.min() >= 0.9999, cos.min()
+
+
+def test_int8_keeps_every_row_within_cosine_099(fast, reference):
+    cos = (fast["int8"] * reference).sum(axis=1)
+    np.testing.assert_allclose(np.linalg.norm(fast["int8"], axis=1), 1.0, atol=1e-5)
+    assert cos.min() >= 0.99, (cos.min(), cos.argmin())
+    # and it is really quantised: not the fp32 vectors
+    assert (fast["int8"] * fast["onnx"]).sum(axis=1).mean() < 0.99999
+
+
+def test_backend_is_part_of_the_encoder_id():
+    ids = {spec: get_encoder(spec).encoder_id for spec in ("minilm", "minilm-onnx", "minilm-int8",
+                                                          "minilm-int8:contrast")}
+    assert len(set(ids.values())) == 4
+    # the reference keeps its id, so stores embedded before the backends existed stay valid
+    assert ids["minilm"] == "minilm-l6-v2:pair:len128:v2"
+    assert get_encoder("minilm-int8:contrast").dim == 768
+
+
+def test_cached_export_is_reused_not_rebuilt(fast, cache, monkeypatch):
+    exports = sorted(p.parent.name for p in (cache / "models").glob("*/model.onnx"))
+    assert [name.split("-")[-2] for name in exports] == ["int8", "onnx"]
+    manifest = json.loads(next((cache / "models").glob("*int8*/manifest.json")).read_text())
+    assert manifest["backend"] == "int8" and len(manifest["sha256"]) == 64
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the cached export was built again")
+
+    monkeypatch.setattr(onnx_backend, "build_export", no_export)
+    encoder = get_encoder("minilm-int8")
+    encoder.attach_store(cache)
+    # the same rows in the same batches give the same vectors (int8 activations are quantised per
+    # batch, so other batches would differ in the last digits)
+    np.testing.assert_array_equal(encoder.encode(PROMPTS, RESPONSES), fast["int8"])
+
+
+def test_damaged_export_is_built_again_never_used(fast, cache, capsys):
+    model = next((cache / "models").glob("*-onnx-*/model.onnx"))
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    encoder = MiniLMEncoder(backend="onnx", cache_dir=cache / "models")
+    np.testing.assert_allclose(encoder.encode(PROMPTS[:4], RESPONSES[:4]), fast["onnx"][:4], atol=1e-5)
+    assert "does not match the sha256 in its manifest; exporting it again" in capsys.readouterr().err
+    assert not [p for p in (cache / "models").iterdir() if p.name.startswith(".")]  # no debris
+
+
+def test_gpu_backends_refuse_without_cuda(monkeypatch):
+    """This machine has no GPU; torch's CUDA check is forced off so the test also holds on one."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(OptionError, match="CUDA") as err:
+        get_encoder("minilm-fp16")
+    assert "encoder" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(OptionError, match="unknown encoder 'minilm-int4'"):
+        get_encoder("minilm-int4")
+    assert set(encoders_module.MINILM_BACKENDS) == {"torch", "onnx", "int8", "fp16", "bf16"}
