@@ -14,6 +14,7 @@ Solver and pipeline:
 * ``ot_scaling``           our push-pull solver against a POT loop, 5k to 1M rows; ``--knn-error``.
 * ``gpu_check``            the CUDA paths (OT solve, LoRA training, generation, LLM encoder).
 * ``nightly_incremental``  a nightly re-curation after 1% new rows against a full run.
+* ``embed_scaling``        PyTorch against the ONNX int8 encoder: rows/s, quality, 10k rows end to end.
 
 Safety after fine-tuning (train LoRA arms and evaluate them):
 

@@ -14,8 +14,9 @@ def embed_shards(home: str, ids: dict[str, str], encoder: str, batch_size: int, 
 
 
 def embed_on(runner: str, home: str, ids: dict[str, str], encoder: str, batch_size: int, shard_rows: int) -> dict:
-    """Run `embed_shards` as a subflow in this process (``local``) or on a Dask/Ray task runner,
-    which starts with the subflow (a local cluster) or connects to a scheduler, and ends with it."""
+    """Embed the shards in the calling flow (``local``), or in the `embed_shards` subflow on a Dask/Ray
+    task runner, which starts with the subflow (a local cluster) or connects to a scheduler, and ends with it."""
     chosen = task_runner(runner)
-    sub = embed_shards if chosen is None else embed_shards.with_options(task_runner=chosen)
-    return sub(home, ids, encoder, batch_size, shard_rows, parallel=chosen is not None)
+    if chosen is None:  # local: the shard tasks run in the calling flow, one after the other
+        return embed_datasets(home, ids, encoder, batch_size, shard_rows, parallel=False)
+    return embed_shards.with_options(task_runner=chosen)(home, ids, encoder, batch_size, shard_rows, parallel=True)
