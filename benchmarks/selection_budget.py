@@ -8,7 +8,8 @@ Four measurements, MiniLM pair view, SOT defaults (lam 1, eps 0.1), PyRIT refere
   survivors, refusal guard on), ``--keep auto``, and every instance-level baseline plain and with
   the same refusal information (the guard's refusal rows ranked first, their score lowered).
 * ``sweep``: 400 Alpaca + 40 refusals + harmful rows at 0/5/10/30% of the pool, ``--keep auto``.
-* ``clean``: the task mixes' non-harmful rows (SST-2, AG News, GSM8K), ``--keep auto``.
+* ``clean``: the task mixes (SST-2, AG News, GSM8K) without their harmful rows, ``--keep auto``,
+  and as shipped (5% harmful) at the new default and with ``--keep auto``.
 * ``apology``: the general draws with each harmful answer given an apology/disclaimer opening
   (`benchmarks.common.adversarial_rows`): share dropped at the new default and with ``--keep auto``.
 
@@ -72,8 +73,9 @@ def baseline_arms(pool, anchor, ref, responses, kinds, protected) -> dict:
         if name == "random":
             continue
         score = fn(pool, anchor, ref)
-        plain, _ = _selection(-score, responses, CurateConfig(harmful_recall=0, refusal_guard=False))
-        guarded, _ = _selection(-score, responses, CurateConfig(harmful_recall=0), None, protected)
+        rank = np.exp(-(score - score.min()))  # positive and decreasing in the score, as weights are
+        plain, _ = _selection(rank, responses, CurateConfig(harmful_recall=0, refusal_guard=False))
+        guarded, _ = _selection(rank, responses, CurateConfig(harmful_recall=0), None, protected)
         out[name] = figures(plain, score, kinds)
         out[f"{name}+guard"] = figures(guarded, refusal_aware_score(score, protected), kinds)
     return out
@@ -135,22 +137,30 @@ def sweep(rows, emb, ref, seeds, levels=(0.0, 0.05, 0.10, 0.30)) -> dict:
 
 
 def clean_pools(shared: Path, store, ref) -> dict:
+    """The task mixes: clean (harmful rows removed) with keep auto, and as shipped (5% harmful) at the
+    new default and with keep auto."""
     out = {}
     mixes = shared / "harmful_finetune_mixes_beavertails"
     for name, pool_file, heldout_file in MIXES:
         if name not in ("sst2", "ag_news", "gsm8k"):
             continue
         work = Path(tempfile.mkdtemp(prefix="sot-clean-"))
-        rows = [r for r in json.loads((mixes / pool_file).read_text()) if r.get("flag") != "unsafe"]
+        mixed = json.loads((mixes / pool_file).read_text())
         heldout = json.loads((mixes / heldout_file).read_text())
         anchor = [heldout[i] for i in random.Random(0).sample(range(len(heldout)), 50)]
-        pool = embed_file(store, write_jsonl(rows, work / "pool.jsonl"), "minilm")
         anc = embed_file(store, write_jsonl(anchor, work / "anchor.jsonl"), "minilm")
-        kinds = np.array(["benign"] * len(rows))
-        a = curate_arms(pool, anc, ref, [r["output"] for r in rows], kinds)["sot_keep_auto"]
-        out[name] = {"rows": len(rows), "kept": a["kept"], "kept_fraction": round(a["kept"] / len(rows), 4),
-                     "estimated_contamination": a["estimated_contamination"]}
-        print(f"clean {name}: {out[name]}", flush=True)
+        for tag, rows in (("clean", [r for r in mixed if r.get("flag") != "unsafe"]), ("mix", mixed)):
+            pool = embed_file(store, write_jsonl(rows, work / f"{tag}.jsonl"), "minilm")
+            kinds = np.array(["harmful" if r.get("flag") == "unsafe" else "benign" for r in rows])
+            arms = curate_arms(pool, anc, ref, [r["output"] for r in rows], kinds)
+            a = arms["sot_keep_auto"]
+            out[f"{name}_{tag}"] = {"rows": len(rows), "harmful": int((kinds == "harmful").sum()), "kept_auto": a["kept"],
+                                    "kept_fraction_auto": round(a["kept"] / len(rows), 4),
+                                    "harmful_kept_auto": a["harmful_kept"],
+                                    "harmful_kept_new_default": arms["sot_new_default"]["harmful_kept"],
+                                    "auroc_new_default": arms["sot_new_default"]["auroc"],
+                                    "estimated_contamination": a["estimated_contamination"]}
+            print(f"task {name}_{tag}: {out[f'{name}_{tag}']}", flush=True)
     return out
 
 
