@@ -105,3 +105,19 @@ def test_gpu_backends_refuse_without_cuda(monkeypatch):
     with pytest.raises(OptionError, match="unknown encoder 'minilm-int4'"):
         get_encoder("minilm-int4")
     assert set(encoders_module.MINILM_BACKENDS) == {"torch", "onnx", "int8", "fp16", "bf16"}
+
+
+@pytest.mark.slow  # a whole flow run with its own export
+def test_curate_flow_with_the_int8_backend(tmp_path, prefect_backend):
+    """The backend through the flow's encoder option: vectors stored under the int8 id, the export in the store."""
+    from sot_prefect.flows.curate import curate_dataset
+
+    inputs = DEMO.parents[1] / "tests" / "fixtures" / "store_v0" / "inputs"
+    home = tmp_path / "store"
+    curate_dataset(pool=str(inputs / "pool.jsonl"), safe_anchor=str(inputs / "anchor.jsonl"),
+                   harmful_ref=str(inputs / "harm.jsonl"), out_dir=str(tmp_path / "out"), encoder="minilm-int8",
+                   keep=0.8, harmful_recall=0.0, home=str(home), name="int8")
+    info = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert info["encoder_id"] == "minilm-l6-v2:pair:len128:v2:int8.v1"
+    assert info["counts"]["embedded_now"] == {"pool": 30, "safe_anchor": 12, "harmful_ref": 12}
+    assert [p.name.split("-")[-2] for p in (home / "models").iterdir()] == ["int8"]
