@@ -161,3 +161,10 @@ def test_contamination_jump_raises_the_nightly_drift_alarm(tmp_path):
     assert batch_contamination(tmp_path / "weights.parquet", ["a", "b", "c"]) == pytest.approx(2 / 3)
     pq.write_table(pa.table({"id": ["a"], "weight": [1.0]}), tmp_path / "plain.parquet")
     assert batch_contamination(tmp_path / "plain.parquet", ["a"]) is None
+
+
+def test_too_small_a_reference_is_refused_with_one_line():
+    benign, harm, anchor, ref = clouds()
+    with pytest.raises(B.BudgetError, match="at least 4 harmful reference rows"):
+        B.calibrate(np.vstack([benign, harm]), anchor, ref[:3], CurateConfig(), 0.95)
+    assert B.calibrate(np.vstack([benign, harm]), anchor, ref[:4], CurateConfig(), 0.95).folds == 2

@@ -43,6 +43,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sot_core.errors import SotError
+
+# Fewest harmful reference rows the budget can be calibrated on (each of 2 folds holds out half).
+MIN_REFERENCE = 4
 # Fewest held-out harmful rows per fold: below this a fold's quantile is too coarse to mean much.
 MIN_FOLD_ROWS = 10
 # Cross-fitting folds and the seed of the reference split (fixed: the same inputs give the same budget).
@@ -54,6 +58,10 @@ FORMAT = 2
 OUTLIER_SD = 4.0
 # Rows scored at a time out of sample (bounds memory to SCORE_BLOCK x reference rows).
 SCORE_BLOCK = 4096
+
+
+class BudgetError(SotError, ValueError):
+    """The budget cannot be calibrated on these inputs (too few harmful reference rows)."""
 
 
 @dataclass
@@ -283,6 +291,10 @@ def cross_fit(pool: np.ndarray, anchor: np.ndarray | None, harmful: np.ndarray, 
         The first rows of the anchor that the anchor guard looks at (the task anchor of a
         composite one, whose refusal rows answer harmful prompts by design); default all.
     """
+    if len(harmful) < MIN_REFERENCE:
+        raise BudgetError(f"the harmful-row budget needs at least {MIN_REFERENCE} harmful reference rows to hold "
+                          f"some out, the reference has {len(harmful)}: give a larger --harmful-ref, or "
+                          "--harmful-recall 0 with a numeric --keep")
     k = usable_folds(len(harmful), folds)
     fold = reference_folds(len(harmful), k, seed)
     shares, anchor_shares, held_out, scores = [], [], [], []
