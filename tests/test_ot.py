@@ -134,9 +134,11 @@ def test_nan_and_bad_inputs_raise(synthetic):
         solve_push_pull(cost_anchor, None)
     with pytest.raises(ValueError, match="needs cost_anchor"):
         solve_push_pull(None, cost_harmful, PushPullConfig(mode="pull"))
-    for bad in [dict(mode="pushpull"), dict(eps=0.0), dict(tau=0.04), dict(step_size=0.0),
-                dict(lam=-1.0), dict(dtype="float16"), dict(max_outer=0)]:
-        with pytest.raises(ValueError):
+    for bad, message in [(dict(mode="pushpull"), "mode must be one of"), (dict(eps=0.0), "eps must be > 0"),
+                         (dict(tau=0.04), "tau=0.04 must exceed eps=0.1"), (dict(step_size=0.0), "step_size must be > 0"),
+                         (dict(lam=-1.0), "lam must be >= 0"), (dict(dtype="float16"), "dtype must be one of"),
+                         (dict(max_outer=0), "max_outer must be >= 1")]:
+        with pytest.raises(ValueError, match=message):
             solve_push_pull(cost_anchor, cost_harmful, PushPullConfig(**bad))
 
 

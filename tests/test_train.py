@@ -192,7 +192,7 @@ def test_bad_curated_rows_name_line_and_field(tmp_path):
     p.write_text('{"id": "a", "prompt": "x"}\n')
     with pytest.raises(InputError, match="row 1, field 'response'"):
         read_curated(p)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="weighting must be one of given, uniform; got 'softmax'"):
         LoraTrainConfig(weighting="softmax")
 
 

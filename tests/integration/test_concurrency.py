@@ -37,6 +37,13 @@ def test_two_processes_curating_into_one_store(prefect_server, tmp_path):
         assert code == 0 or "store is in use by another run" in err, (code, out[-2000:], err[-2000:])
     completed = sum(code == 0 for code, _, _ in results)
     assert completed >= 1
+    # The race was real: the two flow runs (state timestamps on the server) overlapped in time.
+    runs = [r for r in prefect_server.post("/flow_runs/filter", {"limit": 200})
+            if str(tmp_path) in str((r.get("parameters") or {}).get("out_dir", ""))]
+    assert len(runs) == 2, [r.get("parameters") for r in runs]
+    assert all(r["start_time"] and r["end_time"] for r in runs), [r["state"] for r in runs]
+    assert max(r["start_time"] for r in runs) < min(r["end_time"] for r in runs), \
+        [(r["start_time"], r["end_time"]) for r in runs]
 
     store = Store(home)
     hashes = store.get_rows(store.query("SELECT dataset_id FROM datasets WHERE name = 'pool'")[0][0]) \
