@@ -101,8 +101,12 @@ def test_deployments_are_registered_with_typed_parameters(deployed):
     curate = deployment(server, "curate-dataset", "curate-dataset")
     props = curate["parameter_openapi_schema"]["properties"]
     for name, kind in (("pool", "string"), ("safe_anchor", "string"), ("harmful_ref", "string"),
-                       ("keep", "number"), ("lam", "number"), ("eps", "number"), ("encoder", "string")):
+                       ("lam", "number"), ("eps", "number"), ("encoder", "string")):
         assert props[name]["type"] == kind and props[name].get("description"), name
+    # keep is a fraction or 'auto' (the harmful-row budget): both offered, the fraction bounded
+    keep = props["keep"]
+    assert {"type": "number"} in keep["anyOf"] and {"type": "string", "enum": ["auto"]} in keep["anyOf"]
+    assert keep["exclusiveMinimum"] == 0 and keep["maximum"] == 1 and keep.get("description")
     assert curate["parameters"]["pool"] == "data/demo/pool.jsonl" and curate["work_pool_name"] == "sot-process"
     assert curate["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
     nightly = deployment(server, "nightly-recuration", "nightly-recuration")
