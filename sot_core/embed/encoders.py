@@ -61,8 +61,9 @@ class MiniLMEncoder(Encoder):
         self._model = None
 
     def attach_store(self, home: Path) -> None:
-        """Cache ONNX exports in the store at `home` (before the first encode)."""
-        if self.cache_dir is None:
+        """Cache ONNX exports in the store at `home`. Once the model is loaded (an instance serves
+        every store of a process) nothing changes: the export is only read at load time."""
+        if self._model is None:
             self.cache_dir = Path(home) / "models"
 
     def _load(self):
