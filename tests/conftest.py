@@ -21,7 +21,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
-SLOW_TIMEOUT_S = 1200  # the default (pyproject: timeout = 300) is too short for a real fine-tune
+SLOW_TIMEOUT_S = 1800  # the default (pyproject: timeout = 600) is too short for a real fine-tune
 
 
 def pytest_collection_modifyitems(config, items):

@@ -108,7 +108,11 @@ def test_weights_equal_the_old_run(recurated):
     old = pq.read_table(FIXTURE / "weights_v0.parquet").to_pydict()
     new = pq.read_table(out / "weights.parquet").to_pydict()
     assert new["id"] == old["id"]
-    np.testing.assert_allclose(new["weight"], old["weight"], rtol=0, atol=1e-6)
+    # Same embeddings read back, same solve up to the solver's own tolerance: since the solver
+    # returns the iterate its fixed-point residual certifies (not the next Gibbs point), a run
+    # differs from the v0 one by the outer step it no longer takes, 2.4e-4 in L1 here, within the
+    # default outer_tol = 1e-3. Embeddings recomputed or misread would move far more.
+    assert np.abs(np.array(new["weight"]) - np.array(old["weight"])).sum() <= 1e-3
     assert new["selected"] == old["selected"]
 
 
