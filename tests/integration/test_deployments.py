@@ -155,6 +155,30 @@ def test_nightly_twice_embeds_only_the_new_rows(curate_run):
     assert {"sot-itest-nightly-drift", "sot-itest-nightly-nightly", "sot-itest-nightly-plot"} <= set(keys)
 
 
+def test_two_nightly_runs_triggered_together_queue(curate_run):
+    """The nightly deployment allows one run at a time (concurrency limit 1, ENQUEUE): two runs
+    triggered together both complete, one after the other: their state timestamps do not overlap.
+    (A worker picks up every scheduled run it sees, so without the limit they would overlap.)"""
+    from datetime import datetime
+
+    server, work, _ = curate_run
+    incoming = work / "incoming-queue"
+    write_jsonl(incoming / "day1.jsonl", demo_rows(340, 350, "[queue]"))
+    params = {"incoming": str(incoming), "home": str(work / "home"), "out_dir": str(work / "out" / "queue"),
+              "name": "itest-queue"}
+    ids = [trigger(server, "nightly-recuration", "nightly-recuration", params) for _ in range(2)]
+    output, deadline = "", time.monotonic() + 600
+    while time.monotonic() < deadline:
+        output += work_once(server)
+        runs = [server.get(f"/flow_runs/{i}") for i in ids]
+        if all(r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for r in runs):
+            break
+        time.sleep(2)
+    assert [r["state"]["type"] for r in runs] == ["COMPLETED"] * 2, (runs, output[-4000:])
+    spans = sorted((datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"])) for r in runs)
+    assert spans[0][1] <= spans[1][0], spans
+
+
 def test_ui_pages_render_in_headless_chromium(curate_run, screenshot_dirs):
     chromium = chromium_binary()
     if chromium is None:
