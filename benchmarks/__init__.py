@@ -22,6 +22,11 @@ Safety after fine-tuning (train LoRA arms and evaluate them):
 * ``benign_subsets``  two opposite subsets of the benign rows, paired with the e2e's arms.
 * ``safety_pilot``    a small two-arm pilot.
 
+Tests:
+
+* ``mutation``        do the targeted tests fail on deliberately broken copies of the solver,
+  costs and selection (a hand-picked mutant set)?
+
 Each module's docstring gives its protocol and options; results go to
 ``benchmarks/results/<benchmark>/`` and are summarised in ``benchmarks/RESULTS.md``.
 ``ot_scaling`` and ``gpu_check`` import only ``sot_core``, so they also run by path

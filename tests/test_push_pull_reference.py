@@ -276,3 +276,15 @@ def test_property_random_small_problems_are_stationary(costs, lam, eps, step, dt
                                                          outer_tol=1e-6))
         assert low.diagnostics["converged"], low.diagnostics["stop_reason"]
         assert np.abs(low.weights - w).sum() < 1e-3
+
+
+@pytest.mark.parametrize("outer_tol", [1e-3, 3e-4, 1e-4, 3e-5])
+def test_returned_weights_meet_outer_tol_independently(problem, outer_tol):
+    """The stopping rule, checked from outside: the returned w is within outer_tol (L1) of the
+    Gibbs point of its own POT gradient, i.e. the certified residual is the returned point's.
+    A rule that stopped 10x early (or returned another point) leaves some of these above."""
+    ca, ch = problem
+    result = solve(ca, ch, lam=2.0, eps=0.1, outer_tol=outer_tol)
+    gap = stationarity_gap(result.weights, ca, ch, 2.0, 0.1, result.diagnostics["tau"])
+    assert gap <= outer_tol, (gap, result.diagnostics["fixed_point_residual"])
+    assert result.diagnostics["fixed_point_residual"] == pytest.approx(gap, rel=1e-3, abs=1e-9)
