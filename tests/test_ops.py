@@ -7,6 +7,7 @@ the names and logs against a served deployment.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from prefect import flow, task
@@ -71,16 +72,24 @@ def test_flow_and_task_runs_have_readable_names_and_log_stage_figures(tmp_path, 
     state = curate_dataset(home=str(tmp_path / "store"), out_dir=str(tmp_path / "out"), encoder="testhash",
                            name="named", return_state=True)
     version = state.result()["version"]
+    expected = ("ingest pool: ", "rows embedded now", "solve (lam", f"published {version}: kept")
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(state.state_details.flow_run_id)
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]}))
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        # Prefect ships run logs to the server from a background worker in batches, so the last
+        # lines can reach it after the flow returns: read until they are there (or 30 s pass).
+        deadline = time.monotonic() + 30
+        while True:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+            text = "\n".join(log.message for log in logs)
+            if all(e in text for e in expected) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
     assert run.name == f"curate-{version}" and version.startswith("named-")
     names = {t.name.rsplit("-", 1)[0] if t.name[-1].isdigit() else t.name for t in tasks}
     assert {"embed-pool", "embed-safe_anchor", "embed-harmful_ref"} <= {t.name for t in tasks}, names
-    text = "\n".join(log.message for log in logs)
-    for expected in ("ingest pool: ", "rows embedded now", "solve (lam", f"published {version}: kept"):
-        assert expected in text, (expected, text[-2000:])
+    for line in expected:
+        assert line in text, (line, text[-2000:])
 
 
 @pytest.mark.parametrize("previous, drift, alarm", [
