@@ -18,7 +18,8 @@ ingest.before_catalog      `Store.put_dataset`: the dataset file is complete, it
 ingest.after_dataset       `pipeline.ingest`: one input dataset stored and registered
 embed.after_shard          `embed.shards.embed_rows`: one shard of a dataset stored and registered (mid-dataset)
 embed.before_catalog       `Store.put_embeddings`: the shard is renamed into place, its rows not committed
-embed.after_dataset        `pipeline.embed`: every row of one dataset embedded (embed -> costs boundary)
+embed.after_dataset        `pipeline.embed`, and `embed_datasets` (Prefect, local runner) after each input's
+                           shards: every row of one dataset embedded, the next input not started
 costs.after_anchor         `pipeline.build_costs`: the anchor cost matrix written, the harmful one not yet
 costs.done                 `pipeline.build_costs`: the costs stage complete (costs -> solve boundary)
 solve.before_rename        `pipeline.solve`: weights and scores written to the stage's temp folder

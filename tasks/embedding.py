@@ -28,6 +28,7 @@ from sot_core.config import config_hash
 from sot_core.curate import pipeline
 from sot_core.data.store import Store
 from sot_core.embed import shards
+from sot_core.failpoints import failpoint
 from sot_prefect.tasks.curation import CACHE_TTL, JSON_RESULTS
 from sot_prefect.tasks.ops import log, retry_policy, shared_results
 
@@ -81,7 +82,10 @@ def embed_datasets(home: str, ids: dict[str, str], encoder: str, batch_size: int
         futures = {role: [shard_task.submit(**c) for c in cs] for role, cs in calls.items()}
         states = {role: [f.wait() or f.state for f in fs] for role, fs in futures.items()}
     else:
-        states = {role: [shard_task(**c, return_state=True) for c in cs] for role, cs in calls.items()}
+        states = {}
+        for role, cs in calls.items():
+            states[role] = [shard_task(**c, return_state=True) for c in cs]
+            failpoint("embed.after_dataset")  # one input wholly embedded, the next not started
     out = {}
     for role, plan in plans.items():
         # a cached shard embedded nothing now; seconds are the shards' own (worker seconds when parallel)

@@ -95,8 +95,8 @@ def test_cached_task_results_are_plain_json(tmp_path):
         done = subprocess.run([*args, "--out-dir", str(tmp_path / run)], capture_output=True, text=True,
                               env=sot_env(tmp_path), timeout=300)
         assert done.returncode == 0, done.stderr
-    records = sorted((tmp_path / "results").iterdir())
-    assert {r.name.split("-")[0] for r in records} == {"ingest", "costs", "solve"}
+    records = sorted((tmp_path / "home" / "prefect-results").iterdir())  # tasks/ops.py RESULTS_FOLDER
+    assert {r.name.split("-")[0] for r in records} == {"ingest", "embed", "costs", "solve", "budget"}
     for record in records:
         stored = json.loads(record.read_bytes())
         assert stored["metadata"]["serializer"]["type"] == "json"

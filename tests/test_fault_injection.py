@@ -315,7 +315,7 @@ def test_lost_dataset_file_is_stored_again_despite_the_task_cache(tmp_path, api_
     home = copy_store(reference[0], tmp_path / "home")
     sot = Sot(tmp_path, api_url)
     sot.ok(*curate_args(home, tmp_path / "warm"))
-    assert list((tmp_path / "results").glob("ingest-*"))  # the ingest result is cached for this store
+    assert list((home / "prefect-results").glob("ingest-*"))  # the ingest result is cached in the store
     (pool_id,) = catalog(home, "SELECT dataset_id FROM datasets WHERE name = 'pool'")[0]
     path = home / "datasets" / f"{pool_id}.parquet"
     path.write_bytes(path.read_bytes()[:100])
