@@ -4,7 +4,7 @@
 names that point when the process starts; then the process sends itself SIGKILL there, a real
 ``kill -9`` with no cleanup, no ``finally`` blocks and no flushing. The fault-injection tests
 (``tests/test_fault_injection.py``) use it to stop a real ``sot`` process at exact points and
-check that the next run recovers (see ``sot_core.data.store`` for the recovery rules).
+check that the next run recovers (see ``sot_core.data.recovery`` for the recovery rules).
 
 ``SOT_FAILPOINT`` is a comma-separated list of ``NAME`` or ``NAME@N`` (kill at the N-th time the
 point is reached in this process; default the first), e.g. ``train.after_step@5``. Before the kill

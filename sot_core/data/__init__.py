@@ -7,7 +7,8 @@ prompt and response (`FieldMap` overrides it); `load_labels` reads a label per r
 `Store` keeps datasets, embeddings, stage outputs and curated versions under one home folder.
 
 Modules: `loaders` (formats, layout detection, ids), `layouts` (`FieldMap` and detection order),
-`files` (parsers of each file format), `schema`, `store`.
+`files` (parsers of each file format), `schema`, `store` (with `catalog`, `parquet` and
+`recovery`).
 """
 from sot_core.data.layouts import FieldMap
 from sot_core.data.loaders import (

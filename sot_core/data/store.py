@@ -8,9 +8,8 @@ Layout under `home` (default `./.sot`, or `$SOT_HOME`)::
     stages/<stage>/<key>/...            content-addressed outputs of costs and solves
     curated/<version>/                  published curated datasets
 
-DuckDB allows one writing process per file, so every catalog access goes through an exclusive
-`flock` on `home/.lock`: concurrent runs queue (up to `lock_timeout` seconds) and then fail with
-`StoreBusyError`, never with a corrupted catalog.
+Every catalog access holds the store's exclusive lock (`sot_core.data.catalog`): concurrent runs
+queue, then fail with `StoreBusyError`, never with a corrupted catalog.
 
 Writes, and what a crash leaves
 -------------------------------
@@ -23,20 +22,8 @@ power loss) leaves at most: temp files of a dead process, or one indexed file wh
 never committed. Holding the lock, a file there that the catalog does not name is therefore
 debris of a killed writer, never a file about to be registered.
 
-Recovery: `Store.recover` runs under the lock at the first open of a home in each process (so
-once per `sot` run) and repairs what a crash or damage left, printing one line per repair to
-stderr, each naming the file:
-
-- temp files and folders of processes that are gone: removed;
-- a dataset file the catalog does not name: registered again when its content gives back its
-  content-derived id (a run killed between the file and its catalog rows), else removed;
-- a catalogued dataset whose file is missing, unreadable or of another row count: its catalog
-  rows are dropped and `store_id` changes, so caches keyed on it (the Prefect task cache) miss and
-  the next run stores the dataset again from its source;
-- an embeddings shard that is missing, unreadable or shorter than its catalog rows say: its rows
-  are dropped from the catalog in one transaction and the file removed; those rows count as not
-  embedded, and the next embed stage embeds them again (and nothing else);
-- shard files and ``curated/<version>`` folders no catalog row names: removed.
+Recovery: `Store.recover` runs at the first open of a home in each process and repairs what a
+crash or damage left (`sot_core.data.recovery` lists the repairs).
 
 A stage folder (``stages/``) that a cached task result names but that is gone stops the run with
 one line naming it and changes `store_id` (`Store.lost_stage`), so the next run computes it again.
@@ -55,13 +42,10 @@ checks the next run ends where an uninterrupted one would.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
 import shutil
-import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -71,31 +55,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sot_core.data import recovery
+from sot_core.data.catalog import SCHEMA_SQL, locked_catalog
 from sot_core.data.names import plain_component
-from sot_core.data.schema import ROW_SCHEMA, dataset_id_of
-from sot_core.errors import StoreBusyError, StoreError
+from sot_core.data.parquet import embeddings_table, one_line, read_vectors, write_parquet
+from sot_core.data.schema import ROW_SCHEMA
+from sot_core.errors import StoreError
 from sot_core.failpoints import failpoint
-from sot_core.io import atomic_write_text, default_home, staged_write, sweep_temp, temp_dir
-
-SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS datasets (
-    dataset_id VARCHAR PRIMARY KEY, name VARCHAR, source_uri VARCHAR, n_rows BIGINT,
-    path VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp);
-CREATE TABLE IF NOT EXISTS rows (
-    dataset_id VARCHAR, id VARCHAR, content_hash VARCHAR, row_index BIGINT);
-CREATE TABLE IF NOT EXISTS encoders (encoder_id VARCHAR PRIMARY KEY, dim INTEGER);
-CREATE TABLE IF NOT EXISTS embeddings (
-    content_hash VARCHAR, encoder_id VARCHAR, shard VARCHAR, row_in_shard BIGINT,
-    created_at TIMESTAMP DEFAULT current_timestamp, PRIMARY KEY (content_hash, encoder_id));
-CREATE TABLE IF NOT EXISTS runs (
-    run_id VARCHAR PRIMARY KEY, kind VARCHAR, status VARCHAR, config VARCHAR, out_dir VARCHAR,
-    stage_seconds VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP);
-CREATE TABLE IF NOT EXISTS curated_versions (
-    version VARCHAR PRIMARY KEY, run_id VARCHAR, name VARCHAR, pool_dataset_id VARCHAR,
-    anchor_dataset_id VARCHAR, harmful_dataset_id VARCHAR, config_hash VARCHAR,
-    code_version VARCHAR, n_pool BIGINT, n_selected BIGINT, parent_version VARCHAR,
-    path VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp);
-"""
+from sot_core.io import atomic_write_text, default_home, staged_write, temp_dir
 
 
 def slug(text: str) -> str:
@@ -106,54 +73,6 @@ def slug(text: str) -> str:
     would leave an empty, dot (``.``, ``..``) or hidden name raises `StoreError` instead.
     """
     return plain_component(re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_"), f"the folder name of {text!r}")
-
-
-def embeddings_table(hashes: list[str], vectors: np.ndarray) -> pa.Table:
-    """content_hash + FixedSizeList<float32>[dim]: reads back zero-copy into numpy."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    emb = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-    return pa.table({"content_hash": pa.array(hashes, pa.string()), "emb": emb})
-
-
-def read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
-    table = pq.read_table(path, page_checksum_verification=True)
-    col = table.column("emb").combine_chunks()
-    dim = col.type.list_size if pa.types.is_fixed_size_list(col.type) else None
-    if dim is None:
-        raise StoreError(f"{path}: field 'emb' is not a fixed-size float32 list; the file was not written by sot")
-    vectors = col.values.to_numpy(zero_copy_only=False).reshape(len(col), dim)
-    return table.column("content_hash").to_pylist(), vectors
-
-
-def write_parquet(table: pa.Table, path: Path) -> None:
-    """Parquet with page checksums, so a damaged page fails its read instead of giving wrong values."""
-    pq.write_table(table, path, write_page_checksum=True)
-
-
-def parquet_problem(path: Path, columns: tuple[str, ...] | list[str], rows: int | None = None,
-                    min_rows: int | None = None) -> str | None:
-    """What is wrong with the Parquet file at `path` (None: nothing), from its footer alone."""
-    if not path.is_file():
-        return "is missing"
-    try:
-        meta = pq.read_metadata(path)
-        names = meta.schema.to_arrow_schema().names
-    except Exception as err:  # noqa: BLE001 - any reader error means the file cannot be used
-        return f"is unreadable ({one_line(err)})"
-    absent = [c for c in columns if c not in names]
-    if absent:
-        return f"has no column '{absent[0]}'"
-    if rows is not None and meta.num_rows != rows:
-        return f"holds {meta.num_rows} rows where the catalog says {rows}"
-    if min_rows is not None and meta.num_rows < min_rows:
-        return f"holds {meta.num_rows} rows where the catalog indexes {min_rows}"
-    return None
-
-
-def one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 # Homes this process has recovered (see `Store.recover`): once per process and home.
@@ -199,36 +118,8 @@ class Store:
     @contextlib.contextmanager
     def catalog(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """Exclusive, queued access to the DuckDB catalog (one writer per file is DuckDB's rule)."""
-        lock_path, catalog_path = self.home / ".lock", self.home / "catalog.duckdb"
-        try:
-            lock_file = open(lock_path, "a+")
-        except OSError as err:
-            raise StoreError(f"{lock_path}: cannot open the store's lock file ({err.strerror}); the store must "
-                             "be writable") from None
-        with lock_file:
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise StoreBusyError(
-                            f"{self.home}: the store is in use by another run (waited {self.lock_timeout:.0f} s "
-                            "for its lock); retry later or raise SOT_LOCK_TIMEOUT"
-                        ) from None
-                    time.sleep(0.1)
-            try:
-                try:
-                    con = duckdb.connect(str(catalog_path))
-                except duckdb.Error as err:
-                    raise StoreError(f"{catalog_path}: cannot open the catalog ({one_line(err)})") from None
-                try:
-                    yield con
-                finally:
-                    con.close()
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
+        with locked_catalog(self.home, self.lock_timeout) as con:
+            yield con
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -244,105 +135,11 @@ class Store:
 
     # -- recovery -------------------------------------------------------------------------
     def recover(self) -> list[str]:
-        """Repair what killed runs and damage left (see the module docstring); returns one line per repair.
+        """Repair what killed runs and damage left (`sot_core.data.recovery`); one line per repair.
 
-        Holds the catalog lock throughout, so no run registers files meanwhile. Catalog changes
-        are one transaction; files are removed after it commits.
+        Holds the catalog lock throughout, so no run registers files meanwhile.
         """
-        repairs: list[str] = []
-        remove: list[Path] = []
-        with self.catalog() as con:
-            swept = sweep_temp(self.home)
-            if swept:
-                repairs.append(f"{self.home}: removed {len(swept)} temp file(s) of killed runs "
-                               f"({', '.join(str(p.relative_to(self.home)) for p in swept[:3])}"
-                               f"{', ...' if len(swept) > 3 else ''})")
-            con.execute("BEGIN")
-            try:
-                lost = self._recover_datasets(con, repairs, remove)
-                self._recover_embeddings(con, repairs, remove)
-                self._recover_curated(con, repairs, remove)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            # still under the lock, so no run stores a file of the same name in between
-            for path in remove:
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-            if lost:
-                atomic_write_text(uuid.uuid4().hex, self.home / "store_id")
-        for line in repairs:
-            sys.stderr.write(f"sot: store repair: {line}\n")
-        return repairs
-
-    def _recover_curated(self, con, repairs: list[str], remove: list[Path]) -> None:
-        """Remove ``curated/<version>`` folders the catalog does not list (a publish killed half-way)."""
-        versions = {v for (v,) in con.execute("SELECT version FROM curated_versions").fetchall()}
-        curated = self.home / "curated"
-        for folder in sorted(curated.iterdir()) if curated.is_dir() else []:
-            if folder.is_dir() and not folder.name.startswith(".") and folder.name not in versions:
-                remove.append(folder)
-                repairs.append(f"{folder}: a curated version the catalog does not list (a run was killed while "
-                               "publishing it); removed")
-
-    def _recover_datasets(self, con, repairs: list[str], remove: list[Path]) -> bool:
-        """Drop catalogued datasets whose file is bad, register complete files the catalog lacks.
-        Returns True when a catalogued dataset was lost."""
-        catalogued = dict(con.execute("SELECT dataset_id, n_rows FROM datasets").fetchall())
-        lost = []
-        for dataset_id, n_rows in catalogued.items():
-            path = self.dataset_path(dataset_id)
-            problem = parquet_problem(path, ROW_SCHEMA.names, rows=n_rows)
-            if problem:
-                lost.append(dataset_id)
-                remove.append(path)
-                repairs.append(f"{path}: dataset {dataset_id} {problem}; dropped it from the catalog (a run with the "
-                               "same input stores it again)")
-        folder = self.home / "datasets"
-        unnamed = [p for p in sorted(folder.glob("*.parquet")) if p.stem not in catalogued] if folder.is_dir() else []
-        if lost:
-            con.execute("DELETE FROM datasets WHERE dataset_id IN (SELECT unnest(?))", [lost])
-        if lost or unnamed:  # index rows of datasets that are gone (or about to be registered again)
-            con.execute("DELETE FROM rows WHERE dataset_id NOT IN (SELECT dataset_id FROM datasets)")
-        for path in unnamed:
-            try:
-                rows = pq.read_table(path, page_checksum_verification=True)
-                whole = set(ROW_SCHEMA.names) <= set(rows.column_names) and dataset_id_of(rows) == path.stem
-            except Exception:  # noqa: BLE001 - unreadable: not a dataset
-                whole = False
-            if whole:
-                meta = {k.decode(errors="replace"): v.decode(errors="replace")
-                        for k, v in (rows.schema.metadata or {}).items()}
-                self._register_dataset(con, path.stem, rows, meta.get("sot.name", "recovered"),
-                                       meta.get("sot.source_uri", ""), path)
-                repairs.append(f"{path}: dataset {path.stem} was stored but not registered (a run was killed "
-                               "in between); registered it")
-            else:
-                remove.append(path)
-                repairs.append(f"{path}: not a complete dataset of this store (a killed run's or damaged); removed")
-        return bool(lost)
-
-    def _recover_embeddings(self, con, repairs: list[str], remove: list[Path]) -> None:
-        """Drop the catalog rows of bad shards; remove shard files no catalog row names."""
-        shards = con.execute("SELECT shard, count(*), max(row_in_shard) FROM embeddings GROUP BY shard").fetchall()
-        bad = []
-        for shard, n, top in shards:
-            path = self.shard_path(shard)
-            problem = parquet_problem(path, ("content_hash", "emb"), min_rows=top + 1)
-            if problem:
-                bad.append(shard)
-                remove.append(path)
-                repairs.append(f"{path}: embeddings shard {problem}; dropped its {n} vectors from the catalog (the "
-                               "next embed stage embeds them again)")
-        if bad:
-            con.execute("DELETE FROM embeddings WHERE shard IN (SELECT unnest(?))", [bad])
-        named = {self.shard_path(shard) for shard, _, _ in shards}
-        folder = self.home / "embeddings"
-        for path in sorted(folder.glob("*/*.parquet")) if folder.is_dir() else []:
-            if path not in named:
-                remove.append(path)
-                repairs.append(f"{path}: an embeddings shard no catalog row names (a run was killed while storing "
-                               "it); removed")
+        return recovery.recover(self)
 
     def _drop(self, reason: str, dataset_id: str | None = None, shard: str | None = None) -> str:
         """Drop a dataset or a shard found damaged while reading it; returns the one-line error."""
