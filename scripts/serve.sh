@@ -73,6 +73,9 @@ stop_worker() {
     sleep 0.5
   done
   kill -KILL "$1" 2>/dev/null || true
+  # Reap it: a worker left a zombie when this script exits is adopted by PID 1, which in a
+  # container may never reap it (seen under load, when the worker needed the SIGKILL).
+  wait "$1" 2>/dev/null || true
 }
 
 # A worker that comes back: each start polls the pool again; runs already started keep running.

@@ -86,6 +86,14 @@ class Served:
         self.out.close()
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie, dead and not yet reaped, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def run_process(run_id: str) -> int:
     """The pid of the process executing flow run `run_id` (its environment names the run)."""
     for proc in Path("/proc").iterdir():
@@ -130,7 +138,7 @@ def test_serve_sh_supervises_the_worker_and_reports_crashed_runs(tmp_path):
         served.stop()
         hook.server.shutdown()
     assert served.proc.returncode is not None and not served.healthy()
-    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    alive = [pid for pid in workers if running(pid)]
     for pid in alive:  # never leave a worker polling behind
         os.kill(pid, signal.SIGKILL)
     assert alive == [], "Ctrl-C on serve.sh left its worker running"
