@@ -66,6 +66,25 @@ def shared_data() -> Path:
     return require_shared()
 
 
+@pytest.fixture
+def small_refusal_judge(monkeypatch, shared_data):
+    """The learned refusal judge trained on a seeded 240-row sample of its labelled data instead of
+    all 2,419 rows (about 4 minutes of MiniLM on 2 cores, per store): for tests of where evaluation
+    results and the judge go, not of the judge's accuracy (test_evaluate checks that on 700 rows).
+    The judge's cache key covers its rows, so this judge never stands in for the full one."""
+    import random
+
+    from sot_core.eval import judges
+
+    everything = judges.refusal_training_data
+
+    def sample(data):
+        rows = everything(data)
+        return random.Random(0).sample(rows, min(240, len(rows)))
+
+    monkeypatch.setattr(judges, "refusal_training_data", sample)
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.open()]
 

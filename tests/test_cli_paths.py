@@ -134,7 +134,7 @@ def test_stratify_label_keeps_the_label_balance(tmp_path, prefect_backend):
 # ---------------------------------------------------------------- evaluate
 
 @pytest.mark.slow
-def test_sot_evaluate_writes_per_prompt_results(tmp_path, prefect_backend, shared_data, capsys):
+def test_sot_evaluate_writes_per_prompt_results(tmp_path, prefect_backend, small_refusal_judge, capsys):
     """`sot evaluate` of a tiny random model (real generation, keyword judge on shared prompts)."""
     from test_llm_encoder import make_tiny_model
 

@@ -155,7 +155,7 @@ def test_trained_prompts_are_skipped_whatever_their_case_and_spacing():
 
 @needs_data
 @pytest.mark.slow
-def test_the_evaluation_task_keeps_the_learned_judge_in_the_given_store(tmp_path, monkeypatch):
+def test_the_evaluation_task_keeps_the_learned_judge_in_the_given_store(tmp_path, monkeypatch, small_refusal_judge):
     """No hidden state: the judge goes to <home>/judges, never to ./.sot of the working directory."""
     from test_llm_encoder import make_tiny_model
 

@@ -45,9 +45,9 @@ def test_finetune_cli_replay_mixes_refusals_into_training(tmp_path, prefect_back
 
 @pytest.mark.slow
 def test_finetune_with_evaluation_writes_metrics_that_sot_compare_reads(tmp_path, prefect_backend, capsys,
-                                                                   shared_data):
-    """The evaluation draws its prompts from the shared datasets (`shared_data`: skipped without
-    them, failed under SOT_REQUIRE_DATA=1)."""
+                                                                   small_refusal_judge):
+    """The evaluation draws its prompts from the shared datasets (skipped without them, failed under
+    SOT_REQUIRE_DATA=1); its learned judge is the small one of `small_refusal_judge`."""
     base = make_tiny_model(tmp_path / "tiny")
     curated = write_curated(tmp_path / "curated.jsonl")
     run = tmp_path / "run"
