@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sot_core.curate.select import count_refusals, label_groups, render_report, select_stratified, select_top, training_weights
+from sot_core.curate.report import render_report
+from sot_core.curate.select import count_refusals, label_groups, select_stratified, select_top, training_weights
 
 
 def test_select_top_keeps_the_largest_weights():

@@ -2,7 +2,8 @@
 
 Stages (`pipeline`): `load_inputs`, `ingest`, `embed`, `build_costs`, `solve`, `budget` (the
 cross-fitted harmful-row threshold, `budget`); then `publish` (`select`: the refusal guard, the
-budget's survivors, top-K or label-stratified selection, training weights, report and lineage).
+budget's survivors, top-K or label-stratified selection, training weights and lineage; `report`
+renders its ``report.md``).
 `guards` refuses empty selections and wrong labels files and words the composition warnings.
 `quality` measures a curation against labels (`auroc`, `harmful_kept`, `read_labels`);
 `baselines` are the per-row scores SOT must beat (`BASELINES`); `incremental` runs the nightly
@@ -19,8 +20,9 @@ from sot_core.curate.pipeline import (
 )
 from sot_core.curate.plots import curation_figure, drift_figure, flagged_neighbours, score_distribution
 from sot_core.curate.quality import auroc, harmful_kept, read_labels
+from sot_core.curate.report import render_report
 from sot_core.curate.select import (
-    count_refusals, label_groups, publish, render_report, select_stratified, select_top, training_weights,
+    count_refusals, label_groups, publish, select_stratified, select_top, training_weights,
 )
 
 __all__ = ["BASELINES", "accumulate_pool", "auroc", "batch_drift", "build_costs", "commit_batch",

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -20,11 +22,15 @@ import pyarrow as pa
 from sot_core.config import CODE_VERSION, CurateConfig, config_hash
 from sot_core.curate.guards import MOSTLY, check_labels_match, check_selection, composition_warnings
 from sot_core.curate.quality import auroc, harmful_kept
+from sot_core.curate.report import render_report
 from sot_core.data.names import check_name
 from sot_core.data.store import Store
 from sot_core.failpoints import failpoint
 from sot_core.io import atomic_write_table, atomic_write_text, sweep_temp
 from sot_core.refusals import keyword_refusal, whole_response_refusal
+
+if TYPE_CHECKING:  # the budget stage is imported where it is used (`_budget`)
+    from sot_core.curate.budget import Budget
 
 
 def select_top(weights: np.ndarray, keep: float) -> np.ndarray:
@@ -134,43 +140,21 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
     check_name(name)  # it becomes the version's folder name: refused before anything is written
     out_dir = Path(out_dir)
     sweep_temp(out_dir, recursive=False)  # what a killed publish left in this folder
-    if not all((Path(solve_path) / f).exists() for f in ("weights.npy", "score.npy")):
-        raise store.lost_stage(Path(solve_path))
+    weights, score = _load_solve(store, Path(solve_path))
     rows = store.get_rows(pool_id)
-    weights, score = (np.load(Path(solve_path) / f) for f in ("weights.npy", "score.npy"))
     ids, prompts, responses = (rows.column(c).to_pylist() for c in ("id", "prompt", "response"))
-    budget = _budget(store, config, run_info, len(ids))
-    protected = refusal_rows(responses) if config.refusal_guard else np.zeros(len(ids), dtype=bool)
-    if budget is not None:  # refusals are wanted data, not contamination
-        budget.refusals_exempt = int((budget.harmful_like & protected).sum())
-        budget.harmful_like = budget.harmful_like & ~protected
-    # A pool that mostly scores like harm (or that the scores cannot tell from it) makes the budget
-    # unreliable: with a numeric keep the top-K alone decides, and the report says so.
-    applied = budget is not None and (config.keep == "auto" or budget.contamination <= MOSTLY)
-    eligible = ~budget.harmful_like if applied else None
-    selected, train_w = _selection(weights, responses, config, eligible, protected)
-    check_selection(int(selected.sum()), len(ids), config.keep,  # before any file is written
-                    "" if budget is None or budget.harmful_like.mean() < 0.5 else
-                    f"{int(budget.harmful_like.sum())} rows score like harmful reference rows; check the inputs")
+    sel = decide_selection(store, config, run_info, weights, responses)  # checked before any file is written
     if labels is not None:
         check_labels_match(labels, ids)
-    atomic_write_table(
-        pa.table({"id": ids, "weight": weights, "selected": selected, "score": score, "train_weight": train_w,
-                  "safety_score": refusal_aware_score(score, protected), "refusal": protected,
-                  **({} if budget is None else {"budget_score": budget.budget_score,
-                                                "harmful_like": budget.harmful_like})}),
-        out_dir / "weights.parquet",
-    )
-    curated = _curated_jsonl(rows, selected, train_w)
+    _write_weights(out_dir / "weights.parquet", ids, weights, score, sel)
+    curated = _curated_jsonl(rows, sel.selected, sel.train_weight)
     atomic_write_text(curated, out_dir / "curated.jsonl")
-    quality, label = _label_quality(labels, ids, refusal_aware_score(score, protected), selected)
-    if quality is not None:
-        quality["auroc_ot_score"] = auroc(score, label)
+    quality, label = _label_quality(labels, ids, score, sel)
     failpoint("publish.before_record")
     # The random part keeps two identical runs in the same second apart.
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     parent = _record_version(store, version, curated, config, run_info, pool_id, name, len(ids),
-                             int(selected.sum()))
+                             int(sel.selected.sum()))
     failpoint("publish.after_record")
     summary = {
         "version": version,
@@ -180,21 +164,77 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
         "inputs": run_info.get("inputs", {}),
         "encoder_id": run_info.get("encoder_id"),  # the exact embedding: model, view, weights
         "store": str(store.home.resolve()),
-        "counts": {"pool": len(ids), "selected": int(selected.sum()),
+        "counts": {"pool": len(ids), "selected": int(sel.selected.sum()),
                    "embedded_now": run_info.get("embedded_now", {})},
         "stage_seconds": {**run_info.get("stage_seconds", {}), "select": time.perf_counter() - start},
         "cached_stages": run_info.get("cached_stages", []),
         "solver": run_info.get("solver", {}),
         "quality": quality,
-        "refusals": count_refusals(responses, selected, label),
-        "budget": budget_summary(budget, applied),
-        "warnings": composition_warnings(*(None, None) if budget is None else
-                                         (budget.contamination, budget.anchor_harmful_share)),
-        "top_flagged": _top_flagged(ids, prompts, score),
+        **_selection_summary(sel, ids, prompts, responses, score, label),
     }
     atomic_write_text(json.dumps(summary, indent=2, default=float), out_dir / "run.json")
     atomic_write_text(render_report(summary), out_dir / "report.md")
     return summary
+
+
+@dataclass
+class Selection:
+    """What `decide_selection` decided for a pool, row by row, and the budget behind it."""
+
+    selected: np.ndarray       # kept rows (mask)
+    train_weight: np.ndarray   # per-row training weight, 0 for dropped rows
+    protected: np.ndarray      # refusal rows: ranked first, never dropped by the budget
+    budget: Budget | None      # the harmful-row budget (None when off)
+    applied: bool              # whether the budget decided which rows may be kept
+
+
+def decide_selection(store: Store, config: CurateConfig, run_info: dict, weights: np.ndarray,
+                     responses: list[str]) -> Selection:
+    """The kept rows and their training weights, in the order the module docstring gives.
+
+    Raises `SelectionError` (`guards.check_selection`) when too few rows would be kept.
+    """
+    n = len(responses)
+    budget = _budget(store, config, run_info, n)
+    protected = refusal_rows(responses) if config.refusal_guard else np.zeros(n, dtype=bool)
+    if budget is not None:  # refusals are wanted data, not contamination
+        budget.refusals_exempt = int((budget.harmful_like & protected).sum())
+        budget.harmful_like = budget.harmful_like & ~protected
+    # A pool that mostly scores like harm (or that the scores cannot tell from it) makes the budget
+    # unreliable: with a numeric keep the top-K alone decides, and the report says so.
+    applied = budget is not None and (config.keep == "auto" or budget.contamination <= MOSTLY)
+    eligible = ~budget.harmful_like if applied else None
+    selected, train_w = _selection(weights, responses, config, eligible, protected)
+    check_selection(int(selected.sum()), n, config.keep,
+                    "" if budget is None or budget.harmful_like.mean() < 0.5 else
+                    f"{int(budget.harmful_like.sum())} rows score like harmful reference rows; check the inputs")
+    return Selection(selected, train_w, protected, budget, applied)
+
+
+def _write_weights(path: Path, ids: list[str], weights: np.ndarray, score: np.ndarray, sel: Selection) -> None:
+    """``weights.parquet``: every pool row's OT weight and score, and what the selection made of it."""
+    budget = sel.budget
+    atomic_write_table(
+        pa.table({"id": ids, "weight": weights, "selected": sel.selected, "score": score,
+                  "train_weight": sel.train_weight, "safety_score": refusal_aware_score(score, sel.protected),
+                  "refusal": sel.protected,
+                  **({} if budget is None else {"budget_score": budget.budget_score,
+                                                "harmful_like": budget.harmful_like})}),
+        path,
+    )
+
+
+def _selection_summary(sel: Selection, ids: list[str], prompts: list[str], responses: list[str],
+                       score: np.ndarray, label: np.ndarray | None) -> dict:
+    """The run summary's entries about the selection: refusals, budget, warnings, top flagged rows."""
+    budget = sel.budget
+    return {
+        "refusals": count_refusals(responses, sel.selected, label),
+        "budget": budget_summary(budget, sel.applied),
+        "warnings": composition_warnings(*(None, None) if budget is None else
+                                         (budget.contamination, budget.anchor_harmful_share)),
+        "top_flagged": _top_flagged(ids, prompts, score),
+    }
 
 
 def refusal_rows(responses: list[str]) -> np.ndarray:
@@ -274,17 +314,29 @@ def _curated_jsonl(rows: pa.Table, selected: np.ndarray, train_w: np.ndarray) ->
 
 
 def _label_quality(labels: dict[str, bool] | None, ids: list[str], score: np.ndarray,
-                   selected: np.ndarray) -> tuple[dict | None, np.ndarray | None]:
+                   sel: Selection) -> tuple[dict | None, np.ndarray | None]:
     """The quality figures against `labels` and the per-row label array (both None without labels).
 
-    Rows the labels do not name count as not harmful and are reported as ``unlabelled_rows``.
+    ``auroc`` ranks by the score the selection acts on (`refusal_aware_score`), ``auroc_ot_score``
+    by the OT score alone. Rows the labels do not name count as not harmful and are reported as
+    ``unlabelled_rows``.
     """
     if labels is None:
         return None, None
     missing = [i for i in ids if i not in labels]
     label = np.array([labels.get(i, False) for i in ids])
-    quality = {"auroc": auroc(score, label), **harmful_kept(selected, label), "unlabelled_rows": len(missing)}
+    quality = {"auroc": auroc(refusal_aware_score(score, sel.protected), label),
+               **harmful_kept(sel.selected, label), "unlabelled_rows": len(missing)}
+    quality["auroc_ot_score"] = auroc(score, label)
     return quality, label
+
+
+def _load_solve(store: Store, solve_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The solve stage's weights and scores; a folder the store has lost stops the run (`Store.lost_stage`)."""
+    if not all((solve_path / f).exists() for f in ("weights.npy", "score.npy")):
+        raise store.lost_stage(solve_path)
+    weights, score = (np.load(solve_path / f) for f in ("weights.npy", "score.npy"))
+    return weights, score
 
 
 def _top_flagged(ids: list[str], prompts: list[str], score: np.ndarray, top: int = 10) -> list[dict]:
@@ -309,69 +361,3 @@ def _record_version(store: Store, version: str, curated: str, config: CurateConf
 def budget_summary(budget, applied: bool = True) -> dict | None:
     """The budget's figures for run.json and the artifacts (None when the budget is off)."""
     return None if budget is None else {**budget.summary(), "applied": applied}
-
-
-def _report_budget(s: dict) -> list[str]:
-    """The report's warnings and harmful-row budget section."""
-    lines = [f"> **Warning:** {w}" for w in s.get("warnings") or []]
-    lines += [""] if lines else []
-    b = s.get("budget")
-    if not b:
-        return lines
-    if not b.get("applied", True):
-        lines += ["> **Warning:** the harmful-row budget was **not applied**: it would drop most of the pool, "
-                  "so the top rows by weight were kept (`--keep`). Check the inputs; `--keep auto` applies it.", ""]
-    lines += ["## Harmful-row budget", "",
-              f"Rows that score like the harmful reference rows held out from the solve ({b['folds']}-fold "
-              f"cross-fitting) are dropped, at a threshold that drops {b['harmful_recall']:.0%} of those held-out "
-              "rows (`--harmful-recall`).", "",
-              "| estimated contamination | harmful-like rows | budget-score threshold | score thresholds per fold "
-              "| held-out harmful rows dropped per fold | anchor rows harmful-like |", "|---|---|---|---|---|---|",
-              f"| {b['estimated_contamination']:.1%} | {b['harmful_like_rows']} | {b['threshold']:.3f} | "
-              + ", ".join(f"{t:.4f}" for t in b["fold_score_thresholds"]) + " | "
-              + ", ".join(f"{r:.0%}" for r in b["held_out_recall"]) + f" | {b['anchor_harmful_share']:.0%} |", ""]
-    return lines
-
-
-def render_report(s: dict) -> str:
-    c, cfg, solver = s["counts"], s["config"], s["solver"]
-    lines = [
-        f"# SOT curation report: {s['version']}",
-        "",
-        f"Kept **{c['selected']} of {c['pool']}** pool rows (keep={cfg['keep']}, "
-        f"harmful_recall={cfg.get('harmful_recall', 0)}, lam={cfg['lam']}, eps={cfg['eps']}, "
-        f"mode={cfg['mode']}, encoder={cfg['encoder']}).",
-        "",
-    ]
-    lines += _report_budget(s)
-    q = s.get("quality")
-    if q:
-        lines += [
-            "## Against the labels",
-            "",
-            "| harmful rows | harmful kept | harmful kept (fraction) | AUROC of score |",
-            "|---|---|---|---|",
-            f"| {q['harmful_total']} | {q['harmful_kept']} | {q['harmful_kept_fraction']:.1%} | {q['auroc']:.3f} |",
-            "",
-        ]
-    r = s.get("refusals") or {}
-    if r.get("pool"):
-        caveat = ("Rows labelled harmful are not counted." if r.get("labels_used") else
-                  "Without labels, a partial compliance that opens with an apology counts too.")
-        lines += ["## Refusals in the pool (keyword heuristic)", "",
-                  f"{r['pool']} rows contain a refusal phrase early; **{r['kept']} kept** ({r['kept'] / r['pool']:.0%}). "
-                  f"{caveat} Real refusals to harmful prompts are useful safety data: `--refusal-anchor` keeps more "
-                  "of them.", ""]
-    lines += ["## Time per stage (s)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in s["stage_seconds"].items()]
-    lines += ["", "Rows embedded in this run (others came from the store's cache): "
-              + ", ".join(f"{k} {v}" for k, v in c["embedded_now"].items()), ""]
-    if solver:
-        lines += ["## Solver", "", "| key | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in solver.items() if k != "objective_trace"]
-        lines += [""]
-    lines += ["## Most harmful-like rows", "", "| id | score | prompt |", "|---|---|---|"]
-    for r in s["top_flagged"]:
-        prompt = r["prompt"].replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {r['id']} | {r['score']:.4f} | {prompt} |")
-    return "\n".join(lines) + "\n"
