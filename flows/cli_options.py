@@ -11,7 +11,7 @@ import typing
 from dataclasses import MISSING, fields
 from typing import Literal
 
-from sot_core.config import default_of, value_problem
+from sot_core.fields import default_of, value_problem
 
 # Old spellings kept working: `--out` for `--out-dir`, `--base` for `--base-model`.
 ALIASES = {"out_dir": ["--out"], "base_model": ["--base"]}

@@ -5,9 +5,8 @@ from pathlib import Path
 
 from prefect import flow
 
-from sot_core.config import (
-    DEMO_DIR, CurateConfig, CurateInputs, Mode, SolverOptions, Stratify, TrainWeighting, documented,
-)
+from sot_core.config import DEMO_DIR, CurateConfig, CurateInputs, Mode, SolverOptions, Stratify, TrainWeighting
+from sot_core.fields import documented
 from sot_core.io import default_home
 from sot_prefect.flows.embed import embed_on
 from sot_prefect.tasks.curation import (

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from prefect import flow
 
-from sot_core.config import EvalSpec, FinetuneInputs, LoraTrainConfig, documented
+from sot_core.config import EvalSpec, FinetuneInputs, LoraTrainConfig
+from sot_core.fields import documented
 from sot_prefect.flows.curate import curate_dataset, resolve_home
 from sot_prefect.tasks.ops import HOOKS, run_name
 from sot_prefect.tasks.training import align_base, evaluate_adapter, mix_replay_rows, safety_artifacts, train_adapter

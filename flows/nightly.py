@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from sot_core.config import CurateConfig, Mode, NightlyInputs, SolverOptions, Stratify, TrainWeighting, documented
+from sot_core.config import CurateConfig, Mode, NightlyInputs, SolverOptions, Stratify, TrainWeighting
+from sot_core.fields import documented
 from sot_prefect.flows.curate import embed_and_solve, publish_and_report, resolve_home
 from sot_prefect.tasks.curation import ingest_inputs, run_info
 from sot_prefect.tasks.incremental import (
@@ -26,6 +27,7 @@ Window, Tolerance = bounded(NightlyInputs, "window"), bounded(NightlyInputs, "dr
 
 # Every default below is the config's own (sot_core/config.py); tests/test_config_consistency.py checks it.
 # A night that runs past 6 hours is stuck: fail it (and alert) rather than block the next night's queued run.
+# long function: 29 of its lines are the signature, every parameter spelled out for Prefect's run form.
 @flow(name="nightly-recuration", log_prints=True, flow_run_name=run_name("nightly"), timeout_seconds=6 * 3600, **HOOKS)
 @documented("Curate what arrived since the last run together with everything before it.", NightlyInputs, CurateConfig)
 def nightly_recuration(

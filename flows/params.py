@@ -35,7 +35,7 @@ def _number_or_choice(hint, args, choice, limits: dict):
     numeric keywords ignore strings), so the run form and the server bound the number and accept the choice."""
     from pydantic import AfterValidator, WithJsonSchema
 
-    from sot_core.config import value_problem
+    from sot_core.fields import value_problem
 
     def check(value):
         problem = value_problem(value, limits)

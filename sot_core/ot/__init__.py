@@ -6,7 +6,7 @@ the pool weights that pull towards the safe anchor and push away from the harmfu
 The solver imports without FAISS: only building costs needs it.
 
 Modules: `costs`, `operators` (blockwise soft-min reductions over a cost), `sinkhorn`,
-`push_pull`.
+`push_pull` (the objective and its solve), `dca` (the solve's outer iteration).
 """
 from sot_core.ot.costs import KnnCost, cosine_costs
 from sot_core.ot.push_pull import PushPullResult, solve_push_pull
