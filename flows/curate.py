@@ -5,7 +5,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from sot_core.config import DEMO_DIR, CurateConfig, CurateInputs, Mode, SolverOptions, Stratify, TrainWeighting
+from sot_core.config import DEMO_DIR, CurateConfig, CurateInputs
 from sot_core.fields import documented
 from sot_core.io import default_home
 from sot_prefect.flows.embed import embed_on
@@ -15,63 +15,22 @@ from sot_prefect.tasks.curation import (
 )
 from sot_prefect.tasks.ops import HOOKS, rename_run, run_name, shared_results
 
-from sot_prefect.flows.params import bounded
-
-# Bounded parameter types (the run form shows the bounds; the server refuses values outside them).
-Keep, Lam, Eps = bounded(CurateConfig, "keep"), bounded(CurateConfig, "lam"), bounded(CurateConfig, "eps")
-Recall = bounded(CurateConfig, "harmful_recall")
-Knn, Batch = bounded(CurateConfig, "knn"), bounded(CurateConfig, "batch_size")
-Share = bounded(CurateConfig, "refusal_share")
-Rows = bounded(CurateConfig, "shard_rows")
+from sot_prefect.flows.params import config_values, flow_signature
 
 
-# Every default below is the config's own (sot_core/config.py); tests/test_config_consistency.py checks it.
+# The parameters are the fields of CurateInputs and CurateConfig, with their defaults (sot_core/config.py).
 @flow(name="curate-dataset", log_prints=True, flow_run_name=run_name("curate"), **HOOKS)
 @documented("Curate one pool against a safe anchor and a harmful reference; returns the run summary.",
             CurateInputs, CurateConfig)
-def curate_dataset(
-    pool: str = CurateInputs.pool,
-    safe_anchor: str = CurateInputs.safe_anchor,
-    harmful_ref: str = CurateInputs.harmful_ref,
-    out_dir: str = CurateInputs.out_dir,
-    keep: Keep = CurateConfig.keep,
-    harmful_recall: Recall = CurateConfig.harmful_recall,
-    refusal_guard: bool = CurateConfig.refusal_guard,
-    lam: Lam = CurateConfig.lam,
-    eps: Eps = CurateConfig.eps,
-    mode: Mode = CurateConfig.mode,
-    encoder: str = CurateConfig.encoder,
-    knn: Knn = CurateConfig.knn,
-    labels: str | None = CurateInputs.labels,
-    refusal_anchor: str | None = CurateInputs.refusal_anchor,
-    refusal_share: Share = CurateConfig.refusal_share,
-    stratify: Stratify = CurateConfig.stratify,
-    train_weighting: TrainWeighting = CurateConfig.train_weighting,
-    batch_size: Batch = CurateConfig.batch_size,
-    shard_rows: Rows = CurateConfig.shard_rows,
-    runner: str = CurateConfig.runner,
-    name: str = CurateInputs.name,
-    prompt_field: str | None = CurateInputs.prompt_field,
-    response_field: str | None = CurateInputs.response_field,
-    id_field: str | None = CurateInputs.id_field,
-    input_field: str | None = CurateInputs.input_field,
-    messages_field: str | None = CurateInputs.messages_field,
-    solver: SolverOptions = SolverOptions(),
-    home: str | None = CurateInputs.home,
-) -> dict:
-    config = CurateConfig(keep=keep, harmful_recall=harmful_recall, refusal_guard=refusal_guard,
-                          lam=lam, eps=eps, mode=mode, encoder=encoder, knn=knn, refusal_share=refusal_share,
-                          stratify=stratify, train_weighting=train_weighting, batch_size=batch_size,
-                          shard_rows=shard_rows, runner=runner, solver=solver)
-    run = CurateInputs(pool=pool, safe_anchor=safe_anchor, harmful_ref=harmful_ref, labels=labels,
-                       refusal_anchor=refusal_anchor, out_dir=out_dir, name=name, prompt_field=prompt_field,
-                       response_field=response_field, id_field=id_field, input_field=input_field,
-                       messages_field=messages_field, home=home)
-    home = resolve_home(home)
-    sources = {"pool": pool, "safe_anchor": safe_anchor, "harmful_ref": harmful_ref,
-               **({"refusal_anchor": refusal_anchor} if refusal_anchor else {})}
-    labels = labels or demo_labels(pool)
-    ingest_state = shared_results(ingest_inputs, home)(home, sources, encoder, run.field_names(), labels,
+@flow_signature(CurateInputs, CurateConfig)
+def curate_dataset(**params) -> dict:
+    config = CurateConfig(**config_values(CurateConfig, params))
+    run = CurateInputs(**config_values(CurateInputs, params))
+    home = resolve_home(run.home)
+    sources = {"pool": run.pool, "safe_anchor": run.safe_anchor, "harmful_ref": run.harmful_ref,
+               **({"refusal_anchor": run.refusal_anchor} if run.refusal_anchor else {})}
+    labels = run.labels or demo_labels(run.pool)
+    ingest_state = shared_results(ingest_inputs, home)(home, sources, config.encoder, run.field_names(), labels,
                                                        return_state=True)
     cached = ingest_state.name == "Cached"
     inputs = {role: {"source": sources[role], **r, **({"seconds": 0.0} if cached else {})}
@@ -79,7 +38,7 @@ def curate_dataset(
     ids = {role: inputs[role]["dataset_id"] for role in sources}
     embedded, costs, solved = embed_and_solve(home, ids, config)
     info = run_info(inputs, embedded, costs, solved, sum(i["seconds"] for i in inputs.values()), ingest_cached=cached)
-    return publish_and_report(home, ids["pool"], solved, config, out_dir, info, labels, name)
+    return publish_and_report(home, ids["pool"], solved, config, run.out_dir, info, labels, run.name)
 
 
 def resolve_home(home: str | None) -> str:

@@ -12,51 +12,34 @@ from sot_prefect.flows.curate import curate_dataset, resolve_home
 from sot_prefect.tasks.ops import HOOKS, run_name
 from sot_prefect.tasks.training import align_base, evaluate_adapter, mix_replay_rows, safety_artifacts, train_adapter
 
-from sot_prefect.flows.params import bounded
+from sot_prefect.flows.params import config_values, flow_signature
 
-ReplayFraction = bounded(FinetuneInputs, "replay_fraction")  # the run form shows and enforces [0, 1]
+# The run's nested settings: one parameter each, its default the class's default instance.
+TRAIN = {"train": LoraTrainConfig}
+EVALUATION = {"evaluation": EvalSpec}
 
 
-# Every default below is the config's own (sot_core/config.py); tests/test_config_consistency.py checks it.
+# The parameters are the fields of FinetuneInputs with their defaults (sot_core/config.py), then `train`
+# and `evaluation`.
 @flow(name="finetune-and-evaluate", log_prints=True, flow_run_name=run_name("finetune"), **HOOKS)
 @documented("Fine-tune on curated data and measure harmfulness, over-refusal and utility.", FinetuneInputs)
-def finetune_and_evaluate(
-    curated: str | None = FinetuneInputs.curated,
-    pool: str = FinetuneInputs.pool,
-    safe_anchor: str = FinetuneInputs.safe_anchor,
-    harmful_ref: str = FinetuneInputs.harmful_ref,
-    base_model: str = FinetuneInputs.base_model,
-    out_dir: str = FinetuneInputs.out_dir,
-    train: LoraTrainConfig = LoraTrainConfig(),
-    evaluation: EvalSpec = EvalSpec(),
-    replay: str | None = FinetuneInputs.replay,
-    replay_fraction: ReplayFraction = FinetuneInputs.replay_fraction,
-    home: str | None = FinetuneInputs.home,
-) -> dict:
-    home = resolve_home(home)
-    curated, base_model, adapter = _train(curated, pool, safe_anchor, harmful_ref, base_model, out_dir, train, replay,
-                                          replay_fraction, home)
-    metrics = evaluate_adapter(base_model, adapter, asdict(evaluation), trained_on=curated, home=home)
+@flow_signature(FinetuneInputs, nested={**TRAIN, **EVALUATION})
+def finetune_and_evaluate(**params) -> dict:
+    run = FinetuneInputs(**config_values(FinetuneInputs, params))
+    home = resolve_home(run.home)
+    curated, base_model, adapter = _train(run, params.get("train", LoraTrainConfig()), home)
+    metrics = evaluate_adapter(base_model, adapter, asdict(params.get("evaluation", EvalSpec())), trained_on=curated,
+                               home=home)
     safety_artifacts(metrics)
     return {"curated": curated, "base_model": base_model, "adapter": adapter, "metrics": metrics}
 
 
 @flow(name="finetune", log_prints=True, flow_run_name=run_name("finetune"), **HOOKS)
 @documented("Weighted LoRA fine-tuning only (no evaluation).", FinetuneInputs)
-def train_only(
-    curated: str | None = FinetuneInputs.curated,
-    pool: str = FinetuneInputs.pool,
-    safe_anchor: str = FinetuneInputs.safe_anchor,
-    harmful_ref: str = FinetuneInputs.harmful_ref,
-    base_model: str = FinetuneInputs.base_model,
-    out_dir: str = FinetuneInputs.out_dir,
-    train: LoraTrainConfig = LoraTrainConfig(),
-    replay: str | None = FinetuneInputs.replay,
-    replay_fraction: ReplayFraction = FinetuneInputs.replay_fraction,
-    home: str | None = FinetuneInputs.home,
-) -> dict:
-    curated, base_model, adapter = _train(curated, pool, safe_anchor, harmful_ref, base_model, out_dir, train, replay,
-                                          replay_fraction, home)
+@flow_signature(FinetuneInputs, nested=TRAIN)
+def train_only(**params) -> dict:
+    run = FinetuneInputs(**config_values(FinetuneInputs, params))
+    curated, base_model, adapter = _train(run, params.get("train", LoraTrainConfig()), resolve_home(run.home))
     return {"curated": curated, "base_model": base_model, "adapter": adapter}
 
 
@@ -70,19 +53,17 @@ def evaluate_only(base_model: str = FinetuneInputs.base_model, adapter: str | No
     return metrics
 
 
-def _train(curated, pool, safe_anchor, harmful_ref, base_model, out_dir, train, replay, replay_fraction, home):
+def _train(run: FinetuneInputs, train: LoraTrainConfig, home: str) -> tuple[str, str, str]:
     """(training file, base model folder, adapter folder): curate first when no curated file is given."""
-    FinetuneInputs(curated=curated, pool=pool, safe_anchor=safe_anchor, harmful_ref=harmful_ref, base_model=base_model,
-                   out_dir=out_dir, replay=replay, replay_fraction=replay_fraction, home=home)  # validates
-    home = resolve_home(home)
+    curated, out_dir = run.curated, Path(run.out_dir)
     if not curated:
-        curate_dataset(pool=pool, safe_anchor=safe_anchor, harmful_ref=harmful_ref,
-                       out_dir=str(Path(out_dir) / "curation"), home=home)
-        curated = str(Path(out_dir) / "curation" / "curated.jsonl")
-    base_model = resolve_base(base_model, home)
-    if replay and replay_fraction > 0:
-        curated = mix_replay_rows(curated, replay, replay_fraction, str(Path(out_dir) / "train_with_replay.jsonl"))
-    adapter = train_adapter(curated, base_model, str(Path(out_dir) / "lora"), asdict(train))
+        curate_dataset(pool=run.pool, safe_anchor=run.safe_anchor, harmful_ref=run.harmful_ref,
+                       out_dir=str(out_dir / "curation"), home=home)
+        curated = str(out_dir / "curation" / "curated.jsonl")
+    base_model = resolve_base(run.base_model, home)
+    if run.replay and run.replay_fraction > 0:
+        curated = mix_replay_rows(curated, run.replay, run.replay_fraction, str(out_dir / "train_with_replay.jsonl"))
+    adapter = train_adapter(curated, base_model, str(out_dir / "lora"), asdict(train))
     return curated, base_model, adapter
 
 
