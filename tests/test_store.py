@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -83,3 +85,61 @@ def test_store_id_changes_when_the_store_is_wiped(tmp_path):
     first = Store(tmp_path / "a").store_id
     assert Store(tmp_path / "a").store_id == first
     assert Store(tmp_path / "b").store_id != first
+
+
+def filled_store(home) -> tuple[Store, np.ndarray]:
+    """A store with one dataset, one embeddings shard and one curated version."""
+    store = Store(home)
+    rows = make_rows(["a", "b", "c"])
+    store.put_dataset("ds-1", rows, "pool", "mem")
+    vectors = np.random.default_rng(1).random((3, 8), dtype=np.float32)
+    store.put_embeddings("enc", rows.column("content_hash").to_pylist(), vectors)
+    store.put_curated_version("v1", {"curated.jsonl": "{}\n"}, run_id="run-1", name="pool-curated")
+    return store, vectors
+
+
+def catalog_paths(store: Store) -> list[str]:
+    return [p for sql in ("SELECT path FROM datasets", "SELECT DISTINCT shard FROM embeddings",
+                          "SELECT path FROM curated_versions") for (p,) in store.query(sql)]
+
+
+def test_the_catalog_names_files_relative_to_the_home(tmp_path):
+    store, _ = filled_store(tmp_path / "home")
+    paths = catalog_paths(store)
+    assert sorted(Path(p).parts[0] for p in paths) == ["curated", "datasets", "embeddings"]
+    assert all(not Path(p).is_absolute() and (store.home / p).exists() for p in paths), paths
+
+
+def test_a_store_copied_elsewhere_works_there(tmp_path):
+    """A store copied (or mounted) under another path opens without repairs and serves the same
+    rows, vectors and versions, with the original gone: nothing in it names its old location."""
+    old, vectors = filled_store(tmp_path / "old")
+    hashes = old.get_rows("ds-1").column("content_hash").to_pylist()
+    shutil.copytree(tmp_path / "old", tmp_path / "new")
+    shutil.rmtree(tmp_path / "old")
+    moved = Store(tmp_path / "new")
+    assert moved.repairs == []
+    assert moved.store_id == old.store_id  # the same store, so caches keyed on the id and place stay valid
+    assert moved.get_rows("ds-1").equals(make_rows(["a", "b", "c"]))
+    np.testing.assert_array_equal(moved.get_embeddings(hashes, "enc"), vectors)
+    assert moved.missing_hashes(hashes, "enc") == []
+    assert moved.latest_curated_version("pool-curated") == "v1"
+    assert (moved.curated_dir("v1") / "curated.jsonl").is_file()
+    assert not any(str(tmp_path / "old") in p for p in catalog_paths(moved))
+
+
+def test_absolute_paths_of_an_earlier_writer_are_still_read_after_a_move(tmp_path):
+    """Catalogs written before paths were relative hold absolute ones: moved, they still open clean."""
+    old, vectors = filled_store(tmp_path / "old")
+    hashes = old.get_rows("ds-1").column("content_hash").to_pylist()
+    with old.catalog() as con:  # what the earlier layout wrote: the home's absolute path in front
+        for table, column in (("datasets", "path"), ("embeddings", "shard"), ("curated_versions", "path")):
+            con.execute(f"UPDATE {table} SET {column} = ? || '/' || {column}", [str(old.home.resolve())])
+    assert all(Path(p).is_absolute() for p in catalog_paths(old))
+    shutil.copytree(tmp_path / "old", tmp_path / "new")
+    shutil.rmtree(tmp_path / "old")
+    moved = Store(tmp_path / "new")
+    assert moved.repairs == []
+    np.testing.assert_array_equal(moved.get_embeddings(hashes, "enc"), vectors)
+    moved.put_embeddings("enc", ["h-new"], np.ones((1, 8), np.float32))  # new rows beside the old ones
+    assert moved.missing_hashes([*hashes, "h-new"], "enc") == []

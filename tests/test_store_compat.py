@@ -24,9 +24,10 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "store_v0"
 TABLES = ("datasets", "rows", "encoders", "embeddings", "runs", "curated_versions")
 
 
-def restore_store(fixture: Path, home: Path) -> None:
+def restore_store(fixture: Path, home: Path, recorded_home: Path | None = None) -> None:
     """Copy the fixture's files to `home` and rebuild `home/catalog.duckdb` from the exported
-    schema and CSVs, with @HOME@ replaced by `home` (the catalog keeps absolute paths)."""
+    schema and CSVs, with @HOME@ replaced by `recorded_home` (default `home`): the old layout's
+    catalog keeps absolute paths, under the home it was written in."""
     shutil.copytree(fixture / "home", home)
     catalog, staging = fixture / "catalog", home.parent / f"{home.name}-catalog-csv"
     staging.mkdir()
@@ -34,7 +35,7 @@ def restore_store(fixture: Path, home: Path) -> None:
     try:
         con.execute((catalog / "schema.sql").read_text())
         for table in TABLES:
-            text = (catalog / f"{table}.csv").read_text(encoding="utf-8").replace("@HOME@", str(home))
+            text = (catalog / f"{table}.csv").read_text(encoding="utf-8").replace("@HOME@", str(recorded_home or home))
             (staging / f"{table}.csv").write_text(text, encoding="utf-8")
             con.execute(f"COPY \"{table}\" FROM '{staging / f'{table}.csv'}' (FORMAT CSV, HEADER)")
     finally:
@@ -82,6 +83,21 @@ def test_restored_catalog_matches_the_fixture(tmp_path):
     paths = [p for (p,) in store.query("SELECT path FROM datasets")] + \
             [s for (s,) in store.query("SELECT DISTINCT shard FROM embeddings")]
     assert paths and all(Path(p).is_file() and Path(p).is_relative_to(home) for p in paths)
+
+
+def test_an_old_store_moved_elsewhere_still_opens(tmp_path):
+    """Written under another home (its catalog's absolute paths point there), copied here: the store
+    opens without repairs and serves every stored vector from its new place."""
+    home = tmp_path / "home"
+    restore_store(FIXTURE, home, recorded_home=tmp_path / "written-here")
+    store = Store(home)
+    assert store.repairs == []
+    for table in TABLES:
+        assert store.query(f'SELECT count(*) FROM "{table}"')[0][0] == len(fixture_rows(table))
+    (encoder,) = fixture_rows("encoders")
+    hashes = [h for (h,) in store.query("SELECT content_hash FROM embeddings WHERE encoder_id = ?",
+                                        [encoder["encoder_id"]])]
+    assert store.get_embeddings(hashes, encoder["encoder_id"]).shape == (len(hashes), int(encoder["dim"]))
 
 
 def test_nothing_is_embedded_again(recurated):

@@ -17,6 +17,8 @@ import duckdb
 from sot_core.data.parquet import one_line
 from sot_core.errors import StoreBusyError, StoreError
 
+# datasets.path, embeddings.shard and curated_versions.path name files relative to the home
+# (`Store.catalog_path`); catalogs written before hold absolute paths there, read as well.
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS datasets (
     dataset_id VARCHAR PRIMARY KEY, name VARCHAR, source_uri VARCHAR, n_rows BIGINT,

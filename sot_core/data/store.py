@@ -1,6 +1,7 @@
 """The store: Parquet files plus a DuckDB catalog under one home directory.
 
-Layout under `home` (default `./.sot`, or `$SOT_HOME`)::
+Layout under `home` (default `./.sot`, or `$SOT_HOME`); the catalog names every file by its path
+relative to `home`, so a store copied or mounted elsewhere works where it lands::
 
     catalog.duckdb                      datasets, rows, encoders, embeddings, runs, curated versions
     datasets/<dataset_id>.parquet       canonical rows (ROW_SCHEMA)
@@ -184,8 +185,7 @@ class Store:
                 raise
         return True
 
-    @staticmethod
-    def _register_dataset(con, dataset_id: str, rows: pa.Table, name: str, source_uri: str, path: Path) -> None:
+    def _register_dataset(self, con, dataset_id: str, rows: pa.Table, name: str, source_uri: str, path: Path) -> None:
         index = pa.table(
             {
                 "dataset_id": pa.array([dataset_id] * rows.num_rows, pa.string()),
@@ -196,7 +196,7 @@ class Store:
         )
         con.execute(
             "INSERT INTO datasets (dataset_id, name, source_uri, n_rows, path) VALUES (?, ?, ?, ?, ?)",
-            [dataset_id, name, source_uri, rows.num_rows, str(path)],
+            [dataset_id, name, source_uri, rows.num_rows, self.catalog_path(path)],
         )
         con.register("new_rows", index)
         con.execute("INSERT INTO rows SELECT * FROM new_rows")
@@ -213,10 +213,15 @@ class Store:
 
     # -- embeddings -------------------------------------------------------------------------
     def shard_path(self, shard: str) -> Path:
-        """The file of a shard as the catalog names it, under this home (a copied or moved store
-        keeps the old absolute paths in its catalog)."""
+        """The file of a shard as the catalog names it, under this home: relative to the home
+        (``embeddings/<encoder>/<shard>.parquet``), or absolute under the home an earlier version
+        wrote it in (catalogs kept absolute paths before), which may have moved since."""
         shard = Path(shard)
         return self.home / "embeddings" / shard.parent.name / shard.name
+
+    def catalog_path(self, path: Path) -> str:
+        """How the catalog records a file of this home: relative to it, with '/' separators."""
+        return path.relative_to(self.home).as_posix()
 
     def check_encoder(self, encoder_id: str, dim: int, register: bool = True) -> None:
         """Refuse a dimension clash with what is stored under this encoder id; else register it."""
@@ -258,7 +263,7 @@ class Store:
             {
                 "content_hash": pa.array(hashes, pa.string()),
                 "encoder_id": pa.array([encoder_id] * len(hashes), pa.string()),
-                "shard": pa.array([str(shard)] * len(hashes), pa.string()),
+                "shard": pa.array([self.catalog_path(shard)] * len(hashes), pa.string()),
                 "row_in_shard": pa.array(np.arange(len(hashes)), pa.int64()),
             }
         )
@@ -337,7 +342,7 @@ class Store:
                 row = con.execute("SELECT version FROM curated_versions WHERE name = ? ORDER BY created_at DESC "
                                   "LIMIT 1", [fields.get("name")]).fetchone()
                 parent = row[0] if row else None
-                record = {**fields, "version": version, "parent_version": parent, "path": str(final)}
+                record = {**fields, "version": version, "parent_version": parent, "path": self.catalog_path(final)}
                 os.replace(tmp, final)
                 try:
                     con.execute(f"INSERT INTO curated_versions ({', '.join(record)}) VALUES "
