@@ -90,26 +90,36 @@ def uniform(m: int) -> np.ndarray:
     return np.full(m, 1.0 / m)
 
 
-def objective(w, cost_anchor, cost_harmful, lam, eps, tau, anchor_b=None) -> float:
-    """J(w) recomputed with POT; a missing cost drops its term (modes 'push' and 'pull')."""
-    n = len(w)
-    j = tau * float(np.sum(w * np.log(n * w)))
+def pot_terms(w, cost_anchor, cost_harmful, eps, anchor_b=None) -> tuple[tuple | None, tuple | None]:
+    """POT's (potential, value) of the anchor and harmful problems at w; None for a missing cost."""
+    anchor = harmful = None
     if cost_anchor is not None:
         b = uniform(cost_anchor.shape[1]) if anchor_b is None else anchor_b / anchor_b.sum()
-        j += pot_ot(w, b, cost_anchor, eps)[1]
+        anchor = pot_ot(w, b, cost_anchor, eps)
     if cost_harmful is not None:
-        j -= lam * pot_ot(w, uniform(cost_harmful.shape[1]), cost_harmful, eps)[1]
+        harmful = pot_ot(w, uniform(cost_harmful.shape[1]), cost_harmful, eps)
+    return anchor, harmful
+
+
+def objective(w, cost_anchor, cost_harmful, lam, eps, tau, anchor_b=None) -> float:
+    """J(w) recomputed with POT; a missing cost drops its term (modes 'push' and 'pull')."""
+    anchor, harmful = pot_terms(w, cost_anchor, cost_harmful, eps, anchor_b)
+    j = tau * float(np.sum(w * np.log(len(w) * w)))
+    if anchor is not None:
+        j += anchor[1]
+    if harmful is not None:
+        j -= lam * harmful[1]
     return j
 
 
 def gradient_score(w, cost_anchor, cost_harmful, lam, eps, anchor_b=None) -> np.ndarray:
     """f_anchor - lam * f_harmful at w (a missing cost contributes nothing), from POT."""
+    anchor, harmful = pot_terms(w, cost_anchor, cost_harmful, eps, anchor_b)
     s = np.zeros(len(w))
-    if cost_anchor is not None:
-        b = uniform(cost_anchor.shape[1]) if anchor_b is None else anchor_b / anchor_b.sum()
-        s += pot_ot(w, b, cost_anchor, eps)[0]
-    if cost_harmful is not None:
-        s -= lam * pot_ot(w, uniform(cost_harmful.shape[1]), cost_harmful, eps)[0]
+    if anchor is not None:
+        s += anchor[0]
+    if harmful is not None:
+        s -= lam * harmful[0]
     return s
 
 

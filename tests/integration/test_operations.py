@@ -8,7 +8,6 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -64,6 +63,15 @@ def ops(prefect_server, tmp_path_factory):
 def run_worker(server, timeout: float = 500) -> str:
     proc = server.prefect("worker", "start", "--pool", "sot-process", "--run-once", timeout=timeout, check=False)
     return proc.stdout + proc.stderr
+
+
+def run_nightly(server, work, incoming, name: str) -> tuple[dict, str]:
+    """The nightly deployment run once on `incoming` into the module's store: (the ended run, worker output)."""
+    run_id = trigger(server, "nightly-recuration", "nightly-recuration",
+                     {"incoming": str(incoming), "home": str(work / "home"), "out_dir": str(work / "nightly"),
+                      "name": name})
+    output = run_worker(server)
+    return ended(server, run_id), output
 
 
 def ended(server, run_id: str, wait: float = 60) -> dict:
@@ -129,12 +137,8 @@ def test_curate_run_completes_with_readable_names_and_stage_logs(ops):
 
 def test_missing_incoming_folder_fails_the_night_and_the_webhook_is_called(ops):
     server, hook, work = ops
-    missing = work / "no-such-incoming"
-    run_id = trigger(server, "nightly-recuration", "nightly-recuration",
-                     {"incoming": str(missing), "home": str(work / "home"), "out_dir": str(work / "nightly"),
-                      "name": "ops-missing"})
-    output = run_worker(server)
-    run = ended(server, run_id)
+    run, output = run_nightly(server, work, work / "no-such-incoming", "ops-missing")
+    run_id = run["id"]
     assert run["state"]["type"] == "FAILED", f"{run['state']}\n{output[-3000:]}"
     assert "the incoming folder does not exist" in run["state"]["message"]
     call = hook.wait_for(run["name"])
@@ -151,11 +155,8 @@ def test_a_batch_near_the_harmful_reference_raises_a_drift_alert(ops):
     harmful = [json.loads(line) for line in (DEMO / "harmful_ref.jsonl").read_text().splitlines()][:40]
     write_jsonl(incoming / "day1.jsonl", [{"prompt": r["prompt"] + " [night]", "response": r["response"]}
                                           for r in harmful])
-    run_id = trigger(server, "nightly-recuration", "nightly-recuration",
-                     {"incoming": str(incoming), "home": str(work / "home"), "out_dir": str(work / "nightly"),
-                      "name": "ops-drift"})
-    output = run_worker(server)
-    run = ended(server, run_id)
+    run, output = run_nightly(server, work, incoming, "ops-drift")
+    run_id = run["id"]
     assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{output[-3000:]}"
     assert run["name"].startswith("nightly-ops-drift-")
     call = hook.wait_for("SOT drift alert: ops-drift")
