@@ -29,17 +29,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
-import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from prefect_server import free_port, prefect_server_process
 
 # Every test here starts real `sot` processes and kills them: minutes in all, so CI runs them
 # with the slow lane (`pytest -m slow`).
@@ -57,44 +55,14 @@ TEMP = re.compile(r"^\..+\.(tmp|tmp-.+)$")  # any temp name of sot_core.io, old 
 
 
 # --------------------------------------------------------------------------- running sot
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def api_url(tmp_path_factory):
     """One Prefect API server for the module's `sot` processes (no services, no UI)."""
     home = tmp_path_factory.mktemp("prefect_server")
-    port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "PREFECT_HOME": str(home),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port), "--no-services", "--no-ui"],
-                            cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the Prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its children only
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
-        log.close()
+    with prefect_server_process(home, env, free_port(), "--no-services", "--no-ui") as url:
+        yield f"{url}/api"
 
 
 class Sot:

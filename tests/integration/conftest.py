@@ -7,25 +7,17 @@ tests' throwaway backend) are left alone.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from prefect_server import free_port, prefect_server_process  # noqa: F401  (free_port: test_serve)
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SCREENSHOTS = REPO / "tests" / "integration" / "artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrefectServer:
@@ -70,31 +62,10 @@ def prefect_server(tmp_path_factory):
     # No SOT_REPO: deployments find the code through the folder `prefect deploy` ran in (issue 16).
     for name in ("PREFECT_PROFILES_PATH", "SOT_HOME", "SOT_REPO"):
         env.pop(name, None)
-    log = open(home / "server.log", "w")
     # The UI asks its API at PREFECT_UI_API_URL, which otherwise defaults to port 4200.
     server_env = {**{k: v for k, v in env.items() if k != "PREFECT_API_URL"}, "PREFECT_UI_API_URL": f"{url}/api"}
-    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=home, env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the Prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-    try:
+    with prefect_server_process(home, server_env, port, timeout=120):
         yield PrefectServer(url, env, home)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its children only
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture(scope="session")
