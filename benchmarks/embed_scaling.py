@@ -4,7 +4,8 @@ Three parts, one process (the end-to-end part in a child process, so its peak RS
 
 1. speed: rows/s of ``minilm`` (PyTorch fp32) and the fast backend (default ``minilm-int8``) on
    the same real rows (the general pool's first `--speed-rows`), alternating backends over
-   `--repeats` timed passes after a warm-up; medians and their ratio.
+   `--repeats` timed passes after a warm-up; per-pass seconds, medians and their ratio, and the
+   load average (``--speed-also minilm-onnx`` times more backends in the same rotation).
 2. quality: every pool of `common.build_inputs` (the five shared fine-tuning mixes and the
    general pool) embedded with both backends and curated with the default push-pull solve:
    AUROC of the score against the harmful labels per backend and its difference, the share of
@@ -16,7 +17,7 @@ Three parts, one process (the end-to-end part in a child process, so its peak RS
 4. with `--dask-rows N`: whole `curate-dataset` flow runs on N such rows, in-process and on a local
    Dask cluster with the same total cores (alternating, twice each): the Dask overhead.
 
-    python -m benchmarks.embed_scaling [--json FILE] [--fast minilm-int8] [--speed-rows 512]
+    python -m benchmarks.embed_scaling [--json FILE] [--fast minilm-int8] [--speed-also SPECS] [--speed-rows 512]
         [--repeats 3] [--e2e-rows 10000] [--skip-quality] [--skip-e2e] [--skip-speed] [--dask-rows N]
 
 The machine is shared: run it under ``nice`` and read the speed figures as that (the ratio comes
@@ -46,13 +47,15 @@ from sot_core.ot.costs import cosine_costs
 from sot_core.ot.push_pull import PushPullConfig, solve_push_pull
 
 
-def speed(rows: list[dict], fast: str, repeats: int, home: Path) -> dict:
-    """Median rows/s of the reference and `fast` on the same rows, alternating, after a warm-up."""
+def speed(rows: list[dict], fast: list[str], repeats: int, home: Path) -> dict:
+    """Median rows/s of the reference and every backend of `fast` on the same rows after a warm-up,
+    alternating (torch, fast..., torch, fast...) so that the machine's shifting load is shared."""
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
-    encoders = {"torch": get_encoder("minilm"), "fast": get_encoder(fast)}
-    encoders["fast"].attach_store(home)
+    encoders = {"minilm": get_encoder("minilm"), **{spec: get_encoder(spec) for spec in fast}}
     for encoder in encoders.values():  # load models, build or read the export, warm the kernels
+        encoder.attach_store(home)
         encoder.encode(prompts[:64], responses[:64])
+    load_before = os.getloadavg()
     seconds = {name: [] for name in encoders}
     for _ in range(repeats):
         for name, encoder in encoders.items():
@@ -61,9 +64,11 @@ def speed(rows: list[dict], fast: str, repeats: int, home: Path) -> dict:
             seconds[name].append(time.perf_counter() - start)
     med = {name: float(np.median(s)) for name, s in seconds.items()}
     return {"rows": len(rows), "repeats": repeats, "fast": fast,
+            "load_avg_before_after": [[round(x, 2) for x in load_before], [round(x, 2) for x in os.getloadavg()]],
             "seconds": {k: [round(x, 2) for x in v] for k, v in seconds.items()},
+            "median_seconds": {k: round(v, 2) for k, v in med.items()},
             "rows_per_s": {k: round(len(rows) / v, 1) for k, v in med.items()},
-            "ratio": round(med["torch"] / med["fast"], 2)}
+            "ratio": {spec: round(med["minilm"] / med[spec], 2) for spec in fast}}
 
 
 def quality(fast: str) -> dict:
@@ -175,6 +180,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", default=result_path("embed_scaling", "results.json"))
     p.add_argument("--fast", default="minilm-int8", help="the fast backend's encoder spec")
+    p.add_argument("--speed-also", default="", help="more encoder specs, comma-separated, timed in the speed part "
+                   "(alternating with the others), e.g. minilm-onnx")
     p.add_argument("--speed-rows", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--e2e-rows", type=int, default=10_000)
@@ -197,7 +204,7 @@ def main(argv=None) -> int:
     rows = [{"prompt": p, "response": r} for p, r in zip(*(load_rows(str(general)).column(c).to_pylist()
                                                            for c in ("prompt", "response")))][: args.speed_rows]
     if not args.skip_speed:
-        out["speed"] = speed(rows, args.fast, args.repeats, bench_store().home)
+        out["speed"] = speed(rows, [args.fast, *filter(None, args.speed_also.split(","))], args.repeats, bench_store().home)
         print(f"speed: {out['speed']}", flush=True)
     if not args.skip_quality:
         out["quality"] = quality(args.fast)
