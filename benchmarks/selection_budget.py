@@ -30,7 +30,7 @@ from benchmarks.common import (MIXES, SHARED, adversarial_rows, bench_store, can
                                pyrit_harmful_reference, result_path, write_jsonl)
 from sot_core.config import CurateConfig
 from sot_core.curate.baselines import BASELINES
-from sot_core.curate.budget import calibrate
+from sot_core.curate.budget import apply_recall, cross_fit
 from sot_core.curate.quality import auroc
 from sot_core.curate.select import _selection, refusal_aware_score, refusal_rows
 from sot_core.io import atomic_write_text
@@ -53,14 +53,18 @@ def figures(selected, score, kinds) -> dict:
 def curate_arms(pool, anchor, ref, responses, kinds, cfg=CurateConfig()) -> dict:
     """Old default, new default and keep auto on one pool; the budget is calibrated once."""
     res = solve_push_pull(cosine_costs(pool, anchor), cosine_costs(pool, ref), cfg.push_pull())
-    budget = calibrate(pool, anchor, ref, cfg, cfg.harmful_recall)
+    fit = cross_fit(pool, anchor, ref, cfg)
+    budget = apply_recall(fit, cfg.harmful_recall)
     protected = refusal_rows(responses)
     eligible = ~(budget.harmful_like & ~protected)
     old, _ = _selection(res.weights, responses, CurateConfig(harmful_recall=0, refusal_guard=False))
     new, _ = _selection(res.weights, responses, cfg, eligible, protected)
     auto, _ = _selection(res.weights, responses, CurateConfig(keep="auto"), eligible, protected)
     aware = refusal_aware_score(res.score, protected)
-    return {"sot_old_default": figures(old, res.score, kinds), "sot_new_default": figures(new, aware, kinds),
+    budget_aware = refusal_aware_score(fit.pool_scores, protected)  # the cross-fitted score the budget drops by
+    new_figures = {**figures(new, aware, kinds), "auroc_budget_score": round(auroc(budget_aware, kinds == "harmful"), 4)
+                   if (kinds == "harmful").any() else None}
+    return {"sot_old_default": figures(old, res.score, kinds), "sot_new_default": new_figures,
             "sot_keep_auto": {**figures(auto, aware, kinds), "estimated_contamination":
                               round(float((budget.harmful_like & ~protected).mean()), 4)},
             "_protected": protected}
@@ -192,7 +196,7 @@ def main() -> None:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     parts = args.parts.split(",")
     out = {"seeds": list(seeds), "settings": "MiniLM pair view, lam 1, eps 0.1, keep 0.8, harmful_recall 0.95, "
-                                              "5-fold cross-fitting, PyRIT reference (463 rows)"}
+                                              "5-fold cross-fitting, budget score = OT + logistic discriminant, PyRIT reference (463 rows)"}
     if "general" in parts:
         per_seed = general(rows, emb, ref, seeds, adv_emb, adv)
         out["general"] = {"summary": summarise(per_seed), "per_seed": per_seed}

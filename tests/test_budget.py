@@ -91,7 +91,9 @@ def test_calibrate_drops_the_harm_keeps_the_benign_and_is_deterministic():
     b = B.calibrate(pool, anchor, ref, CurateConfig(), 0.95)
     assert (a.budget_score == b.budget_score).all() and a.fold_thresholds == b.fold_thresholds
     assert all(r >= 0.95 for r in a.per_fold_recall) and a.folds == 5
-    assert a.harmful_like[len(benign):].mean() >= 0.95 and a.harmful_like[:len(benign)].mean() <= 0.05
+    # 30 harmful pool rows at a 95% target: 27 or more dropped (the OT score alone and with the discriminant both
+    # dropped 27-30 of them over the cloud seeds 0-5, 0.955 and 0.944 on average: binomial noise around 0.95)
+    assert a.harmful_like[len(benign):].mean() >= 0.9 and a.harmful_like[:len(benign)].mean() <= 0.05
     assert a.anchor_harmful_share == 0.0
     assert abs(a.contamination - len(harm) / len(pool)) < 0.05
     swapped = B.calibrate(pool, ref[:20], anchor, CurateConfig(), 0.95)  # anchor and reference swapped
@@ -168,3 +170,41 @@ def test_too_small_a_reference_is_refused_with_one_line():
     with pytest.raises(B.BudgetError, match="at least 4 harmful reference rows"):
         B.calibrate(np.vstack([benign, harm]), anchor, ref[:3], CurateConfig(), 0.95)
     assert B.calibrate(np.vstack([benign, harm]), anchor, ref[:4], CurateConfig(), 0.95).folds == 2
+
+
+def test_logistic_fit_matches_a_general_optimiser():
+    """fit_logistic (Newton) against scipy's L-BFGS on the same class-balanced, ridge objective (bias not shrunk)."""
+    from scipy.optimize import minimize
+
+    from sot_core.curate.discriminant import fit_logistic
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 5))
+    y = (x[:, 0] + 0.5 * rng.normal(size=120) > 0.8).astype(float)  # unbalanced classes
+    w = fit_logistic(x, y, l2=0.7)
+    xb, sw = np.hstack([x, np.ones((120, 1))]), np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
+
+    def objective(v):
+        z = xb @ v
+        return float(np.sum(sw * (np.logaddexp(0, z) - y * z)) + 0.35 * np.sum(v[:-1] ** 2))
+
+    ref = minimize(objective, np.zeros(6), method="L-BFGS-B", options={"gtol": 1e-10, "maxiter": 2000}).x
+    assert np.allclose(w, ref, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:push-pull solve not converged")
+def test_discriminant_separates_reference_from_anchor_and_ranks_harm_high():
+    """The fitted logit puts reference rows above anchor rows; the combined score puts the pool's harmful rows
+    above 95% of its benign rows; a fit without safe examples is refused."""
+    from sot_core.curate.discriminant import CombinedScorer
+
+    benign, harm, anchor, ref = clouds()
+    pool = np.vstack([benign, harm])
+    ot = B.FoldScorer(pool, anchor, ref, CurateConfig())
+    comb = CombinedScorer(ot, pool, anchor, ref)
+    assert comb.logit(ref).mean() > comb.logit(anchor).mean() + 1.0
+    s = comb.score(pool)
+    assert np.mean(s[len(benign):]) > np.quantile(s[:len(benign)], 0.95)  # harm above 95% of the benign rows
+    with pytest.raises(ValueError, match="both harmful and safe"):
+        from sot_core.curate.discriminant import fit_logistic
+        fit_logistic(np.ones((3, 2)), np.ones(3))

@@ -17,6 +17,13 @@ weights w and the reference b (for a pool row, :math:`T_b(x_i)` is its Sinkhorn 
 :math:`f_i`, so :math:`s_k` is the solver's score up to a constant). A held-out harmful row is
 thus scored exactly as an unseen harmful row of the pool would be.
 
+The score. By default (``discriminant=True``) the fold's score adds to the standardised OT score
+s_k the standardised logit of a logistic discriminant fitted in the same fold: the reference minus
+fold k against the anchor and the pool's lower half by s_k (`sot_core.curate.discriminant`). The
+OT score alone (``discriminant=False``) let benign rows near some reference row but far from the
+small anchor score like harm; the sum drops fewer benign rows at the same recall (measured in
+benchmarks/RESULTS.md, section selection_budget). Everything below holds for either score.
+
 Threshold. In fold k, :math:`P_k(x)` is the share of the fold's held-out rows that score at or
 below x. The budget score is :math:`u(x) = \frac{1}{K}\sum_k P_k(x)` in [0, 1] (0: below every
 held-out harmful row), and a row is *harmful-like* when :math:`u(x) > 1 - r` for the target
@@ -43,6 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sot_core.curate.discriminant import CombinedScorer
 from sot_core.errors import SotError
 
 # Fewest harmful reference rows the budget can be calibrated on (each of 2 folds holds out half).
@@ -52,8 +60,10 @@ MIN_FOLD_ROWS = 10
 # Cross-fitting folds and the seed of the reference split (fixed: the same inputs give the same budget).
 FOLDS = 5
 SEED = 0
-# Version of the stored cross-fit (part of its cache key).
-FORMAT = 2
+# Version of the stored cross-fit (part of its cache key). 3: the discriminant joins the score.
+FORMAT = 3
+# The budget's score adds the logistic discriminant to the OT score (`sot_core.curate.discriminant`).
+DISCRIMINANT = True
 # Robust standard deviations above the pool's median score at which a row is harmful-like anyway.
 OUTLIER_SD = 4.0
 # Rows scored at a time out of sample (bounds memory to SCORE_BLOCK x reference rows).
@@ -272,7 +282,8 @@ class CrossFit:
 
 
 def cross_fit(pool: np.ndarray, anchor: np.ndarray | None, harmful: np.ndarray, config, folds: int = 5,
-              seed: int = 0, anchor_masses: np.ndarray | None = None, check_anchor_rows: int | None = None) -> CrossFit:
+              seed: int = 0, anchor_masses: np.ndarray | None = None, check_anchor_rows: int | None = None,
+              discriminant: bool = DISCRIMINANT) -> CrossFit:
     """The cross-fitted solves of `calibrate`: P_k of every pool and anchor row, held-out scores per fold.
 
     Parameters
@@ -290,6 +301,8 @@ def cross_fit(pool: np.ndarray, anchor: np.ndarray | None, harmful: np.ndarray, 
     check_anchor_rows : int, optional
         The first rows of the anchor that the anchor guard looks at (the task anchor of a
         composite one, whose refusal rows answer harmful prompts by design); default all.
+    discriminant : bool
+        Add the fold's logistic discriminant to the OT score (`DISCRIMINANT`, the default).
     """
     if len(harmful) < MIN_REFERENCE:
         raise BudgetError(f"the harmful-row budget needs at least {MIN_REFERENCE} harmful reference rows to hold "
@@ -301,6 +314,8 @@ def cross_fit(pool: np.ndarray, anchor: np.ndarray | None, harmful: np.ndarray, 
     checked = anchor[:check_anchor_rows] if anchor is not None else None
     for f in range(k):
         scorer = FoldScorer(pool, anchor, harmful[fold != f], config, anchor_masses)
+        if discriminant:
+            scorer = CombinedScorer(scorer, pool, anchor, harmful[fold != f], seed)
         held = scorer.score(harmful[fold == f])
         held_out.append(held)
         scores.append(scorer.score(pool))
@@ -338,6 +353,8 @@ def apply_recall(fit: CrossFit, harmful_recall: float) -> Budget:
 
 
 def calibrate(pool: np.ndarray, anchor: np.ndarray | None, harmful: np.ndarray, config, harmful_recall: float,
-              folds: int = 5, seed: int = 0, anchor_masses: np.ndarray | None = None) -> Budget:
+              folds: int = 5, seed: int = 0, anchor_masses: np.ndarray | None = None,
+              discriminant: bool = DISCRIMINANT) -> Budget:
     """Cross-fitted harmful-row budget of a pool (see the module docstring): `cross_fit`, then `apply_recall`."""
-    return apply_recall(cross_fit(pool, anchor, harmful, config, folds, seed, anchor_masses), harmful_recall)
+    return apply_recall(cross_fit(pool, anchor, harmful, config, folds, seed, anchor_masses,
+                                  discriminant=discriminant), harmful_recall)
