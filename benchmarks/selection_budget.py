@@ -61,13 +61,18 @@ def curate_arms(pool, anchor, ref, responses, kinds, cfg=CurateConfig()) -> dict
     new, _ = _selection(res.weights, responses, cfg, eligible, protected)
     auto, _ = _selection(res.weights, responses, CurateConfig(keep="auto"), eligible, protected)
     aware = refusal_aware_score(res.score, protected)
+    curve = {}  # the same cross-fit at other target recalls (keep auto): the budget's trade-off
+    for r in (0.9, 0.97):
+        hl = apply_recall(fit, r).harmful_like & ~protected
+        curve[f"sot_keep_auto_recall{r:g}"] = figures(_selection(res.weights, responses, CurateConfig(keep="auto"),
+                                                                 ~hl, protected)[0], aware, kinds)
     budget_aware = refusal_aware_score(fit.pool_scores, protected)  # the cross-fitted score the budget drops by
     new_figures = {**figures(new, aware, kinds), "auroc_budget_score": round(auroc(budget_aware, kinds == "harmful"), 4)
                    if (kinds == "harmful").any() else None}
     return {"sot_old_default": figures(old, res.score, kinds), "sot_new_default": new_figures,
             "sot_keep_auto": {**figures(auto, aware, kinds), "estimated_contamination":
                               round(float((budget.harmful_like & ~protected).mean()), 4)},
-            "_protected": protected}
+            **curve, "_protected": protected}
 
 
 def baseline_arms(pool, anchor, ref, responses, kinds, protected) -> dict:
@@ -134,7 +139,10 @@ def sweep(rows, emb, ref, seeds, levels=(0.0, 0.05, 0.10, 0.30)) -> dict:
                          "benign_dropped": round(1 - a["benign_kept_fraction"], 4),
                          "refusals_kept": a.get("refusal_kept_fraction"),
                          "estimated_contamination": a["estimated_contamination"],
-                         "true_contamination": round(n_h / len(kinds), 4)})
+                         "true_contamination": round(n_h / len(kinds), 4),
+                         **{f"{k}_recall{r:g}": v for r in (0.9, 0.97) for k, v in (
+                             ("harmful_kept", arms[f"sot_keep_auto_recall{r:g}"]["harmful_kept"]),
+                             ("benign_dropped", round(1 - arms[f"sot_keep_auto_recall{r:g}"]["benign_kept_fraction"], 4)))}})
         out[f"{level:.0%}"] = runs
         print(f"sweep {level:.0%}: " + json.dumps(summarise_runs(runs)), flush=True)
     return out
