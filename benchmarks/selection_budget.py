@@ -5,8 +5,10 @@ Four measurements, MiniLM pair view, SOT defaults (lam 1, eps 0.1), PyRIT refere
 * ``general``: draws of the general pool of `general_pool_seeds` (700 Alpaca, 100 BeaverTails
   harmful answers, 100 held-out safety-tuned-llamas refusals; anchor 50 other Alpaca rows). Arms:
   the old default (top 80% by weight), the new default (keep 0.8 as a cap on the budget's
-  survivors, refusal guard on), ``--keep auto``, and every instance-level baseline plain and with
-  the same refusal information (the guard's refusal rows ranked first, their score lowered).
+  survivors, refusal guard on), ``--keep auto`` (also at target recalls 0.9 and 0.97, from the same
+  cross-fit), and every instance-level baseline plain and with the same refusal information (the
+  guard's refusal rows ranked first, their score lowered). ``auroc_budget_score`` is the AUROC of the
+  budget's cross-fitted score (OT + discriminant), the score rows are dropped by.
 * ``sweep``: 400 Alpaca + 40 refusals + harmful rows at 0/5/10/30% of the pool, ``--keep auto``.
 * ``clean``: the task mixes (SST-2, AG News, GSM8K) without their harmful rows, ``--keep auto``,
   and as shipped (5% harmful) at the new default and with ``--keep auto``.
