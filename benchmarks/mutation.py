@@ -1,135 +1,243 @@
-"""Mutation check of the numerical core and selection: does a targeted test selection fail on
-deliberately broken copies of the code?
+"""Mutation testing of the solver, costs and selection modules: every standard mutant, its tests.
 
-    python -m benchmarks.mutation [--only NAME ...] [--out benchmarks/results/mutation]
+    python -m benchmarks.mutation [--module PATH ...] [--survivors] [--out benchmarks/results/mutation]
 
-Each mutant in `MUTANTS` is one textual change to `sot_core/ot/push_pull.py`, `sinkhorn.py`,
-`costs.py` or `sot_core/curate/select.py`: the breakages a reviewer would try (a wrong constant in
-the objective, a damping ignored, a clip removed, a sign flipped, ties broken the other way). For
-each, the repository is copied to a temporary folder (without .venv, .git, stores and results),
-the change applied, and `TESTS` run there with this interpreter (`pytest -x`, so a kill stops
-at its first failing test). A mutant is killed when pytest fails. Results: score, and per mutant
-the first failing test or "survived", in `<out>/results.json` and `<out>/README.md`.
+mutmut and cosmic-ray are not used: this machine's local package index has neither, and both
+would spend most of a run importing torch once per mutant. Instead:
 
-This is a hand-picked set (one per breakage the issue names, plus classic operator mutations),
-not an exhaustive mutmut/cosmic-ray run: those generate hundreds of mutants for these modules,
-hours on a 2-core machine at ~10 s of targeted tests each.
+1. the repository is copied to a work folder (without .venv, .git, stores and results);
+2. `benchmarks.mutants.generate` makes every mutant of each module in `TARGETS` (arithmetic,
+   comparison, boolean, ``not``, unary minus, constants, ``return None``, statement removal;
+   never docstrings, messages, ``raise``/``assert`` or logging);
+3. the test selection `TESTS` runs once under a line tracer (`benchmarks.mutation_worker`),
+   which records which tests run which lines of the targets, and how long each test takes;
+4. each mutant runs only the tests that execute its statement (all tests of its module when
+   the line runs at import only, e.g. a module constant), fastest first, with ``pytest -x`` in a
+   child forked from a process that has imported torch, FAISS and pytest already, and a timeout
+   of 20 s + 3x their traced duration. A mutant whose statement no test runs survives untried.
+
+Killed: a test failed or the mutated module did not import. Timeout: killed by the timeout
+(counted as killed, listed apart). Survived: every test passed. `EQUIVALENT` gives the reason a
+survivor cannot be killed (the same behaviour); the report lists every survivor with it.
+``--survivors`` reruns only the survivors of the last results (after new tests) and merges.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = ["tests/test_push_pull_reference.py", "tests/test_select.py", "tests/test_selection_reference.py",
-         "tests/test_costs.py",
-         "tests/test_ot.py::test_push_pull_downweights_harmful_without_collapse"]
-EXCLUDE = {".venv", ".git", ".sot", "out", "results", "__pycache__", ".pytest_cache", ".hypothesis"}
+from benchmarks.mutants import generate
+from benchmarks.mutation_report import write_report
 
-PP, SK, CO, SE = ("sot_core/ot/push_pull.py", "sot_core/ot/sinkhorn.py", "sot_core/ot/costs.py",
-                  "sot_core/curate/select.py")
-# (name, file, old text (must occur once), new text, what it breaks)
-MUTANTS = [
-    ("lam_0.8", PP, 'fresh = cfg.lam * self._solve("harmful"', 'fresh = 0.8 * cfg.lam * self._solve("harmful"',
-     "the push strength in the linearisation"),
-    ("step_size_ignored", PP, "self.push_lin = (1 - cfg.step_size) * self.push_lin + cfg.step_size * fresh",
-     "self.push_lin = fresh", "damping of the linearised push"),
-    ("kl_dropped_from_trace", PP, 'self.config.lam * self.values["harmful"] + self.tau * kl',
-     'self.config.lam * self.values["harmful"]', "the objective trace's prior term"),
-    ("rho_equals_tau", PP, "rho = self.tau - cfg.eps", "rho = self.tau", "the anchor step's semi-relaxed strength"),
-    ("tau_doubled_in_output", PP, "weights = torch.softmax(-score / dca.tau, dim=0)",
-     "weights = torch.softmax(-score / (2 * dca.tau), dim=0)", "the weights' temperature"),
-    ("next_gibbs_point", PP, "        if self.residual <= cfg.outer_tol:\n",
-     "        self.push_lin = (1 - cfg.step_size) * self.push_lin + cfg.step_size * fresh\n"
-     "        if self.residual <= cfg.outer_tol:\n", "returning the certified iterate"),
-    ("stop_10x_early", PP, "if self.residual <= cfg.outer_tol:", "if self.residual <= 10 * cfg.outer_tol:",
-     "the outer stopping rule"),
-    ("value_sign", SK, "value = float((a.double() * f.double()).sum() + (b.double() * g.double()).sum())",
-     "value = float((a.double() * f.double()).sum() - (b.double() * g.double()).sum())", "the OT value"),
-    ("semi_relaxed_shrink", SK, "shrink = rho * eps / (rho + eps)", "shrink = rho * eps / (rho + 2 * eps)",
-     "the semi-relaxed f-update"),
-    ("eps_scaling_factor", SK, "_EPS_SCALING_FACTOR = 0.5", "_EPS_SCALING_FACTOR = 0.9",
-     "epsilon scaling speed (results unchanged: expected to survive)"),
-    ("cost_sign", CO, "np.subtract(1.0, ip, out=out[start:start + len(block)])",
-     "np.add(1.0, ip, out=out[start:start + len(block)])", "cosine cost 1 - <x, y>"),
-    ("norm_tolerance", CO, "_NORM_TOL = 1e-3", "_NORM_TOL = 1.5", "unit-norm check of embeddings"),
-    ("clip_removed", SE, "return np.clip(np.exp(0.5 * (low + high)) * w, lo, hi)",
-     "return np.exp(0.5 * (low + high)) * w", "the [0.2, 5] training-weight clip"),
-    ("keep_floor", SE, "n_keep = int(round(keep * len(weights)))", "n_keep = int(keep * len(weights))",
-     "rounding of the kept count"),
-    ("ties_reversed", SE, 'order = np.argsort(-weights, kind="stable")', "order = np.argsort(weights)[::-1]",
-     "tie-breaking of the top-K (earlier row wins)"),
-]
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "results" / "mutation"
+TARGETS = ["sot_core/ot/costs.py", "sot_core/ot/sinkhorn.py", "sot_core/ot/push_pull.py",
+           "sot_core/curate/select.py", "sot_core/curate/budget.py"]
+# The targets' unit-level tests: no Prefect server, no `sot` subprocess (a subprocess runs code
+# the tracer cannot see, and each costs ~10 s of imports). The flow-level contract tests
+# (test_output_contract, test_curate) are left out for the same reason; tests/test_publish.py
+# checks `publish` directly.
+TESTS = ["tests/test_costs.py", "tests/test_ot.py", "tests/test_sinkhorn_details.py", "tests/test_push_pull_reference.py", "tests/test_ivf.py",
+         "tests/test_select.py", "tests/test_selection_reference.py", "tests/test_budget.py",
+         "tests/test_refusal_guard.py", "tests/test_guards.py", "tests/test_publish.py",
+         "-m", "not slow and not integration",
+         "--deselect", "tests/test_budget.py::test_keep_auto_through_sot_reports_contamination_and_threshold",
+         "--deselect", "tests/test_budget.py::test_contamination_jump_raises_the_nightly_drift_alarm",
+         "--deselect", "tests/test_guards.py::test_keep_001_on_a_small_pool_fails_with_one_line_and_publishes_nothing",
+         "--deselect", "tests/test_ot.py::test_solver_imports_without_faiss"]
+# Each module's own test files: its mutants run these first, then the other covering tests.
+OWN = {"sot_core/ot/costs.py": ("tests/test_costs.py", "tests/test_ivf.py"),
+       "sot_core/ot/sinkhorn.py": ("tests/test_sinkhorn_details.py", "tests/test_ot.py",
+                                   "tests/test_push_pull_reference.py"),
+       "sot_core/ot/push_pull.py": ("tests/test_push_pull_reference.py", "tests/test_ot.py"),
+       "sot_core/curate/select.py": ("tests/test_select.py", "tests/test_selection_reference.py",
+                                     "tests/test_publish.py", "tests/test_refusal_guard.py", "tests/test_budget.py"),
+       "sot_core/curate/budget.py": ("tests/test_budget.py",)}
+# Seconds of (traced) test time a mutant may run before its remaining covering tests are dropped;
+# a survivor of a capped run is rerun against all of them (`--survivors --full`).
+CAP_S = 4.0
+EXCLUDE = {".venv", ".git", ".sot", "out", "results", "__pycache__", ".pytest_cache", ".hypothesis"}
+# Survivors that no test can kill because the program behaves the same, by `Mutant.key` within
+# its file: "file:line:col:operator:change" -> why.
+_C, _S, _P, _E = ("sot_core/ot/costs.py:", "sot_core/ot/sinkhorn.py:", "sot_core/ot/push_pull.py:",
+                  "sot_core/curate/select.py:")
+_BOUNDARY = "equivalent: the two differ only when a float equals the threshold exactly"
+_DEFAULT = "equivalent: a default every caller overrides (push_pull and sinkhorn_log pass tol and max_iter)"
+_SPEED = "equivalent in results: only speed (or memory) changes"
+EQUIVALENT: dict[str, str] = {
+    _C + "17:13:const:4096 -> 4097": _SPEED + " (rows per FAISS block)",
+    _C + "20:15:const:100000 -> 100001": _SPEED + ": the exact/IVF switch point (IVF recall: tests/test_ivf.py)",
+    _C + "21:13:const:32 -> 33": _SPEED + ": IVF cells probed, a recall/speed knob (recall >= 0.95 tested)",
+    _C + "22:17:const:100000 -> 100001": _SPEED + ": IVF training sample size (recall tested)",
+    _C + "110:25:compare:> -> >=": _BOUNDARY,
+    _C + "182:36:const:0 -> 1": "equivalent: another fixed seed of the IVF training sample (recall tested, not the sample)",
+    _C + "185:30:const:0 -> 1": "equivalent on this machine: faiss-cpu reports 0 GPUs (the GPU path: benchmarks.gpu_check)",
+    _C + "207:32:compare:< -> <=": _SPEED + ": more rows redone by the exact search, same neighbours",
+    _C + "207:32:compare:< -> >=": _SPEED + ": every row redone by the exact search, same neighbours",
+    _C + "207:38:const:0 -> 1": _SPEED + ": more rows redone by the exact search, same neighbours",
+    _C + "216:61:const:2.0 -> 4.0": "equivalent: a mean of costs <= 2 never exceeds 2 beyond float rounding",
+    _S + "67:73:const:0.0001 -> 0.0002": _DEFAULT,
+    _S + "68:40:const:1000 -> 1001": _DEFAULT,
+    _S + "109:11:compare:<= -> <": _BOUNDARY,
+    _S + "116:35:compare:<= -> <": _BOUNDARY,
+    _S + "225:41:const:0.0001 -> 0.0002": _DEFAULT,
+    _S + "225:63:const:1000 -> 1001": _DEFAULT,
+    _S + "249:29:neg:-x -> x": "equivalent: a constant added to log u shifts f and g by opposite constants; w, the "
+                              "plan and the value do not change",
+    _S + "253:30:const:1 -> 2": "equivalent: the loop always stops at n_iter >= max_iter before the extra pass",
+    _S + "259:15:compare:<= -> <": _BOUNDARY,
+}
 
 
 def copy_repo(dest: Path) -> None:
     """The working tree without environments, stores, results and caches."""
-    def keep(info: tarfile.TarInfo):
-        return None if set(Path(info.name).parts) & EXCLUDE else info
-    archive = dest.parent / "repo.tar"
-    with tarfile.open(archive, "w") as tar:
-        for item in REPO.iterdir():
-            if item.name not in EXCLUDE:
-                tar.add(item, arcname=item.name, filter=keep)
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
-    archive.unlink()
+    def ignore(folder, names):
+        return [n for n in names if n in EXCLUDE]
+    shutil.copytree(REPO, dest, ignore=ignore, symlinks=True)
 
 
-def run_mutant(name: str, file: str, old: str, new: str, work: Path) -> dict:
-    src = work / "repo"
-    target = src / file
-    text = target.read_text()
-    if text.count(old) != 1:
-        return {"name": name, "status": "stale", "detail": f"{file}: the text to mutate occurs {text.count(old)} times"}
-    target.write_text(text.replace(old, new))
-    started = time.perf_counter()
-    try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-rf", "-p", "no:cacheprovider", *TESTS],
-                              cwd=src, capture_output=True, text=True, timeout=900)
-    finally:
-        target.write_text(text)
-    failed = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("FAILED")]
-    status = "killed" if done.returncode != 0 else "survived"
-    return {"name": name, "status": status, "seconds": round(time.perf_counter() - started, 1),
-            "killed_by": failed[0] if failed else None}
+def run_worker(work: Path, args: list[str], log: Path) -> None:
+    # the copy's tests look for the shared datasets next to the checkout they run in: point them here
+    env = {**os.environ, "SOT_SHARED_DATA": os.environ.get("SOT_SHARED_DATA", str(REPO.parent / "shared" / "data"))}
+    with log.open("a") as sink:
+        done = subprocess.run([sys.executable, "-m", "benchmarks.mutation_worker", *args], cwd=work,
+                              stdout=sink, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"mutation worker {args[0]} failed (rc {done.returncode}); see {log}")
+
+
+def choose(tests: set[str], module: str, durations: dict, cap: float | None) -> list[str]:
+    """The module's own tests first, each group fastest first; at most `cap` seconds of them (at
+    least one test) unless cap is None."""
+    own = OWN.get(module, ())
+    ordered = sorted(tests, key=lambda t: (t.split("::")[0] not in own, durations.get(t, 0.0), t))
+    chosen, spent = [], 0.0
+    for test in ordered:
+        if cap is not None and chosen and spent + durations.get(test, 0.0) > cap:
+            break
+        chosen.append(test)
+        spent += durations.get(test, 0.0)
+    return chosen
+
+
+def plan(work: Path, coverage: dict, modules: list[str], only: set[str] | None,
+         cap: float | None = CAP_S) -> tuple[list[dict], dict]:
+    """Jobs for the worker and the metadata of every mutant (its tests or why it has none)."""
+    durations, lines = coverage["durations"], coverage["lines"]
+    jobs, meta = [], {}
+    for module in modules:
+        path = work / module
+        covered = lines.get(module, {})
+        module_tests = {t for ctx in covered.values() for t in ctx if t != "<import>"}
+        source = path.read_text()
+        code = source.splitlines()
+        for mutant in generate(source):
+            key = f"{module}:{mutant.key}"
+            if only is not None and key not in only:
+                continue
+            span = range(min(mutant.stmt_line, mutant.line), mutant.end_line + 1)
+            contexts = {c for line in span for c in covered.get(str(line), [])}
+            tests = contexts - {"<import>"} or (module_tests if "<import>" in contexts else set())
+            covering, tests = len(tests), choose(tests, module, durations, cap)
+            meta[key] = {"file": module, "line": mutant.line, "col": mutant.col, "operator": mutant.operator,
+                         "change": mutant.change, "code": code[mutant.line - 1].strip()[:120], "tests": len(tests),
+                         "covering_tests": covering,
+                         "import_only": not (contexts - {"<import>"}) and bool(tests)}
+            if tests:
+                budget = sum(durations.get(t, 0.0) for t in tests)
+                jobs.append({"id": key, "file": str(path), "source": mutant.source, "tests": tests,
+                             "timeout": round(15 + 2 * budget, 1)})
+    return jobs, meta
+
+
+def plan_given(work: Path, modules: list[str], only: set[str], tests: list[str]) -> tuple[list[dict], dict]:
+    """Jobs that run `tests` against the mutants in `only` (earlier survivors) of `modules`."""
+    jobs, meta = [], {}
+    for module in modules:
+        path = work / module
+        for mutant in generate(path.read_text()):
+            key = f"{module}:{mutant.key}"
+            if key in only:
+                meta[key] = {}
+                jobs.append({"id": key, "file": str(path), "source": mutant.source, "tests": tests, "timeout": 240})
+    return jobs, meta
+
+
+def classify(result: dict | None) -> str:
+    """killed / timeout / survived / error from the worker's result (None: no test runs it)."""
+    if result is None:
+        return "survived"
+    if result["timed_out"]:
+        return "timeout"
+    # pytest: 0 all passed, 1 a test failed, 2 interrupted (a collection error: the module broke)
+    return {0: "survived", 1: "killed", 2: "killed"}.get(result["rc"], "error")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="mutant names to run (default: all)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "mutation"))
+    parser.add_argument("--module", nargs="*", default=TARGETS, help="target modules (default: all)")
+    parser.add_argument("--survivors", action="store_true", help="rerun the survivors of the last results only")
+    parser.add_argument("--full", action="store_true", help="run every covering test (no time cap)")
+    parser.add_argument("--tests", nargs="*", help="with --survivors: run these tests against every survivor of "
+                        "--module (no coverage run), e.g. the tests written to kill them")
+    parser.add_argument("--workdir", help="reuse this work folder (resumes an interrupted run)")
+    parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
-    chosen = [m for m in MUTANTS if not args.only or m[0] in args.only]
-    with tempfile.TemporaryDirectory(prefix="sot-mutation-") as tmp:
-        work = Path(tmp)
-        copy_repo(work / "repo")
-        results = []
-        for name, file, old, new, what in chosen:
-            result = {**run_mutant(name, file, old, new, work), "file": file, "breaks": what}
-            print(f"{name}: {result['status']} {result.get('killed_by') or ''}", flush=True)
-            results.append(result)
-    scored = [r for r in results if r["status"] in ("killed", "survived")]
-    killed = sum(r["status"] == "killed" for r in scored)
-    summary = {"tests": TESTS, "mutants": len(scored), "killed": killed,
-               "score": killed / len(scored) if scored else None, "results": results}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = [f"# Mutation check: {killed} of {len(scored)} mutants killed", "",
-             f"Command: `python -m benchmarks.mutation`; tests: {', '.join(TESTS)}.", "",
-             "| mutant | file | breaks | status | first failing test |", "|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | {r['file']} | {r['breaks']} | {r['status']} | {r.get('killed_by') or ''} |"
-              for r in results]
-    (out / "README.md").write_text("\n".join(lines) + "\n")
-    print(f"mutation: {killed}/{len(scored)} killed -> {out}")
+    previous = json.loads((out / "results.json").read_text()) if args.survivors else None
+    only = ({m["id"] for m in previous["mutants"] if m["status"] == "survived"} if previous else None)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="sot-mutation-"))
+    repo, log = work / "repo", work / "worker.log"
+    if not repo.exists():
+        copy_repo(repo)
+    for module in TARGETS:  # an interrupted run must not leave a mutant behind in a reused copy
+        shutil.copyfile(REPO / module, repo / module)
+    started = time.perf_counter()
+    if args.tests:
+        jobs, meta = plan_given(repo, args.module, only or set(), args.tests)
+    else:
+        if not (work / "coverage.json").exists():
+            run_worker(repo, ["coverage", "--out", str(work / "coverage.json"),
+                              *[f"--target={m}" for m in TARGETS], "--", *TESTS], log)
+        coverage = json.loads((work / "coverage.json").read_text())
+        failed = [t for t, o in coverage["outcomes"].items() if o == "failed"]
+        if failed:
+            raise RuntimeError(f"the test selection fails on the unmutated code: {failed[:5]}")
+        jobs, meta = plan(repo, coverage, args.module, only, None if args.full else CAP_S)
+    (work / "jobs.json").write_text(json.dumps(jobs))
+    print(f"mutation: {len(meta)} mutants, {len(jobs)} with tests; coverage took "
+          f"{time.perf_counter() - started:.0f} s; work folder {work}", flush=True)
+    run_worker(repo, ["mutants", "--jobs", str(work / "jobs.json"), "--out", str(work / "results.jsonl")], log)
+    results = {}
+    for line in (work / "results.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        results[row["id"]] = row
+    mutants = []
+    for key, info in meta.items():
+        result = results.get(key)
+        mutants.append({"id": key, **info, "status": classify(result), "killed_by": (result or {}).get("killed_by"),
+                        "seconds": (result or {}).get("seconds"),
+                        "note": "no test runs this statement" if result is None else ""})
+    if previous:  # merge: the rerun's verdicts replace the old survivors', which stay marked as such
+        merged = {m["id"]: m for m in previous["mutants"]}
+        for m in mutants:
+            merged[m["id"]] = {**merged[m["id"]], **{k: m[k] for k in ("status", "killed_by", "seconds")},
+                               "first_run": "survived", "rerun_tests": args.tests or m["tests"]}
+        mutants = list(merged.values())
+    for m in mutants:
+        if m["status"] == "survived" and m["id"] in EQUIVALENT:
+            m["note"] = EQUIVALENT[m["id"]]
+    elapsed = time.perf_counter() - started
+    summary = write_report(out, mutants, TESTS, previous["seconds"] if previous else elapsed, rerun=bool(previous),
+                           rerun_seconds=elapsed if previous else None)
+    print(f"mutation: {summary['killed_or_timeout']}/{summary['scored']} killed -> {out}")
     return 0
 
 
