@@ -1,10 +1,8 @@
 """The harmful-row budget (sot_core/curate/budget.py): the split, the quantile, the out-of-sample
-score against the solver's own potentials, determinism, the selection it drives, and `--keep auto`
-through the real `sot` process."""
+score against the solver's own potentials, determinism, the selection it drives, and `sot curate --keep auto`."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
@@ -127,15 +125,18 @@ def test_keep_auto_config_and_option():
         parser.parse_args(["curate", "--keep", "most"])
 
 
-def test_keep_auto_through_sot_reports_contamination_and_threshold(tmp_path):
-    from tests.test_cli_process import SMALL, SOT, sot_env
+def test_keep_auto_through_sot_reports_contamination_and_threshold(tmp_path, capsys, prefect_backend):
+    """`sot curate --keep auto` in this process (the session's Prefect backend; the real process
+    and its exit codes are tests/test_cli_process.py's subject)."""
+    from sot_prefect.flows.cli import main
+    from tests.test_cli_process import SMALL
 
     out = tmp_path / "out"
-    done = subprocess.run([*SOT, "curate", *SMALL, "--home", str(tmp_path / "home"), "--out-dir", str(out),
-                           "--keep", "auto", "--harmful-recall", "0.95"],
-                          capture_output=True, text=True, env=sot_env(tmp_path), timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "estimated contamination" in done.stdout
+    code = main(["curate", *SMALL, "--home", str(tmp_path / "home"), "--out-dir", str(out),
+                 "--keep", "auto", "--harmful-recall", "0.95"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-2000:]
+    assert "estimated contamination" in printed.out
     info = json.loads((out / "run.json").read_text())
     b = info["budget"]
     assert b["harmful_recall"] == 0.95 and 0 <= b["estimated_contamination"] <= 1 and b["fold_score_thresholds"]

@@ -2,14 +2,12 @@
 pool row is refused, and mostly harmful-like inputs are named in a warning."""
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from sot_core.curate.guards import MIN_SELECTED, SelectionError, check_selection, composition_warnings
 from sot_core.errors import InputError
 from tests.conftest import DEMO
-from tests.test_cli_process import SMALL, SOT, sot_env
+from tests.test_cli_process import SMALL
 
 
 def test_check_selection_refuses_empty_and_near_empty():
@@ -21,13 +19,16 @@ def test_check_selection_refuses_empty_and_near_empty():
     check_selection(3, 3, 1.0)  # a tiny pool kept whole is not an error
 
 
-def test_keep_001_on_a_small_pool_fails_with_one_line_and_publishes_nothing(tmp_path):
-    """The issue's case: --keep 0.01 on a small pool published an empty curated set with exit 0."""
+def test_keep_001_on_a_small_pool_fails_with_one_line_and_publishes_nothing(tmp_path, capsys, prefect_backend):
+    """The issue's case: --keep 0.01 on a small pool published an empty curated set with exit 0.
+    `sot curate` runs in this process (tests/test_cli_process.py runs the real process)."""
+    from sot_prefect.flows.cli import main
+
     home, out = tmp_path / "home", tmp_path / "out"
-    done = subprocess.run([*SOT, "curate", *SMALL, "--home", str(home), "--out-dir", str(out), "--keep", "0.01"],
-                          capture_output=True, text=True, env=sot_env(tmp_path), timeout=300)
-    assert done.returncode != 0, done.stdout
-    last = done.stderr.strip().splitlines()[-1]
+    code = main(["curate", *SMALL, "--home", str(home), "--out-dir", str(out), "--keep", "0.01"])
+    printed = capsys.readouterr()
+    assert code != 0, printed.out
+    last = printed.err.strip().splitlines()[-1]
     assert last.startswith("sot: error:") and "keeps 0 of 30 rows" in last and "--keep" in last
     assert not (out / "curated.jsonl").exists() and not (out / "weights.parquet").exists()
     assert not list((home / "curated").glob("*")) if (home / "curated").exists() else True
