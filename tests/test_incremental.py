@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import DEMO, refusal_rows, write_jsonl
+from sot_core.config import CurateConfig
 from sot_core.curate import incremental
+from sot_core.curate.pipeline import load_embeddings
 from sot_core.embed.encoders import ENCODERS, Encoder
 from sot_core.errors import InputError, StoreError
 from sot_core.data.store import Store
@@ -113,6 +115,16 @@ def test_sinkhorn_divergence_is_zero_on_itself_and_grows_with_distance():
     assert incremental.sinkhorn_divergence(x, shifted, 0.05) > 0.05
 
 
+def pot_divergence(x: np.ndarray, y: np.ndarray, eps: float) -> float:
+    """S(x, y) = OT(x, y) - (OT(x, x) + OT(y, y)) / 2 between uniform clouds, cosine cost, by POT."""
+    from ot_reference import pot_ot
+
+    def ot(p, q):
+        cost = np.clip(1.0 - p.astype(np.float64) @ q.astype(np.float64).T, 0.0, 2.0)
+        return pot_ot(np.full(len(p), 1 / len(p)), np.full(len(q), 1 / len(q)), cost, eps)[1]
+    return ot(x, y) - 0.5 * (ot(x, x) + ot(y, y))
+
+
 @pytest.fixture
 def nightly_env(tmp_path, prefect_backend):
     return tmp_path / "home", tmp_path / "incoming", tmp_path / "out"
@@ -144,7 +156,16 @@ def test_nightly_flow_embeds_only_new_rows_and_noops_when_quiet(nightly_env):
     store = Store(home)
     history = incremental.drift_history(store, "nightly-test")
     assert [h["rows"] for h in history] == [40, 4]
-    assert all(h["drift_to_anchor"] is not None and h["drift_to_harmful"] is not None for h in history)
+    # the drift figures: each batch's Sinkhorn divergence to the anchor and to the harmful reference,
+    # recomputed from the stored embeddings with POT (tests/ot_reference.py) at the flow's eps
+    [(encoder_id,)] = store.query("SELECT encoder_id FROM encoders")
+    refs = dict(store.query("SELECT name, dataset_id FROM datasets WHERE name IN ('safe_anchor', 'harmful_ref')"))
+    batches = store.query("SELECT dataset_id FROM incoming_batches WHERE name = 'nightly-test' ORDER BY seq")
+    for h, (batch_id,) in zip(history, batches, strict=True):
+        x = load_embeddings(store, batch_id, encoder_id)
+        for key, role in (("drift_to_anchor", "safe_anchor"), ("drift_to_harmful", "harmful_ref")):
+            y = load_embeddings(store, refs[role], encoder_id)
+            assert h[key] == pytest.approx(pot_divergence(x, y, CurateConfig().eps), abs=1e-4), (h["batch"], key)
     versions = store.query("SELECT version, n_pool FROM curated_versions WHERE name = 'nightly-test' ORDER BY created_at")
     assert [v[1] for v in versions] == [40, 44]
     assert (out / "curation.png").stat().st_size > 1000
