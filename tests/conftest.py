@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,3 +102,20 @@ def refusal_rows() -> tuple[list[dict], list[dict], list[dict]]:
     demo = read_jsonl(DEMO / "pool.jsonl")
     return ([r for r in demo if not r["id"].startswith("pyrit")], [r for r in demo if r["id"].startswith("pyrit")],
             read_jsonl(DEMO.parent / "refusals" / "pyrit_refusals.jsonl"))
+
+
+def brute_force_auroc(score, label) -> float:
+    """P(score of a harmful row > score of a benign row) + 0.5 P(tie), over every pair."""
+    pos, neg = np.asarray(score)[np.asarray(label, bool)], np.asarray(score)[~np.asarray(label, bool)]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    wins = sum(float(p > q) + 0.5 * float(p == q) for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def cells(report: str, heading: str) -> list[list[str]]:
+    """The body rows of the first table under `heading`, as lists of cell strings."""
+    lines = report.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines[start + 2:end]]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import DEMO, read_jsonl, write_jsonl
+from conftest import DEMO, brute_force_auroc, cells, read_jsonl, write_jsonl
 from sot_core.curate.quality import auroc
 from sot_prefect.flows.cli import main
 
@@ -39,15 +39,6 @@ def run(tmp_path_factory, prefect_backend):
                  "--safe-anchor", str(DEMO / "safe_anchor.jsonl"), "--harmful-ref", str(DEMO / "harmful_ref.jsonl"),
                  "--labels", str(tmp / "labels.csv"), "--keep", str(KEEP)]) == 0
     return out, pool, labels
-
-
-def brute_force_auroc(score, label) -> float:
-    """P(score of a harmful row > score of a benign row) + 0.5 P(tie), over every pair."""
-    pos, neg = np.asarray(score)[np.asarray(label, bool)], np.asarray(score)[~np.asarray(label, bool)]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    wins = sum(float(p > q) + 0.5 * float(p == q) for p in pos for q in neg)
-    return wins / (len(pos) * len(neg))
 
 
 # ---------------------------------------------------------------- weights.parquet
@@ -135,14 +126,6 @@ def test_run_json_keys_and_types(run):
 
 
 # ---------------------------------------------------------------- report.md
-
-def cells(report: str, heading: str) -> list[list[str]]:
-    """The body rows of the first table under `heading`, as lists of cell strings."""
-    lines = report.split(heading, 1)[1].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
-    return [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines[start + 2:end]]
-
 
 def test_report_numbers_are_recomputed_from_the_outputs(run):
     """Every number in report.md's counts, label table and top-flagged table equals the value
