@@ -43,10 +43,17 @@ def test_knn_full_k_covers_every_column(xy):
     assert all(sorted(row) == list(range(23)) for row in knn.indices)
 
 
-@pytest.mark.parametrize("bad", ["nan", "norm", "dim", "k0", "kbig", "1d"])
-def test_invalid_inputs_raise(xy, bad):
+@pytest.mark.parametrize("bad,message", [
+    ("nan", "x contains NaN or Inf"), ("norm", "x row 0 has norm 2.0000"), ("dim", "x has dim 16 but y has dim 8"),
+    ("k0", r"k=0 must be in \[1, m=23\]"), ("kbig", r"k=24 must be in \[1, m=23\]"), ("1d", "x must be a 2-D"),
+    ("empty", "x has no rows"), ("ynorm", "y row 2 has norm 1.0100"), ("knn_norm", "x row 12 has norm 1.0100"),
+    ("block_norm", "x row 12 has norm 1.0100")])
+def test_invalid_inputs_raise(xy, bad, message, monkeypatch):
+    """Each bad input is refused with its own message (the row named is the bad one, also past
+    the first row block and on the kNN path)."""
     x, y = xy
     kwargs = {}
+    monkeypatch.setattr(costs_mod, "_ROW_BLOCK", 8)
     if bad == "nan":
         x = x.copy(); x[3, 2] = np.nan
     elif bad == "norm":
@@ -59,8 +66,40 @@ def test_invalid_inputs_raise(xy, bad):
         kwargs["k"] = 24
     elif bad == "1d":
         x = x[0]
-    with pytest.raises(ValueError):
+    elif bad == "empty":
+        x = x[:0]
+    elif bad == "ynorm":
+        y = y.copy(); y[2] *= 1.01
+    elif bad in ("knn_norm", "block_norm"):
+        x = x.copy(); x[12] *= 1.01
+        kwargs["k"] = 5 if bad == "knn_norm" else None
+    with pytest.raises(ValueError, match=message):
         cosine_costs(x, y, **kwargs)
+
+
+def test_unit_norm_tolerance_is_1e_3(xy):
+    """Rows within 1e-3 of unit norm are accepted (float32 rounding upstream), rows beyond are not."""
+    x, y = xy
+    near, far = x.copy(), x.copy()
+    near[0] *= 1.0005
+    far[0] *= 1.0015
+    assert cosine_costs(near, y).shape == (37, 23)
+    with pytest.raises(ValueError, match="x row 0 has norm 1.0015"):
+        cosine_costs(far, y)
+
+
+def test_smallest_inputs_one_row_and_k_1(xy):
+    x, y = xy
+    assert cosine_costs(x[:1], y).shape == (1, 23)
+    knn = cosine_costs(x, y, k=1)
+    np.testing.assert_allclose(knn.costs[:, 0], cosine_costs(x, y).min(axis=1), atol=1e-6)
+
+
+def test_knn_index_holds_every_reference_row(xy):
+    import faiss
+
+    index = costs_mod._knn_index(faiss, xy[1])
+    assert index.ntotal == 23 and isinstance(index, faiss.IndexFlatIP)
 
 
 def test_knncost_validation():
@@ -71,6 +110,10 @@ def test_knncost_validation():
                 n_targets=4, missing="zero")
     knn = KnnCost(indices=np.zeros((3, 2), np.int64), costs=np.zeros((3, 2), np.float32), n_targets=4)
     assert knn.shape == (3, 4)
+    one = KnnCost(indices=np.zeros((3, 1), np.int64), costs=np.zeros((3, 1), np.float32), n_targets=4)
+    assert one.shape == (3, 4) and one.missing == "kth"  # k = 1 is allowed, k = 0 is not
+    with pytest.raises(ValueError, match=r"k=0 must be in \[1, n_targets=4\]"):
+        KnnCost(indices=np.zeros((3, 0), np.int64), costs=np.zeros((3, 0), np.float32), n_targets=4)
 
 
 def test_knn_fill_is_the_exact_mean_of_the_missing_costs(xy, monkeypatch):

@@ -50,3 +50,18 @@ def test_exact_search_below_the_switch(data, monkeypatch):
     monkeypatch.setattr(faiss, "IndexIVFFlat", lambda *a: calls.append(a))
     cosine_costs(pool[:100], ref, k=8)
     assert calls == []  # 20,000 reference rows < IVF_MIN_ROWS: the flat index
+
+
+def test_ivf_from_the_switch_on(data, monkeypatch):
+    """A reference of exactly IVF_MIN_ROWS rows gets the IVF index (the switch is 'at this many
+    rows'); the index holds every reference row."""
+    import faiss
+
+    _, ref = data
+    ref = ref[:2000]
+    monkeypatch.setattr(costs, "IVF_MIN_ROWS", len(ref))
+    index = costs._knn_index(faiss, ref)
+    assert isinstance(index, faiss.IndexIVFFlat) and index.ntotal == len(ref)
+    assert index.nlist == int(4 * np.sqrt(len(ref))) and index.nprobe == min(costs.IVF_NPROBE, index.nlist)
+    monkeypatch.setattr(costs, "IVF_MIN_ROWS", len(ref) + 1)
+    assert isinstance(costs._knn_index(faiss, ref), faiss.IndexFlatIP)
