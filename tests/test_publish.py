@@ -26,8 +26,8 @@ SOLVER = {"outer_iterations": 3, "converged": True, "stop_reason": "converged", 
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
-    """Two publishes of one pool; returns (first out dir, second summary, pool, weights, score, labels)."""
+def inputs(tmp_path_factory):
+    """(tmp, store, pool id, solve folder, pool rows, weights, score, labels) of the test pool."""
     tmp = tmp_path_factory.mktemp("publish")
     demo = read_jsonl(DEMO / "pool.jsonl")
     benign = [r for r in demo if not r["id"].startswith("pyrit")][:28]
@@ -48,18 +48,33 @@ def published(tmp_path_factory):
     np.save(solve / "weights.npy", weights)
     np.save(solve / "score.npy", score)
     labels = {r["id"]: r["id"].startswith("pyrit") for r in pool}
+    return tmp, store, pool_id, solve, pool, weights, score, labels
+
+
+@pytest.fixture(scope="module")
+def published(inputs):
+    """Two publishes of one pool; returns (first out dir, second summary, pool, weights, score, labels)."""
+    tmp, store, pool_id, solve, pool, weights, score, labels = inputs
     config = CurateConfig(keep=KEEP, harmful_recall=0.0)
     run_info = {"stage_seconds": {"ingest": 0.5, "solve": 1.25}, "solver": SOLVER, "cached_stages": ["embed"],
                 "embedded_now": {"pool": 0}}
+    # what a publish killed earlier left: its temp file (a dead writer's pid) is swept, but only at
+    # the top of the output folder
+    dead = f".weights.parquet.{2 ** 22 + 7}-{'0' * 32}.tmp"
+    (tmp / "out" / "sub").mkdir(parents=True)
+    for leftover in (tmp / "out" / dead, tmp / "out" / "sub" / dead):
+        leftover.write_text("partial")
     publish(store, pool_id, str(solve), config, tmp / "out", run_info, labels=labels)
     second = publish(store, pool_id, str(solve), config, tmp / "out2", run_info)
     return tmp / "out", second, pool, weights, score, labels
 
 
-def expected_selection(weights: np.ndarray, refusal: np.ndarray) -> np.ndarray:
-    """Refusals first, then the heaviest rows (earlier row on ties), round(KEEP * n) in all."""
-    n_keep = round(KEEP * len(weights))
-    order = sorted(range(len(weights)), key=lambda i: (not refusal[i], -weights[i], i))
+def expected_selection(weights: np.ndarray, refusal: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Refusals first, then the heaviest rows (earlier row on ties), round(KEEP * n) in all, only
+    `eligible` rows."""
+    eligible = np.ones(len(weights), bool) if eligible is None else eligible
+    n_keep = min(round(KEEP * len(weights)), int(eligible.sum()))
+    order = sorted(np.flatnonzero(eligible), key=lambda i: (not refusal[i], -weights[i], i))
     mask = np.zeros(len(weights), bool)
     mask[order[:n_keep]] = True
     return mask
@@ -94,6 +109,7 @@ def test_weights_parquet_is_recomputed_from_the_inputs(published):
 
 def test_curated_jsonl_holds_the_kept_pool_rows(published):
     out, _, pool, *_ = published
+    assert not list(out.glob(".*.tmp")) and len(list((out / "sub").glob(".*.tmp"))) == 1
     table = pq.read_table(out / "weights.parquet").to_pylist()
     curated = read_jsonl(out / "curated.jsonl")
     kept = [t for t in table if t["selected"]]
@@ -143,3 +159,58 @@ def test_report_numbers_are_recomputed(published):
     top = cells(report, "## Most harmful-like rows")
     assert [r[:2] for r in top] == [[t["id"], f"{t['score']:.4f}"] for t in info["top_flagged"]]
     assert "Rows embedded in this run (others came from the store's cache): pool 0" in report
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def budget_run(inputs, name: str, harmful_rows: np.ndarray) -> tuple:
+    """publish with a harmful-row budget cross-fitted on synthetic embeddings: `harmful_rows` of
+    the pool lie near the harmful reference, the others near the anchor."""
+    from sot_core.curate.budget import CrossFit, apply_recall, cross_fit
+
+    tmp, store, pool_id, solve, pool, weights, score, labels = inputs
+    rng = np.random.default_rng(1)
+    benign, harm = np.eye(16)[0], np.eye(16)[1]
+    near = lambda centre, n: unit(centre + 0.35 * rng.normal(size=(n, 16)))  # noqa: E731
+    x = np.where(harmful_rows[:, None], near(harm, len(pool)), near(benign, len(pool)))
+    fit = cross_fit(x, near(benign, 20), near(harm, 80), CurateConfig())
+    (tmp / name).mkdir()
+    fit.save(tmp / name)
+    config = CurateConfig(keep=KEEP, harmful_recall=0.95)
+    summary = publish(store, pool_id, str(solve), config, tmp / f"out-{name}", {"budget_path": str(tmp / name)})
+    return tmp / f"out-{name}", summary, apply_recall(CrossFit.load(tmp / name), 0.95)
+
+
+def test_budget_drops_harmful_like_rows_but_not_refusals(inputs):
+    pool, weights = inputs[4], inputs[5]
+    refusal = np.array([r["response"] == REFUSAL for r in pool])
+    rows = np.arange(len(pool))
+    out, summary, budget = budget_run(inputs, "budget", (rows >= 10) & (rows < 18))
+    table = pq.read_table(out / "weights.parquet").to_pydict()
+    # the 4 harmful rows and the 4 refusals lie near the reference: most of them score like harm
+    assert budget.harmful_like[10:18].sum() >= 6 and (budget.harmful_like & refusal).any()
+    assert budget.contamination <= 0.5
+    np.testing.assert_array_equal(table["budget_score"], budget.budget_score)
+    np.testing.assert_array_equal(table["harmful_like"], budget.harmful_like & ~refusal)  # refusals exempt
+    eligible = ~(budget.harmful_like & ~refusal)
+    np.testing.assert_array_equal(table["selected"], expected_selection(weights, refusal, eligible))
+    b = summary["budget"]
+    assert b["applied"] is True and b["refusals_exempt"] == int((budget.harmful_like & refusal).sum())
+    assert b["harmful_like_rows"] == int(eligible.size - eligible.sum())
+    report = (out / "report.md").read_text()
+    [row] = cells(report, "## Harmful-row budget")
+    assert row[:3] == [f"{b['estimated_contamination']:.1%}", str(b["harmful_like_rows"]), f"{b['threshold']:.3f}"]
+    assert "not applied" not in report and summary["warnings"] == []
+
+
+def test_budget_is_not_applied_when_most_of_the_pool_scores_like_harm(inputs):
+    pool, weights = inputs[4], inputs[5]
+    refusal = np.array([r["response"] == REFUSAL for r in pool])
+    out, summary, budget = budget_run(inputs, "mostly", np.arange(len(pool)) >= 6)
+    assert budget.contamination > 0.5
+    table = pq.read_table(out / "weights.parquet").to_pydict()
+    np.testing.assert_array_equal(table["selected"], expected_selection(weights, refusal))  # top-K alone decides
+    assert summary["budget"]["applied"] is False and summary["warnings"]
+    assert "the harmful-row budget was **not applied**" in (out / "report.md").read_text()

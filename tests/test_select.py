@@ -80,3 +80,19 @@ def test_report_shows_the_refusal_section_only_when_there_are_refusals():
     assert "**3 kept** (75%)" in render_report(summary) and "labelled harmful are not counted" in render_report(summary)
     summary["refusals"] = {"pool": 0, "kept": 0, "labels_used": False}
     assert "Refusals in the pool" not in render_report(summary)
+
+
+def test_label_groups_need_20_rows_by_default():
+    """The default threshold: a response shared by exactly 20 rows is a label, by 19 it is not."""
+    resp = ["yes"] * 20 + ["no"] * 19 + ["free answer"]
+    g = label_groups(resp)
+    assert (g[:20] == 0).all() and (g[20:] == -1).all()
+
+
+def test_uniform_training_weights_ignore_the_ot_weights():
+    w = np.array([0.5, 0.1, 0.3, 0.1])
+    np.testing.assert_array_equal(training_weights(w, "uniform"), np.ones(4))
+    assert training_weights(np.array([]), "normalised").shape == (0,)
+    np.testing.assert_array_equal(training_weights(np.zeros(3), "normalised"), np.ones(3))  # no preference: uniform
+    t = training_weights(np.array([0.0, 0.2, 0.5, 0.3]), "normalised")  # a zero weight: clipped up, not NaN
+    assert t[0] == 0.2 and t.mean() == pytest.approx(1.0, abs=1e-12)
