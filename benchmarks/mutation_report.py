@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-_STATUSES = ("killed", "timeout", "survived", "error")
+_STATUSES = ("killed", "timeout", "survived", "error", "not run")
 
 
 def _score(rows: list[dict]) -> dict:
@@ -40,14 +40,16 @@ def write_report(out: Path, mutants: list[dict], tests: list[str], seconds: floa
                **total, "per_module": per_module, "mutants": mutants}
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = [f"# Mutation testing: {total['killed_or_timeout']} of {total['scored']} mutants killed "
-             f"({total['score']:.1%})", "",
+             f"({total['score']:.1%})" + (f"; {total['not run']} not run" if total["not run"] else ""), "",
              f"`python -m benchmarks.mutation` ({summary['finished']}, {summary['machine']}, shared load: "
              f"load average {summary['load_average_at_end']} at the end; {summary['seconds']} s"
              + (f"; the survivors' rerun {summary['rerun_seconds']} s" if rerun else "") + ").", "",
-             "| module | mutants | killed | timeout | survived | error | score |", "|---|---|---|---|---|---|---|"]
+             "| module | mutants | killed | timeout | survived | error | not run | score |",
+             "|---|---|---|---|---|---|---|---|"]
     for f, s in [*per_module.items(), ("**total**", total)]:
+        score = "" if s["score"] is None else f"{s['score']:.1%}"
         lines.append(f"| {f} | {s['mutants']} | {s['killed']} | {s['timeout']} | {s['survived']} | {s['error']} | "
-                     f"{s['score']:.1%} |")
+                     f"{s['not run']} | {score} |")
     lines += ["", f"## Survivors of the first run ({len(survivors)}) and their fate", "",
               "| where | operator | change | code | tests run | fate |", "|---|---|---|---|---|---|"]
     for m in sorted(survivors, key=lambda m: (m["file"], m["line"], m["col"])):

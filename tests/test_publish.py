@@ -65,7 +65,9 @@ def published(inputs):
     for leftover in (tmp / "out" / dead, tmp / "out" / "sub" / dead):
         leftover.write_text("partial")
     publish(store, pool_id, str(solve), config, tmp / "out", run_info, labels=labels)
-    second = publish(store, pool_id, str(solve), config, tmp / "out2", run_info)
+    # the second: library defaults (harmful_recall 0.95) but no budget stage, labels for all but two rows
+    partial = {i: v for i, v in labels.items() if i not in (pool[0]["id"], pool[1]["id"])}
+    second = publish(store, pool_id, str(solve), CurateConfig(keep=KEEP), tmp / "out2", run_info, labels=partial)
     return tmp / "out", second, pool, weights, score, labels
 
 
@@ -129,6 +131,7 @@ def test_run_json_figures_are_recomputed(published):
     assert info["counts"] == {"pool": n, "selected": round(KEEP * n), "embedded_now": {"pool": 0}}
     assert info["cached_stages"] == ["embed"] and info["solver"] == SOLVER
     assert set(info["stage_seconds"]) == {"ingest", "solve", "select"} and info["stage_seconds"]["solve"] == 1.25
+    assert 0 < info["stage_seconds"]["select"] < 60
     q = info["quality"]
     assert (q["harmful_total"], q["harmful_kept"], q["unlabelled_rows"]) == (4, int((sel & label).sum()), 0)
     assert q["harmful_kept_fraction"] == pytest.approx((sel & label).sum() / 4)
@@ -141,7 +144,8 @@ def test_run_json_figures_are_recomputed(published):
         (pool[i]["id"], score[i], pool[i]["prompt"][:160]) for i in top]
     assert info["budget"] is None and info["warnings"] == []
     assert second["parent_version"] == info["version"] and info["parent_version"] is None
-    assert second["quality"] is None and second["refusals"]["labels_used"] is False
+    assert second["budget"] is None and second["counts"]["selected"] == info["counts"]["selected"]
+    assert second["quality"]["unlabelled_rows"] == 2 and second["quality"]["harmful_total"] == 4
 
 
 def test_report_numbers_are_recomputed(published):

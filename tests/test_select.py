@@ -96,3 +96,17 @@ def test_uniform_training_weights_ignore_the_ot_weights():
     np.testing.assert_array_equal(training_weights(np.zeros(3), "normalised"), np.ones(3))  # no preference: uniform
     t = training_weights(np.array([0.0, 0.2, 0.5, 0.3]), "normalised")  # a zero weight: clipped up, not NaN
     assert t[0] == 0.2 and t.mean() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_selection_stratifies_only_when_asked():
+    from sot_core.config import CurateConfig
+    from sot_core.curate.select import _selection
+
+    responses = ["positive"] * 30 + ["negative"] * 30
+    w = np.r_[np.linspace(2.0, 1.0, 30), np.linspace(0.9, 0.1, 30)]
+    plain, _ = _selection(w, responses, CurateConfig(keep=0.5, harmful_recall=0.0))
+    assert plain[:30].all() and not plain[30:].any()
+    strat, tw = _selection(w, responses, CurateConfig(keep=0.5, harmful_recall=0.0, stratify="label"))
+    assert strat[:15].all() and strat[30:45].all() and strat.sum() == 30
+    for part in (slice(0, 30), slice(30, 60)):  # mean training weight 1 within each label
+        assert tw[part][strat[part]].mean() == pytest.approx(1.0, abs=1e-9)

@@ -164,3 +164,23 @@ def test_semi_relaxed_counts_iterations_and_meets_its_tolerance():
     P = w[:, None] / C.shape[1] * np.exp((f[:, None] + g[None, :] - C) / 0.05)
     np.testing.assert_allclose(P.sum(axis=1), w, atol=1e-8)
     np.testing.assert_allclose(P.sum(axis=0), np.full(C.shape[1], 1 / C.shape[1]), atol=1e-8)
+
+
+def test_knn_inf_drops_the_columns_nobody_reaches_and_renormalises_b():
+    """missing='inf': a reference row that is no pool row's neighbour gets no mass; the solve equals
+    a dense solve over the reached columns with b renormalised there (missing entries: a cost so
+    large its kernel underflows to 0)."""
+    from sot_core.ot.costs import KnnCost
+
+    a, b, C = problem(10, 6, seed=4)
+    b = np.array([0.1, 0.2, 0.15, 0.25, 0.1, 0.2])
+    idx = np.argsort(C[:, :5], axis=1)[:, :3]  # column 5 is never kept
+    knn = KnnCost(indices=idx, costs=np.take_along_axis(C, idx, axis=1).astype(np.float32), n_targets=6,
+                  missing="inf")
+    sparse = sinkhorn_log(a, b, knn, EPS, tol=1e-10, max_iter=20_000, dtype="float64")
+    dense = np.full((10, 5), 1e3)
+    np.put_along_axis(dense, idx, np.take_along_axis(C, idx, axis=1).astype(np.float32).astype(np.float64), axis=1)
+    ref = sinkhorn_log(a, b[:5] / b[:5].sum(), dense, EPS, tol=1e-10, max_iter=20_000, dtype="float64",
+                       eps_scaling=False)
+    assert sparse.converged and np.isfinite(sparse.g).all() and abs(sparse.value - ref.value) < 1e-8
+    np.testing.assert_allclose(sparse.f - sparse.f.mean(), ref.f - ref.f.mean(), atol=1e-8)
