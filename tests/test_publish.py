@@ -199,7 +199,13 @@ def test_budget_drops_harmful_like_rows_but_not_refusals(inputs):
     np.testing.assert_array_equal(table["budget_score"], budget.budget_score)
     np.testing.assert_array_equal(table["harmful_like"], budget.harmful_like & ~refusal)  # refusals exempt
     eligible = ~(budget.harmful_like & ~refusal)
-    np.testing.assert_array_equal(table["selected"], expected_selection(weights, refusal, eligible))
+    sel = np.array(table["selected"])
+    np.testing.assert_array_equal(sel, expected_selection(weights, refusal, eligible))
+    # refusals train at the median weight of the other eligible rows, one scale for unclipped rows
+    lifted = np.where(refusal, np.maximum(weights, np.median(weights[eligible & ~refusal])), weights)
+    tw = np.array(table["train_weight"])
+    inside = sel & (tw > 0.2 + 1e-9) & (tw < 5 - 1e-9)
+    np.testing.assert_allclose(tw[inside] / lifted[inside], (tw[inside] / lifted[inside])[0], rtol=1e-9)
     b = summary["budget"]
     assert b["applied"] is True and b["refusals_exempt"] == int((budget.harmful_like & refusal).sum())
     assert b["harmful_like_rows"] == int(eligible.size - eligible.sum())
@@ -218,3 +224,17 @@ def test_budget_is_not_applied_when_most_of_the_pool_scores_like_harm(inputs):
     np.testing.assert_array_equal(table["selected"], expected_selection(weights, refusal))  # top-K alone decides
     assert summary["budget"]["applied"] is False and summary["warnings"]
     assert "the harmful-row budget was **not applied**" in (out / "report.md").read_text()
+
+
+def test_an_empty_selection_or_foreign_labels_publish_nothing(inputs):
+    """Refused before any file is written: keep 0.01 (no row kept), labels naming no pool row."""
+    from sot_core.curate.guards import SelectionError
+    from sot_core.errors import InputError
+
+    tmp, store, pool_id, solve, *_ = inputs
+    with pytest.raises(SelectionError, match="keeps 0 of 36 rows"):
+        publish(store, pool_id, str(solve), CurateConfig(keep=0.01, harmful_recall=0.0), tmp / "none", {})
+    with pytest.raises(InputError, match="no id of the labels file matches"):
+        publish(store, pool_id, str(solve), CurateConfig(keep=KEEP, harmful_recall=0.0), tmp / "foreign", {},
+                labels={"other-pool-1": True})
+    assert not (tmp / "none" / "weights.parquet").exists() and not (tmp / "foreign" / "weights.parquet").exists()

@@ -102,11 +102,11 @@ def test_selection_stratifies_only_when_asked():
     from sot_core.config import CurateConfig
     from sot_core.curate.select import _selection
 
-    responses = ["positive"] * 30 + ["negative"] * 30
-    w = np.r_[np.linspace(2.0, 1.0, 30), np.linspace(0.9, 0.1, 30)]
+    responses = ["positive"] * 30 + ["negative"] * 30 + [f"free answer {i}" for i in range(10)]
+    w = np.r_[np.linspace(2.0, 1.0, 30), np.linspace(0.9, 0.1, 30), np.linspace(5.0, 3.0, 10)]
     plain, _ = _selection(w, responses, CurateConfig(keep=0.5, harmful_recall=0.0))
-    assert plain[:30].all() and not plain[30:].any()
+    assert plain[:25].all() and plain[60:].all() and not plain[25:60].any()
     strat, tw = _selection(w, responses, CurateConfig(keep=0.5, harmful_recall=0.0, stratify="label"))
-    assert strat[:15].all() and strat[30:45].all() and strat.sum() == 30
-    for part in (slice(0, 30), slice(30, 60)):  # mean training weight 1 within each label
+    assert strat[:12].all() and strat[30:42].all() and strat[60:].all() and strat.sum() == 34  # round(12.5) = 12
+    for part in (slice(0, 30), slice(30, 60), slice(60, 70)):  # mean training weight 1 within each group
         assert tw[part][strat[part]].mean() == pytest.approx(1.0, abs=1e-9)
