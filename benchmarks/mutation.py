@@ -118,6 +118,9 @@ EQUIVALENT: dict[str, str] = {
     _E + "317:4:remove:statement -> pass": "equivalent: one blank line in report.md",
     _E + "321:28:const:True -> False": "equivalent in use: publish always records 'applied'",
     _E + "372:8:remove:statement -> pass": "equivalent: one blank line in report.md",
+    _E + "226:25:binop:& -> |": "**not killed**: the refusals' training level (median of the other eligible rows) "
+                                "falls below the 0.2 clip on the test pool under both rules; needs a pool with milder weights",
+    _P + "106:15:const:15.0 -> 30.0": "equivalent: seconds between progress log lines",
 }
 
 

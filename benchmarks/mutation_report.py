@@ -15,8 +15,12 @@ def _score(rows: list[dict]) -> dict:
     counts = Counter(r["status"] for r in rows)
     scored = sum(counts[s] for s in ("killed", "timeout", "survived"))
     dead = counts["killed"] + counts["timeout"]
+    # survivors explained as equivalent (same behaviour) or as killed by tests outside the selection
+    explained = sum(r["status"] == "survived" and bool(r.get("note")) and r["note"] != "no test runs this statement"
+                    and not r["note"].startswith("**") for r in rows)
     return {"mutants": len(rows), **{s: counts[s] for s in _STATUSES}, "scored": scored,
-            "killed_or_timeout": dead, "score": round(dead / scored, 4) if scored else None}
+            "killed_or_timeout": dead, "score": round(dead / scored, 4) if scored else None, "explained": explained,
+            "score_without_explained": round(dead / (scored - explained), 4) if scored > explained else None}
 
 
 def _fate(m: dict) -> str:
@@ -44,12 +48,13 @@ def write_report(out: Path, mutants: list[dict], tests: list[str], seconds: floa
              f"`python -m benchmarks.mutation` ({summary['finished']}, {summary['machine']}, shared load: "
              f"load average {summary['load_average_at_end']} at the end; {summary['seconds']} s"
              + (f"; the survivors' rerun {summary['rerun_seconds']} s" if rerun else "") + ").", "",
-             "| module | mutants | killed | timeout | survived | error | not run | score |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| module | mutants | killed | timeout | survived | of which explained | error | not run | score | "
+             "score without the explained |", "|---|---|---|---|---|---|---|---|---|---|"]
     for f, s in [*per_module.items(), ("**total**", total)]:
         score = "" if s["score"] is None else f"{s['score']:.1%}"
-        lines.append(f"| {f} | {s['mutants']} | {s['killed']} | {s['timeout']} | {s['survived']} | {s['error']} | "
-                     f"{s['not run']} | {score} |")
+        clean = "" if s["score_without_explained"] is None else f"{s['score_without_explained']:.1%}"
+        lines.append(f"| {f} | {s['mutants']} | {s['killed']} | {s['timeout']} | {s['survived']} | {s['explained']} | "
+                     f"{s['error']} | {s['not run']} | {score} | {clean} |")
     lines += ["", f"## Survivors of the first run ({len(survivors)}) and their fate", "",
               "| where | operator | change | code | tests run | fate |", "|---|---|---|---|---|---|"]
     for m in sorted(survivors, key=lambda m: (m["file"], m["line"], m["col"])):
