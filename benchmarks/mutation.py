@@ -38,8 +38,8 @@ from benchmarks.mutation_report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "mutation"
-TARGETS = ["sot_core/ot/costs.py", "sot_core/ot/sinkhorn.py", "sot_core/ot/push_pull.py",
-           "sot_core/curate/select.py", "sot_core/curate/budget.py"]
+TARGETS = ["sot_core/ot/costs.py", "sot_core/ot/sinkhorn.py", "sot_core/ot/push_pull.py", "sot_core/ot/dca.py",
+           "sot_core/curate/select.py", "sot_core/curate/report.py", "sot_core/curate/budget.py"]
 # The targets' unit-level tests: no Prefect server, no `sot` subprocess (a subprocess runs code
 # the tracer cannot see, and each costs ~10 s of imports). The flow-level contract tests
 # (test_output_contract, test_curate) are left out for the same reason; tests/test_publish.py
@@ -57,6 +57,8 @@ OWN = {"sot_core/ot/costs.py": ("tests/test_costs.py", "tests/test_ivf.py"),
        "sot_core/ot/sinkhorn.py": ("tests/test_sinkhorn_details.py", "tests/test_ot.py",
                                    "tests/test_push_pull_reference.py"),
        "sot_core/ot/push_pull.py": ("tests/test_push_pull_reference.py", "tests/test_ot.py"),
+       "sot_core/ot/dca.py": ("tests/test_push_pull_reference.py", "tests/test_ot.py"),
+       "sot_core/curate/report.py": ("tests/test_publish.py", "tests/test_select.py"),
        "sot_core/curate/select.py": ("tests/test_select.py", "tests/test_selection_reference.py",
                                      "tests/test_publish.py", "tests/test_refusal_guard.py", "tests/test_budget.py"),
        "sot_core/curate/budget.py": ("tests/test_budget.py",)}
@@ -168,6 +170,8 @@ def plan(work: Path, coverage: dict, modules: list[str], only: set[str] | None,
         code = source.splitlines()
         for mutant in generate(source):
             key = f"{module}:{mutant.key}"
+            while key in meta:  # nested operators starting at one column: x - y - z
+                key += "+"
             if only is not None and key not in only:
                 continue
             span = range(min(mutant.stmt_line, mutant.line), mutant.end_line + 1)
@@ -192,6 +196,8 @@ def plan_given(work: Path, modules: list[str], only: set[str], tests: list[str])
         path = work / module
         for mutant in generate((REPO / module).read_text()):
             key = f"{module}:{mutant.key}"
+            while key in meta:
+                key += "+"
             if key in only:
                 meta[key] = {}
                 jobs.append({"id": key, "file": str(path), "source": mutant.source, "tests": tests, "timeout": 240})
@@ -206,6 +212,31 @@ def classify(result: dict | None) -> str:
         return "timeout"
     # pytest: 0 all passed, 1 a test failed, 2 interrupted (a collection error: the module broke)
     return {0: "survived", 1: "killed", 2: "killed"}.get(result["rc"], "error")
+
+
+def collect(work: Path, jobs: list[dict], meta: dict, previous: dict | None, tests: list[str] | None) -> list[dict]:
+    """Every planned mutant with its verdict; a rerun's verdicts replace the earlier survivors'."""
+    results, planned = {}, {job["id"] for job in jobs}
+    for line in (work / "results.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        results[row["id"]] = row
+    mutants = []
+    for key, info in meta.items():
+        result = results.get(key)
+        status = "not run" if result is None and key in planned else classify(result)
+        mutants.append({"id": key, **info, "status": status, "killed_by": (result or {}).get("killed_by"),
+                        "seconds": (result or {}).get("seconds"),
+                        "note": "no test runs this statement" if result is None and key not in planned else ""})
+    if previous:  # merge: the rerun's verdicts replace the old survivors', which stay marked as such
+        merged = {m["id"]: m for m in previous["mutants"]}
+        for m in mutants:
+            merged[m["id"]] = {**merged[m["id"]], **{k: m[k] for k in ("status", "killed_by", "seconds")},
+                               "first_run": "survived", "rerun_tests": tests or m["tests"]}
+        mutants = list(merged.values())
+    for m in mutants:
+        if m["status"] == "survived" and m["id"] in EQUIVALENT:
+            m["note"] = EQUIVALENT[m["id"]]
+    return mutants
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,26 +279,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.perf_counter() - started:.0f} s; work folder {work}", flush=True)
     if not args.no_run:
         run_worker(repo, ["mutants", "--jobs", str(work / "jobs.json"), "--out", str(work / "results.jsonl")], log)
-    results, planned = {}, {job["id"] for job in jobs}
-    for line in (work / "results.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        results[row["id"]] = row
-    mutants = []
-    for key, info in meta.items():
-        result = results.get(key)
-        status = "not run" if result is None and key in planned else classify(result)
-        mutants.append({"id": key, **info, "status": status, "killed_by": (result or {}).get("killed_by"),
-                        "seconds": (result or {}).get("seconds"),
-                        "note": "no test runs this statement" if result is None and key not in planned else ""})
-    if previous:  # merge: the rerun's verdicts replace the old survivors', which stay marked as such
-        merged = {m["id"]: m for m in previous["mutants"]}
-        for m in mutants:
-            merged[m["id"]] = {**merged[m["id"]], **{k: m[k] for k in ("status", "killed_by", "seconds")},
-                               "first_run": "survived", "rerun_tests": args.tests or m["tests"]}
-        mutants = list(merged.values())
-    for m in mutants:
-        if m["status"] == "survived" and m["id"] in EQUIVALENT:
-            m["note"] = EQUIVALENT[m["id"]]
+    mutants = collect(work, jobs, meta, previous, args.tests)
     elapsed = time.perf_counter() - started
     summary = write_report(out, mutants, TESTS, previous["seconds"] if previous else elapsed, rerun=bool(previous),
                            rerun_seconds=elapsed if previous else None)
