@@ -206,6 +206,6 @@ def test_discriminant_separates_reference_from_anchor_and_ranks_harm_high():
     assert comb.logit(ref).mean() > comb.logit(anchor).mean() + 1.0
     s = comb.score(pool)
     assert np.mean(s[len(benign):]) > np.quantile(s[:len(benign)], 0.95)  # harm above 95% of the benign rows
-    with pytest.raises(ValueError, match="both harmful and safe"):
+    with pytest.raises(ValueError, match="both classes"):
         from sot_core.curate.discriminant import fit_logistic
         fit_logistic(np.ones((3, 2)), np.ones(3))

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sot_core.logistic import fit_logistic
+
 # Ridge strength of the logistic fit (on unit-norm embeddings; 1.0 was better than 0.1 on the tuning draws).
 L2 = 1.0
 # Share of the pool, by OT score from the bottom, used as safe examples.
@@ -35,31 +37,6 @@ SAFE_QUANTILE = 0.5
 # Most pool rows used as safe examples (a seeded draw beyond this).
 MAX_NEGATIVES = 20_000
 NEWTON_ITERS = 30
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2, iters: int = NEWTON_ITERS) -> np.ndarray:
-    """Coefficients (d + 1, bias last) of a class-balanced L2 logistic regression, by Newton's method.
-
-    Each class carries half of the total sample weight, so a reference much larger or smaller than
-    the safe examples does not shift the fit; the bias is not shrunk.
-    """
-    xb = np.hstack([np.asarray(x, dtype=np.float64), np.ones((len(x), 1))])
-    y = np.asarray(y, dtype=np.float64)
-    if not 0 < y.mean() < 1:
-        raise ValueError("the discriminant needs both harmful and safe examples")
-    sw = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
-    reg = l2 * np.eye(xb.shape[1])
-    reg[-1, -1] = 0.0
-    w = np.zeros(xb.shape[1])
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(xb @ w, -50, 50)))
-        grad = xb.T @ (sw * (p - y)) + reg @ w
-        hess = (xb * (sw * p * (1 - p))[:, None]).T @ xb + reg
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return w
 
 
 def robust_scale(scores: np.ndarray) -> tuple[float, float]:
@@ -90,7 +67,7 @@ class CombinedScorer:
             safe = np.sort(np.random.default_rng(seed).choice(safe, MAX_NEGATIVES, replace=False))
         negatives = pool[safe] if anchor is None else np.vstack([anchor, pool[safe]])
         x = np.vstack([reference, negatives])
-        self.coef = fit_logistic(x, np.r_[np.ones(len(reference)), np.zeros(len(negatives))])
+        self.coef = fit_logistic(x, np.r_[np.ones(len(reference)), np.zeros(len(negatives))], L2, NEWTON_ITERS)
         self.ot_scale = robust_scale(pool_ot)
         self.logit_scale = robust_scale(self.logit(pool))
 

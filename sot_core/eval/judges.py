@@ -24,6 +24,7 @@ import numpy as np
 
 from sot_core.eval.eval_sets import read_csv, shared_data_dir
 from sot_core.io import default_home, digest
+from sot_core.logistic import fit_logistic
 from sot_core.models.llm import generate_from_ids, load_causal_lm
 from sot_core.refusals import keyword_refusal
 
@@ -62,29 +63,15 @@ class LogRegJudge:
         if self._encoder is None:
             self._encoder = get_encoder(self.encoder_spec)
         # Our generations are short (max_new_tokens); labelled completions are cut to match.
-        x = self._encoder.encode(list(prompts), [c[: self.max_chars] for c in completions])
-        return np.hstack([x, np.ones((len(x), 1), np.float32)]).astype(np.float64)
+        return self._encoder.encode(list(prompts), [c[: self.max_chars] for c in completions]).astype(np.float64)
 
     def fit(self, prompts, completions, labels, iters: int = 25) -> "LogRegJudge":
-        x, y = self._features(prompts, completions), np.asarray(labels, dtype=np.float64)
-        # class-balanced sample weights: refusals are the minority in the labelled data
-        sw = np.where(y == 1, 0.5 / max(y.mean(), 1e-9), 0.5 / max(1 - y.mean(), 1e-9))
-        w = np.zeros(x.shape[1])
-        reg = self.l2 * np.eye(x.shape[1])
-        reg[-1, -1] = 0.0  # the bias is not shrunk
-        for _ in range(iters):
-            p = 1 / (1 + np.exp(-x @ w))
-            grad = x.T @ (sw * (p - y)) + reg @ w
-            hess = (x * (sw * p * (1 - p))[:, None]).T @ x + reg
-            step = np.linalg.solve(hess, grad)
-            w -= step
-            if np.abs(step).max() < 1e-8:
-                break
-        self.coef = w
+        # class-balanced (refusals are the minority in the labelled data); coef is (d + 1,), bias last
+        self.coef = fit_logistic(self._features(prompts, completions), labels, self.l2, iters)
         return self
 
     def proba(self, prompts, completions) -> np.ndarray:
-        return 1 / (1 + np.exp(-self._features(prompts, completions) @ self.coef))
+        return 1 / (1 + np.exp(-(self._features(prompts, completions) @ self.coef[:-1] + self.coef[-1])))
 
     def refusals(self, prompts, completions):
         return self.proba(prompts, completions) >= 0.5
