@@ -87,6 +87,21 @@ def small_refusal_judge(monkeypatch, shared_data):
     monkeypatch.setattr(judges, "refusal_training_data", sample)
 
 
+def assert_curated_rows(out: Path, pool: list[dict]) -> list[tuple[dict, dict]]:
+    """curated.jsonl holds exactly the selected rows of weights.parquet, in order, each with its pool
+    row's prompt and response and its training weight; returns (curated row, weights row) pairs."""
+    import pyarrow.parquet as pq
+
+    kept = [t for t in pq.read_table(out / "weights.parquet").to_pylist() if t["selected"]]
+    curated = read_jsonl(out / "curated.jsonl")
+    assert [c["id"] for c in curated] == [t["id"] for t in kept]
+    by_id = {r["id"]: r for r in pool}
+    for row, t in zip(curated, kept):
+        assert (row["prompt"], row["response"]) == (by_id[row["id"]]["prompt"], by_id[row["id"]]["response"])
+        assert row["weight"] == t["train_weight"]
+    return list(zip(curated, kept))
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.open()]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import DEMO, brute_force_auroc, cells, read_jsonl, write_jsonl
+from conftest import DEMO, assert_curated_rows, brute_force_auroc, cells, read_jsonl, write_jsonl
 from sot_core.config import CurateConfig
 from sot_core.curate.pipeline import ingest
 from sot_core.curate.select import TRAIN_WEIGHT_RANGE, publish
@@ -112,14 +112,7 @@ def test_weights_parquet_is_recomputed_from_the_inputs(published):
 def test_curated_jsonl_holds_the_kept_pool_rows(published):
     out, _, pool, *_ = published
     assert not list(out.glob(".*.tmp")) and len(list((out / "sub").glob(".*.tmp"))) == 1
-    table = pq.read_table(out / "weights.parquet").to_pylist()
-    curated = read_jsonl(out / "curated.jsonl")
-    kept = [t for t in table if t["selected"]]
-    assert [c["id"] for c in curated] == [t["id"] for t in kept]
-    by_id = {r["id"]: r for r in pool}
-    for row, t in zip(curated, kept):
-        assert (row["prompt"], row["response"]) == (by_id[row["id"]]["prompt"], by_id[row["id"]]["response"])
-        assert row["weight"] == t["train_weight"] and row["source"] == "pool"
+    assert all(row["source"] == "pool" for row, _ in assert_curated_rows(out, pool))
 
 
 def test_run_json_figures_are_recomputed(published):
