@@ -248,3 +248,32 @@ def test_a_run_lost_with_its_worker_is_marked_crashed_by_the_heartbeat_automatio
     assert run["state"]["type"] == "CRASHED", run["state"]
     assert "No heartbeat for 90 s" in run["state"]["message"]
     assert "No heartbeat" in hook.wait_for(f"SOT run crashed: {run['name']}")["body"]
+
+
+def test_finetune_and_evaluate_deployment_trains_and_evaluates_on_a_gpu_pool_worker(ops):
+    """The `finetune-and-evaluate` deployment run by a worker of its pool (sot-gpu; a CPU machine here, which
+    the pool allows, slowly) on the tiny random Llama of test_train: the run completes, its tasks train and
+    evaluate, the adapter and the safety artifacts exist. Evaluation uses the keyword judge only (the learned
+    judge trains for minutes; test_evaluate covers it) and the shared datasets' held-out prompts."""
+    from test_train import make_tiny_model, write_curated
+
+    server, _, work = ops
+    base, curated = make_tiny_model(work / "tiny"), write_curated(work / "ft-curated.jsonl")
+    run_id = trigger(server, "finetune-and-evaluate", "finetune-and-evaluate",
+                     {"curated": str(curated), "base_model": str(base), "out_dir": str(work / "ft"),
+                      "home": str(work / "ft-home"),
+                      "train": {"epochs": 1, "batch_size": 4, "max_length": 32},
+                      "evaluation": {"n_harmful": 6, "n_benign": 2, "n_xstest": 2, "utility_task": "none",
+                                     "use_learned_judge": False, "max_new_tokens": 8}})
+    output = server.prefect("worker", "start", "--pool", "sot-gpu", "--run-once", timeout=500, check=False)
+    run = ended(server, run_id)
+    assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{(output.stdout + output.stderr)[-4000:]}"
+    assert run["name"].startswith("finetune-")
+    tasks = {t["name"].rsplit("-", 1)[0] for t in server.post("/task_runs/filter",
+                                                               {"flow_runs": {"id": {"any_": [run_id]}}})}
+    assert {"train-lora", "evaluate", "safety-artifacts"} <= tasks, tasks
+    manifest = json.loads((work / "ft" / "lora" / "adapter" / "manifest.json").read_text())
+    assert manifest["n_rows"] == sum(1 for _ in open(curated)) and manifest["steps"] == 2
+    table = artifacts_of(server, run_id)["sot-safety"]
+    values = {row["metric"]: row["value"] for row in json.loads(table["data"])}
+    assert 0 <= values["harmful_rate_keyword"] <= 1 and "harmful_rate_judge" not in values
