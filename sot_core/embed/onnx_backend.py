@@ -23,7 +23,9 @@ The exported model is cached per store (``<home>/models/<key>/``) as a folder re
 place when complete (`sot_core.io.atomic_dir`): ``model.onnx`` (a protobuf; ONNX Runtime
 parses it, nothing is unpickled) and ``manifest.json`` with its sha256, checked at every load
 (a damaged file is exported again, never used). The key holds the model's fingerprint, the
-backend and `EXPORT_VERSION`, so another model or recipe never reuses an export.
+backend and `EXPORT_VERSION`, so another model or recipe never reuses an export. The graph's
+batch and length axes are dynamic, so one export serves every token cap (the tokenizer applies
+the cap; the manifest's ``max_length`` is the cap of the encoder that first built it).
 """
 from __future__ import annotations
 
