@@ -40,10 +40,20 @@ for pid in seen:
 """
 
 
+_started_for: int | None = None  # the pid whose watchdog runs (a forked child needs its own)
+
+
 def start_watchdog() -> None:
-    """Watch this process from a detached helper; a no-op off Linux or when a server is configured."""
-    if not sys.platform.startswith("linux") or os.environ.get("PREFECT_API_URL"):
+    """Watch this process from a detached helper; a no-op off Linux or when a server is configured.
+
+    One watchdog per process: it watches every server the process starts, for the process's life.
+    A program that calls `sot`'s `main` many times (a notebook, the test suite) would otherwise
+    gather one watchdog per call, each scanning /proc twice a second until the program exits.
+    """
+    global _started_for
+    if not sys.platform.startswith("linux") or os.environ.get("PREFECT_API_URL") or _started_for == os.getpid():
         return
+    _started_for = os.getpid()
     subprocess.Popen([sys.executable, "-c", _WATCH, str(os.getpid()), SERVER_MARK.decode()],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True)

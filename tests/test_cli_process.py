@@ -88,6 +88,37 @@ def test_kill_9_of_sot_leaves_no_orphan_prefect_server(tmp_path):
             proc.kill()
 
 
+def watchdogs_of(pid: int) -> list[int]:
+    """Processes running flows/watchdog.py's script for `pid` (its argv: python -c SCRIPT PID MARK)."""
+    found = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 4 and argv[1] == b"-c" and argv[3] == str(pid).encode() \
+                and argv[4] == b"prefect.server.api.server":
+            found.append(int(p))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_process_gets_one_watchdog_however_often_it_calls_sot():
+    """`main` called again and again in one process (a notebook, this test suite) starts one watchdog,
+    not one per call: each scans /proc twice a second for as long as the process lives."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; from sot_prefect.flows import watchdog\n"
+                              "for _ in range(3): watchdog.start_watchdog()\nprint('ready', flush=True); time.sleep(30)"],
+                             env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        assert len(watchdogs_of(child.pid)) == 1
+    finally:
+        child.kill()
+        child.wait()
+
+
 @pytest.mark.slow
 def test_cached_task_results_are_plain_json(tmp_path):
     args = [*SOT, "curate", *SMALL, "--home", str(tmp_path / "home")]
