@@ -27,8 +27,12 @@ SLOW_TIMEOUT_S = 1800  # the default (pyproject: timeout = 600) is too short for
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked slow get a longer default timeout unless they set their own."""
+    """Tests marked slow get a longer default timeout unless they set their own. Tests that run flows
+    on the session's real Prefect API server (`prefect_backend`) are integration tests: the fast lane
+    (`-m "not slow and not integration"`) leaves them out."""
     for item in items:
+        if "prefect_backend" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
 
