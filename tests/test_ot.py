@@ -106,7 +106,7 @@ def test_gradient_is_potential_autograd_and_finite_differences(small_problem):
         assert abs(fd - (ours.f[i] - ours.f[j])) <= 1e-6
 
 
-@pytest.mark.parametrize("eps", [1e-3, 1e-2])
+@pytest.mark.parametrize("eps", [pytest.param(1e-3, marks=pytest.mark.slow), 1e-2])
 def test_small_eps_float32_stays_finite(synthetic, eps):
     cost_anchor, cost_harmful, is_harmful = synthetic
     n, m = cost_harmful.shape
@@ -211,7 +211,10 @@ def test_pull_only_is_stationary_and_push_only_pushes(synthetic):
     assert 1 / (w ** 2).sum() >= 0.3 * len(w)
 
 
-@pytest.mark.parametrize("missing", [pytest.param("kth", marks=pytest.mark.slow), "inf"])
+# About 30 s each on 2 cores (the kNN operator at this size is dominated by per-call overhead): the
+# slow lane, which CI runs for this module.
+@pytest.mark.parametrize("missing", [pytest.param("kth", marks=pytest.mark.slow),
+                                     pytest.param("inf", marks=pytest.mark.slow)])
 def test_knn_sparse_close_to_dense(missing):
     rng = np.random.default_rng(3)
     d = 16
@@ -318,7 +321,9 @@ def centred_gap(r32, r64, eps):
                np.abs((r32.g - r32.g.mean()) - (r64.g - r64.g.mean())).max()) / eps
 
 
-@pytest.mark.parametrize("eps", [0.02, 0.005, 0.002, pytest.param(0.001, marks=pytest.mark.slow)])
+# eps <= 0.002 (the log domain) costs 15-50 s on 2 cores: the slow lane, which CI runs for this module.
+@pytest.mark.parametrize("eps", [0.02, 0.005, pytest.param(0.002, marks=pytest.mark.slow),
+                                 pytest.param(0.001, marks=pytest.mark.slow)])
 def test_float32_follows_float64_down_to_eps_1e3(eps):
     """float32 solves follow float64 ones on cosine costs for every eps down to 1e-3, including
     40 < spread / eps <= 600, where a float32 solve uses the float64 Gibbs kernel (its scaling
