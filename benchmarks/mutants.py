@@ -17,11 +17,18 @@ one or two replacements per site so that a 2-core machine can run them all):
 Left alone, because a test that pins them pins wording, not behaviour: docstrings, string
 constants, f-strings, everything inside a ``raise`` statement, ``assert`` statements, calls to
 a logger, ``warnings.warn`` and ``print``, type annotations, and string concatenation.
+
+Excluded by the source, as mutmut does: a node that starts on a line carrying the comment
+``# pragma: no mutate`` (followed by the reason, e.g. ``# pragma: no mutate: block size, speed
+only``) is not mutated. Such a site must be one no test can tell apart (a speed-only constant);
+`generate` hands the mutants it left out to the caller, so the report counts them with their reason.
 """
 from __future__ import annotations
 
 import ast
 import copy
+import io
+import tokenize
 from dataclasses import dataclass
 
 _BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
@@ -38,6 +45,7 @@ _SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv
            ast.LShift: "<<", ast.RShift: ">>", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
            ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in", ast.Is: "is",
            ast.IsNot: "is not", ast.And: "and", ast.Or: "or"}
+PRAGMA = "pragma: no mutate"
 _QUIET_CALLS = {"warn", "print", "debug", "info", "warning", "error", "exception", "critical"}
 
 
@@ -158,10 +166,21 @@ def _replacing_sites(parent: ast.AST, field: str, node: ast.AST) -> list[tuple[s
     return out
 
 
-def generate(source: str) -> list[Mutant]:
+def pragmas(source: str) -> dict[int, str]:
+    """{line: reason} of the lines whose comment holds ``pragma: no mutate`` (reason ``""`` when none)."""
+    found = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT and PRAGMA in token.string:
+            found[token.start[0]] = token.string.split(PRAGMA, 1)[1].lstrip(" :-").strip()
+    return found
+
+
+def generate(source: str, excluded: list | None = None) -> list[Mutant]:
     """Every mutant of `source` (see the module docstring), in source order, without duplicates
-    and without mutants whose module is unchanged."""
+    and without mutants whose module is unchanged. Mutants of nodes on a ``# pragma: no mutate``
+    line are left out; when `excluded` is a list they are appended to it."""
     tree = ast.parse(source)
+    excluded_lines = pragmas(source)
     skip = _skipped_subtrees(tree)
     baseline = ast.unparse(tree)
     # (path to the node as (field, index) steps, node, statement line, operator, change, apply, replaces)
@@ -186,7 +205,11 @@ def generate(source: str) -> list[Mutant]:
         if text in seen:
             continue
         seen.add(text)
-        mutants.append(Mutant(node.lineno, node.col_offset, node.end_lineno, stmt_line, kind, change, text))
+        mutant = Mutant(node.lineno, node.col_offset, node.end_lineno, stmt_line, kind, change, text)
+        if node.lineno not in excluded_lines:
+            mutants.append(mutant)
+        elif excluded is not None:
+            excluded.append(mutant)
     mutants.sort(key=lambda m: (m.line, m.col))
     return mutants
 

@@ -17,9 +17,14 @@ would spend most of a run importing torch once per mutant. Instead:
    of 20 s + 3x their traced duration. A mutant whose statement no test runs survives untried.
 
 Killed: a test failed or the mutated module did not import. Timeout: killed by the timeout
-(counted as killed, listed apart). Survived: every test passed. `EQUIVALENT` gives the reason a
-survivor cannot be killed (the same behaviour); the report lists every survivor with it.
-``--survivors`` reruns only the survivors of the last results (after new tests) and merges.
+(counted as killed, listed apart). Survived: every test passed. Excluded: the site's line carries
+``# pragma: no mutate: <reason>`` (a speed-only constant, an equivalent line): never run, not
+scored, listed with its reason. `benchmarks.mutation_report.NOTES` gives the reason a survivor
+cannot be killed (the same behaviour), keyed by a fragment of its code so that edits and splits
+do not stale it; the report lists every survivor with it.
+``--survivors`` reruns only the survivors of the last results (after new tests) and merges;
+``--missing`` runs only the mutants the last results lack. A run of some modules keeps the last
+verdicts of the others (the report names the run each module's verdicts come from).
 """
 from __future__ import annotations
 
@@ -33,8 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.mutants import generate
-from benchmarks.mutation_report import write_report
+from benchmarks.mutants import generate, pragmas
+from benchmarks.mutation_report import explain, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "mutation"
@@ -66,66 +71,6 @@ OWN = {"sot_core/ot/costs.py": ("tests/test_costs.py", "tests/test_ivf.py"),
 # a survivor of a capped run is rerun against all of them (`--survivors --full`).
 CAP_S = 4.0
 EXCLUDE = {".venv", ".git", ".sot", "out", "results", "__pycache__", ".pytest_cache", ".hypothesis"}
-# Survivors that no test can kill because the program behaves the same, by `Mutant.key` within
-# its file: "file:line:col:operator:change" -> why.
-_C, _S, _P, _E = ("sot_core/ot/costs.py:", "sot_core/ot/sinkhorn.py:", "sot_core/ot/push_pull.py:",
-                  "sot_core/curate/select.py:")
-_BOUNDARY = "equivalent: the two differ only when a float equals the threshold exactly"
-_DEFAULT = "equivalent: a default every caller overrides (push_pull and sinkhorn_log pass tol and max_iter)"
-_SPEED = "equivalent in results: only speed (or memory) changes"
-EQUIVALENT: dict[str, str] = {
-    _C + "17:13:const:4096 -> 4097": _SPEED + " (rows per FAISS block)",
-    _C + "20:15:const:100000 -> 100001": _SPEED + ": the exact/IVF switch point (IVF recall: tests/test_ivf.py)",
-    _C + "21:13:const:32 -> 33": _SPEED + ": IVF cells probed, a recall/speed knob (recall >= 0.95 tested)",
-    _C + "22:17:const:100000 -> 100001": _SPEED + ": IVF training sample size (recall tested)",
-    _C + "110:25:compare:> -> >=": _BOUNDARY,
-    _C + "182:36:const:0 -> 1": "equivalent: another fixed seed of the IVF training sample (recall tested, not the sample)",
-    _C + "185:30:const:0 -> 1": "equivalent on this machine: faiss-cpu reports 0 GPUs (the GPU path: benchmarks.gpu_check)",
-    _C + "207:32:compare:< -> <=": _SPEED + ": more rows redone by the exact search, same neighbours",
-    _C + "207:32:compare:< -> >=": _SPEED + ": every row redone by the exact search, same neighbours",
-    _C + "207:38:const:0 -> 1": _SPEED + ": more rows redone by the exact search, same neighbours",
-    _C + "216:61:const:2.0 -> 4.0": "equivalent: a mean of costs <= 2 never exceeds 2 beyond float rounding",
-    _S + "67:73:const:0.0001 -> 0.0002": _DEFAULT,
-    _S + "68:40:const:1000 -> 1001": _DEFAULT,
-    _S + "109:11:compare:<= -> <": _BOUNDARY,
-    _S + "116:35:compare:<= -> <": _BOUNDARY,
-    _S + "225:41:const:0.0001 -> 0.0002": _DEFAULT,
-    _S + "225:63:const:1000 -> 1001": _DEFAULT,
-    _S + "249:29:neg:-x -> x": "equivalent: a constant added to log u shifts f and g by opposite constants; w, the "
-                              "plan and the value do not change",
-    _S + "253:30:const:1 -> 2": "equivalent: the loop always stops at n_iter >= max_iter before the extra pass",
-    _S + "259:15:compare:<= -> <": _BOUNDARY,
-    _S + "271:53:compare:<= -> <": _BOUNDARY,
-    _E + "96:46:const:0 -> 1": "equivalent: one kept row gets training weight 1 either way (mean 1)",
-    _E + "104:19:const:200 -> 201": "equivalent: the bisection reaches float precision long before 200 steps",
-    _E + "106:35:compare:< -> <=": _BOUNDARY,
-    _E + "169:4:remove:statement -> pass": "a fault-injection hook: killed by tests/test_fault_injection.py (slow lane, "
-                                           "outside this selection)",
-    _E + "174:4:remove:statement -> pass": "a fault-injection hook: killed by tests/test_fault_injection.py (slow lane, "
-                                           "outside this selection)",
-    _E + "195:49:const:2 -> 3": "equivalent: run.json's indentation only",
-    _E + "233:59:const:0.0 -> 1.0": "equivalent: an empty pool selects nothing at any fraction",
-    _E + "251:7:compare:> -> >=": "equivalent in use: the budget stage (and its path) exists only when harmful_recall > 0",
-    _E + "251:31:const:0 -> 1": "equivalent in use: the budget stage (and its path) exists only when harmful_recall > 0",
-    _E + "270:63:const:False -> True": "equivalent for JSON readers: non-ASCII text written as \\u escapes",
-    _E + "309:43:const:True -> False": "equivalent: a default the only caller (publish) overrides",
-    _E + "63:8:return:return x -> return None": "equivalent: a shortcut; without labelled rows the general path "
-                                                 "returns the same mask",
-    _E + "149:63:compare:<= -> <": _BOUNDARY,
-    _E + "153:44:compare:< -> <=": "message text only: the hint SelectionError adds (mutating messages is out of scope)",
-    _E + "153:44:compare:< -> >=": "message text only: the hint SelectionError adds (mutating messages is out of scope)",
-    _E + "153:73:const:0.5 -> 1.0": "message text only: the hint SelectionError adds (mutating messages is out of scope)",
-    _E + "209:8:return:return x -> return None": "equivalent: a shortcut; with no refusal rows np.where returns the "
-                                                 "same scores",
-    _E + "317:4:remove:statement -> pass": "equivalent: one blank line in report.md",
-    _E + "321:28:const:True -> False": "equivalent in use: publish always records 'applied'",
-    _E + "372:8:remove:statement -> pass": "equivalent: one blank line in report.md",
-    _E + "226:25:binop:& -> |": "**not killed**: the refusals' training level (median of the other eligible rows) "
-                                "falls below the 0.2 clip on the test pool under both rules; needs a pool with milder weights",
-    _P + "106:15:const:15.0 -> 30.0": "equivalent: seconds between progress log lines",
-}
-
-
 def copy_repo(dest: Path) -> None:
     """The working tree without environments, stores, results and caches."""
     def ignore(folder, names):
@@ -167,8 +112,8 @@ def plan(work: Path, coverage: dict, modules: list[str], only: set[str] | None,
         covered = lines.get(module, {})
         module_tests = {t for ctx in covered.values() for t in ctx if t != "<import>"}
         source = (REPO / module).read_text()  # the copy's file may hold a mutant while a worker runs
-        code = source.splitlines()
-        for mutant in generate(source):
+        code, excluded = source.splitlines(), []
+        for mutant in generate(source, excluded):
             key = f"{module}:{mutant.key}"
             while key in meta:  # nested operators starting at one column: x - y - z
                 key += "+"
@@ -186,7 +131,35 @@ def plan(work: Path, coverage: dict, modules: list[str], only: set[str] | None,
                 budget = sum(durations.get(t, 0.0) for t in tests)
                 jobs.append({"id": key, "file": str(path), "source": mutant.source, "tests": tests,
                              "timeout": round(15 + 2 * budget, 1)})
+        meta.update(_excluded_meta(module, code, pragmas(source), excluded, meta))
     return jobs, meta
+
+
+def _excluded_meta(module: str, code: list[str], reasons: dict, excluded: list, taken: dict) -> dict:
+    """The metadata of the mutants a ``# pragma: no mutate`` line left out (never run, not scored)."""
+    meta = {}
+    for mutant in excluded:
+        key = f"{module}:{mutant.key}"
+        while key in taken or key in meta:
+            key += "+"
+        meta[key] = {"file": module, "line": mutant.line, "col": mutant.col, "operator": mutant.operator,
+                     "change": mutant.change, "code": code[mutant.line - 1].strip()[:120], "tests": 0,
+                     "covering_tests": 0, "import_only": False,
+                     "excluded": reasons[mutant.line] or "(no reason given)"}
+    return meta
+
+
+def _missing(modules: list[str], earlier: dict | None) -> set[str]:
+    """Ids of the mutants of `modules` that the earlier results lack."""
+    have = {m["id"] for m in (earlier or {"mutants": []})["mutants"]}
+    ids = set()
+    for module in modules:
+        for mutant in generate((REPO / module).read_text()):
+            key = f"{module}:{mutant.key}"
+            while key in ids:  # as `plan` numbers nested operators that start at one column
+                key += "+"
+            ids.add(key)
+    return ids - have
 
 
 def plan_given(work: Path, modules: list[str], only: set[str], tests: list[str]) -> tuple[list[dict], dict]:
@@ -210,7 +183,10 @@ def classify(result: dict | None) -> str:
         return "survived"
     if result["timed_out"]:
         return "timeout"
-    # pytest: 0 all passed, 1 a test failed, 2 interrupted (a collection error: the module broke)
+    # pytest: 0 all passed, 1 a test failed, 2 interrupted (a collection error: the module broke);
+    # 4 with "found no collectors": the test module did not import (the mutant broke the import)
+    if result["rc"] == 4 and "found no collectors" in result.get("tail", ""):
+        return "killed"
     return {0: "survived", 1: "killed", 2: "killed"}.get(result["rc"], "error")
 
 
@@ -223,20 +199,39 @@ def collect(work: Path, jobs: list[dict], meta: dict, previous: dict | None, tes
     mutants = []
     for key, info in meta.items():
         result = results.get(key)
-        status = "not run" if result is None and key in planned else classify(result)
+        status = ("excluded" if "excluded" in info else
+                  "not run" if result is None and key in planned else classify(result))
         mutants.append({"id": key, **info, "status": status, "killed_by": (result or {}).get("killed_by"),
                         "seconds": (result or {}).get("seconds"),
                         "note": "no test runs this statement" if result is None and key not in planned else ""})
     if previous:  # merge: the rerun's verdicts replace the old survivors', which stay marked as such
         merged = {m["id"]: m for m in previous["mutants"]}
         for m in mutants:
-            merged[m["id"]] = {**merged[m["id"]], **{k: m[k] for k in ("status", "killed_by", "seconds")},
-                               "first_run": "survived", "rerun_tests": tests or m["tests"]}
+            if m["id"] in merged and m["status"] != "excluded":
+                merged[m["id"]] = {**merged[m["id"]], **{k: m[k] for k in ("status", "killed_by", "seconds")},
+                                   "first_run": "survived", "rerun_tests": tests or m["tests"]}
         mutants = list(merged.values())
-    for m in mutants:
-        if m["status"] == "survived" and m["id"] in EQUIVALENT:
-            m["note"] = EQUIVALENT[m["id"]]
     return mutants
+
+
+def carry_over(mutants: list[dict], previous: dict | None, replaced: set[str]) -> list[dict]:
+    """`mutants` plus the earlier results' mutants that this run did not redo (those of modules
+    not in `replaced`, and any not run now), each marked with the run it comes from. A site that
+    now carries ``# pragma: no mutate`` is excluded."""
+    if previous is None:
+        return mutants
+    done, kept, reasons = {m["id"] for m in mutants}, [], {}
+    for m in previous["mutants"]:
+        if m["id"] in done or m["file"] in replaced:
+            continue
+        m = {"run": previous.get("finished"), **m}
+        if m["file"] not in reasons:
+            reasons[m["file"]] = pragmas((REPO / m["file"]).read_text())
+        reason = reasons[m["file"]].get(m["line"])
+        if reason is not None:
+            m.update(status="excluded", excluded=reason or "(no reason given)")
+        kept.append(m)
+    return mutants + kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,13 +244,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="reuse this work folder (resumes an interrupted run)")
     parser.add_argument("--no-run", action="store_true", help="only report what the work folder's results hold "
                         "(mutants not run yet are listed as 'not run')")
+    parser.add_argument("--missing", action="store_true", help="run only the mutants of --module that the last "
+                        "results lack (e.g. after a generator change) and merge them in")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     out = Path(args.out)
-    previous = json.loads((out / "results.json").read_text()) if args.survivors else None
+    earlier = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else None
+    previous = earlier if args.survivors else None
     # survivors explained as equivalent are not rerun
-    only = ({m["id"] for m in previous["mutants"] if m["status"] == "survived" and m["id"] not in EQUIVALENT}
+    only = ({m["id"] for m in previous["mutants"] if m["status"] == "survived" and not explain(m)}
             if previous else None)
+    if args.missing:
+        only = _missing(args.module, earlier)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sot-mutation-"))
     repo, log = work / "repo", work / "worker.log"
     if not repo.exists():
@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_run:
         run_worker(repo, ["mutants", "--jobs", str(work / "jobs.json"), "--out", str(work / "results.jsonl")], log)
     mutants = collect(work, jobs, meta, previous, args.tests)
+    if not args.survivors:  # the other modules' (or, with --missing, the other mutants') last verdicts stay
+        mutants = carry_over(mutants, earlier, set() if args.missing else set(args.module))
     elapsed = time.perf_counter() - started
     summary = write_report(out, mutants, TESTS, previous["seconds"] if previous else elapsed, rerun=bool(previous),
                            rerun_seconds=elapsed if previous else None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ast
 
-from benchmarks.mutants import generate
+from benchmarks.mutants import generate, pragmas
 
 SOURCE = '''"""Module docstring: never mutated."""
 import logging
@@ -51,3 +51,24 @@ def test_each_mutant_changes_only_its_site():
     assert by_site[(13, "remove", "statement -> pass")] == baseline.replace("g(x)", "pass")
     assert by_site[(15, "return", "return x -> return None")] == baseline.replace("return -x / 2.5", "return None")
     assert by_site[(6, "const", "2 -> 3")] == baseline.replace("y=2", "y=3")
+
+
+def test_a_pragma_line_is_left_out_and_handed_back_with_its_reason():
+    source = ("BLOCK = 4096  # pragma: no mutate: speed only\n"
+              "LIMIT = 10\n"
+              "TEXT = '# pragma: no mutate'\n")  # inside a string, not a comment: still mutated
+    excluded = []
+    mutants = generate(source, excluded)
+    assert {(m.line, m.change) for m in mutants} == {(2, "10 -> 11")}
+    assert [(m.line, m.change) for m in excluded] == [(1, "4096 -> 4097")]
+    assert pragmas(source) == {1: "speed only"}
+    assert len(generate(source)) == 1  # without a list the excluded mutants are simply left out
+
+
+def test_survivor_notes_are_found_by_code_fragment_not_by_line():
+    from benchmarks.mutation_report import explain
+
+    moved = {"file": "sot_core/ot/sinkhorn.py", "line": 999, "change": "<= -> <", "code": "if err <= tol:"}
+    assert "threshold" in explain(moved)
+    assert explain({**moved, "change": "<= -> >"}) is None
+    assert explain({**moved, "file": "sot_core/ot/costs.py"}) is None

@@ -67,7 +67,7 @@ DISCRIMINANT = True
 # Robust standard deviations above the pool's median score at which a row is harmful-like anyway.
 OUTLIER_SD = 4.0
 # Rows scored at a time out of sample (bounds memory to SCORE_BLOCK x reference rows).
-SCORE_BLOCK = 4096
+SCORE_BLOCK = 4096  # pragma: no mutate: rows per block, memory and speed only
 
 
 class BudgetError(SotError, ValueError):

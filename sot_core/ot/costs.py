@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Rows of x handled per FAISS call: bounds the (block, m) temporary to ~64 MB at m = 5k.
-_ROW_BLOCK = 4096
+_ROW_BLOCK = 4096  # pragma: no mutate: rows per FAISS call, memory and speed only
 # The kNN search switches from exact to an IVF index at this many reference rows; IVF recall
 # against the exact search: tests/test_ivf.py (synthetic clustered data).
 IVF_MIN_ROWS = 100_000
