@@ -36,6 +36,7 @@ see benchmarks/results/mutation/ for the full mutation run):
 """
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -288,3 +289,122 @@ def test_returned_weights_meet_outer_tol_independently(problem, outer_tol):
     gap = stationarity_gap(result.weights, ca, ch, 2.0, 0.1, result.diagnostics["tau"])
     assert gap <= outer_tol, (gap, result.diagnostics["fixed_point_residual"])
     assert result.diagnostics["fixed_point_residual"] == pytest.approx(gap, rel=1e-3, abs=1e-9)
+
+
+# ---------------------------------------------------------------- diagnostics, progress, budget
+
+def test_diagnostics_agree_with_the_returned_weights_and_the_wall_clock(problem):
+    """ESS, its fraction, the weights' sum and the seconds, recomputed outside the solver."""
+    ca, ch = problem
+    started = time.perf_counter()
+    r = solve(ca, ch)
+    wall = time.perf_counter() - started
+    w, d = r.weights, r.diagnostics
+    assert w.sum() == pytest.approx(1.0, abs=1e-12)
+    assert d["ess"] == pytest.approx(1.0 / np.sum(w ** 2), rel=1e-12)
+    assert d["ess_fraction"] == pytest.approx(d["ess"] / len(w), rel=1e-12)
+    assert 0.0 < d["seconds"] <= wall
+    # each outer step solves both problems once, and the last (converged) step the harmful one:
+    # at least one Sinkhorn iteration per solve
+    assert d["sinkhorn_iterations"] >= 2 * d["outer_iterations"] + 1
+
+
+def test_progress_is_called_once_per_outer_step_and_matches_the_count(problem):
+    ca, ch = problem
+    seen = []
+    r = solve_push_pull(ca, ch, PushPullConfig(**SHARP), progress=lambda step, total: seen.append((step, total)))
+    k = r.diagnostics["outer_iterations"]
+    assert r.diagnostics["converged"] and k >= 2
+    assert seen == [(i, SHARP["max_outer"]) for i in range(1, k + 1)]
+    seen.clear()
+    with pytest.warns(RuntimeWarning, match="max_outer"):
+        r = solve_push_pull(ca, ch, PushPullConfig(**{**SHARP, "max_outer": 3, "outer_tol": 1e-300}),
+                            progress=lambda step, total: seen.append((step, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)] and r.diagnostics["outer_iterations"] == 3
+
+
+def test_sinkhorn_iterations_are_counted_exactly_when_every_solve_runs_to_its_cap(problem, caplog):
+    """With an unreachable sinkhorn_tol every inner solve runs max_sinkhorn_iter iterations: pull
+    mode solves once, push mode once per outer step. Each problem's unconverged solve is logged
+    once (a WARNING), however many steps repeat it."""
+    ca, ch = problem
+    capped = dict(SHARP, sinkhorn_tol=1e-300, max_sinkhorn_iter=3, eps_scaling=False)
+    with pytest.warns(RuntimeWarning, match="inner_not_converged"):
+        pull = solve_push_pull(ca, None, PushPullConfig(**capped, mode="pull"))
+    assert pull.diagnostics["sinkhorn_iterations"] == 3
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sot_core.ot.push_pull"), pytest.warns(RuntimeWarning):
+        push = solve_push_pull(ca, ch, PushPullConfig(**{**capped, "max_outer": 4, "outer_tol": 1e-300}))
+    # steps 1-4 solve harmful then anchor: 8 solves of 3 iterations
+    assert push.diagnostics["sinkhorn_iterations"] == 8 * 3
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2 and {"harmful" in m for m in warned} == {True, False}
+
+
+def test_a_converged_solve_logs_no_warning_and_no_inner_progress(problem, caplog):
+    """Inner progress lines come every 15 s of a long solve: none in a sub-second one."""
+    ca, ch = problem
+    with caplog.at_level("INFO", logger="sot_core.ot.push_pull"):
+        r = solve(ca, ch)
+    assert r.diagnostics["converged"]
+    assert not [x for x in caplog.records if x.levelname == "WARNING"]
+    assert not [x for x in caplog.records if "OT iteration" in x.getMessage()]
+    assert any("outer step" in x.getMessage() for x in caplog.records)
+
+
+@pytest.mark.parametrize("mode", ["push", "pull"])
+def test_one_sided_objective_trace_matches_pot(problem, mode):
+    """The trace of a one-sided solve is J with only its own term: the other OT value counts 0."""
+    ca, ch = problem
+    ca, ch = (None, ch) if mode == "push" else (ca, None)
+    r = solve(ca, ch, mode=mode, lam=1.5)
+    d = r.diagnostics
+    expected = objective(r.weights, ca, ch, 1.5, 0.1, d["tau"])
+    assert d["objective_trace"][-1] == pytest.approx(expected, abs=1e-7)
+    if mode == "pull":  # one exact step: a stationary point, residual zero by construction
+        assert d["fixed_point_residual"] == 0.0 and len(d["objective_trace"]) == 1
+
+
+def test_time_budget_error_names_the_phase_and_the_cost_spread(problem):
+    """max_seconds spent: the first check comes during epsilon scaling (error inf), or, without
+    scaling, after a Sinkhorn iteration (a marginal error); the message gives the harmful cost's
+    spread (max - min of the cost, recomputed here)."""
+    from sot_core.ot.push_pull import SolverBudgetError
+
+    ca, ch = problem
+    spread = f"{ch.max() - ch.min():.3g}"
+    with pytest.raises(SolverBudgetError, match="during epsilon scaling") as caught:
+        solve_push_pull(ca, ch, PushPullConfig(**SHARP, max_seconds=1e-9))
+    assert f"cost spread {spread}" in str(caught.value)
+    with pytest.raises(SolverBudgetError, match="marginal error") as caught:
+        solve_push_pull(ca, ch, PushPullConfig(**SHARP, max_seconds=1e-9, eps_scaling=False))
+    assert "during epsilon scaling" not in str(caught.value)
+
+
+@pytest.mark.parametrize("mode", ["push-pull", "pull"])
+def test_collapse_guard_compares_ess_with_min_ess_of_the_pool(problem, mode):
+    """min_ess is a share of the pool: just above the achieved ESS share the solve is flagged
+    collapsed (with the push's feedback named only when there is a push), just below it is not."""
+    ca, ch = problem
+    ch = ch if mode == "push-pull" else None
+    share = solve(ca, ch, mode=mode).diagnostics["ess_fraction"]
+    assert solve(ca, ch, mode=mode, min_ess=share * 0.99).diagnostics["converged"]
+    with pytest.warns(RuntimeWarning, match="collapsed"):
+        r = solve_push_pull(ca, ch, PushPullConfig(**{**SHARP, "mode": mode, "min_ess": share * 1.01}))
+    assert not r.diagnostics["converged"] and "collapsed" in r.diagnostics["stop_reason"]
+    assert ("lam*eps" in r.diagnostics["stop_reason"]) == (mode == "push-pull")
+
+
+def test_bad_costs_and_masses_are_refused_and_a_one_row_pool_is_solved(problem):
+    ca, ch = problem
+    with pytest.raises(ValueError, match="2-D"):
+        solve(ca[0], ch[0])
+    for masses in (np.ones(6), np.array([1.0, 1.0, 0.0, 1.0, 1.0])):  # wrong length; a zero mass
+        with pytest.raises(ValueError, match="anchor_weights must be 5 positive"):
+            solve_push_pull(ca, ch, PushPullConfig(**SHARP), anchor_weights=masses)
+    masses = np.array([4.0, 1.0, 1.0, 1.0, 1.0])
+    scaled = solve_push_pull(ca, ch, PushPullConfig(**SHARP), anchor_weights=10.0 * masses)
+    plain = solve_push_pull(ca, ch, PushPullConfig(**SHARP), anchor_weights=masses)
+    np.testing.assert_allclose(scaled.weights, plain.weights, atol=1e-12)  # masses are normalised
+    one = solve(ca[:1], ch[:1])
+    assert one.weights.tolist() == [1.0] and one.diagnostics["ess"] == pytest.approx(1.0)
