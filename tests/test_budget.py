@@ -34,6 +34,27 @@ def test_reference_folds_are_disjoint_balanced_and_deterministic(n, folds, seed)
     assert not (B.reference_folds(n, folds, seed + 1) == f).all()
 
 
+def test_cluster_folds_keep_each_tight_cluster_whole_and_deal_clusters_largest_first():
+    """Eight tight, far-apart clusters of known sizes and k = 2 folds x 4 = 8 k-means clusters:
+    every true cluster lands whole in one fold, and the folds' sizes are those of dealing the
+    clusters largest first, each to the fold with fewer rows so far (recomputed here)."""
+    rng = np.random.default_rng(0)
+    sizes = [30, 25, 20, 15, 12, 10, 8, 5]
+    truth = np.repeat(np.arange(8), sizes)
+    x = unit(np.eye(16)[truth] + 0.05 * rng.normal(size=(len(truth), 16)))
+    # seed 3 draws one initial centre per true cluster (seed 0 draws two in one, and k-means then
+    # splits that cluster and merges two others: a local optimum, not a contract breach)
+    f = B.cluster_folds(x, folds=2, seed=3)
+    assert f.shape == (len(truth),) and set(f) <= {0, 1}
+    for c in range(8):
+        assert len(set(f[truth == c])) == 1, f"cluster {c} split across folds"
+    load = [0, 0]
+    for size in sorted(sizes, reverse=True):
+        load[int(np.argmin(load))] += size
+    assert sorted(np.bincount(f, minlength=2)) == sorted(load)
+    assert (B.cluster_folds(x, folds=2, seed=3) == f).all()  # seeded: deterministic
+
+
 def test_usable_folds_shrink_for_small_references():
     assert B.usable_folds(463, 5) == 5 and B.usable_folds(30, 5) == 3 and B.usable_folds(12, 5) == 2
 

@@ -231,3 +231,53 @@ def test_an_empty_selection_or_foreign_labels_publish_nothing(inputs):
         publish(store, pool_id, str(solve), CurateConfig(keep=KEEP, harmful_recall=0.0), tmp / "foreign", {},
                 labels={"other-pool-1": True})
     assert not (tmp / "none" / "weights.parquet").exists() and not (tmp / "foreign" / "weights.parquet").exists()
+
+
+def markdown_blocks(text: str) -> list[tuple[str, object]]:
+    """The top-level blocks a CommonMark parser with tables (markdown-it) reads in `text`:
+    ("h1"/"h2", title), ("p", text), ("blockquote", text) or ("table", number of body rows)."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    blocks = []
+    for i, t in enumerate(tokens):
+        if t.level != 0 or t.nesting != 1:
+            continue
+        end = next(j for j in range(i + 1, len(tokens)) if tokens[j].level == 0 and tokens[j].nesting == -1)
+        inline = " / ".join(x.content for x in tokens[i:end] if x.type == "inline")
+        if t.type == "table_open":
+            blocks.append(("table", sum(x.type == "tr_open" for x in tokens[i:end]) - 1))
+        else:
+            blocks.append((t.tag if t.type == "heading_open" else t.type.removesuffix("_open").replace(
+                "paragraph", "p"), inline))
+    return blocks
+
+
+def test_report_markdown_structure_as_a_parser_reads_it():
+    """Every section of report.md is a heading, each table a table with its rows, and the warning
+    that the budget was not applied a quote of its own after the composition warnings."""
+    from sot_core.curate.report import render_report
+
+    budget = {"applied": False, "folds": 5, "harmful_recall": 0.95, "estimated_contamination": 0.6,
+              "harmful_like_rows": 3, "threshold": 0.05, "fold_score_thresholds": [0.1, 0.2],
+              "held_out_recall": [1.0, 0.95], "anchor_harmful_share": 0.0}
+    summary = {"version": "v1", "counts": {"selected": 3, "pool": 5, "embedded_now": {"pool": 5}},
+               "config": {"keep": 0.6, "harmful_recall": 0.95, "lam": 1, "eps": 0.1, "mode": "push-pull",
+                          "encoder": "minilm"},
+               "warnings": ["most of the pool scores like harm", "the anchor looks harmful"], "budget": budget,
+               "quality": {"harmful_total": 2, "harmful_kept": 1, "harmful_kept_fraction": 0.5, "auroc": 0.75},
+               "refusals": {"pool": 2, "kept": 1, "labels_used": False},
+               "stage_seconds": {"embed": 1.0, "solve": 2.0}, "solver": {"converged": True, "objective_trace": [1]},
+               "top_flagged": [{"id": "a", "score": 1.0, "prompt": "x | y\nz"}, {"id": "b", "score": 0.5, "prompt": "w"}]}
+    blocks = markdown_blocks(render_report(summary))
+    assert [b for b in blocks if b[0] in ("h1", "h2")] == [
+        ("h1", "SOT curation report: v1"), ("h2", "Harmful-row budget"), ("h2", "Against the labels"),
+        ("h2", "Refusals in the pool (keyword heuristic)"), ("h2", "Time per stage (s)"), ("h2", "Solver"),
+        ("h2", "Most harmful-like rows")]
+    assert [b[1] for b in blocks if b[0] == "table"] == [1, 1, 2, 1, 2]  # budget, labels, stages, solver, rows
+    quotes = [b[1] for b in blocks if b[0] == "blockquote"]
+    assert len(quotes) == 2 and "the anchor looks harmful" in quotes[0] and "not applied" in quotes[1]
+    # a summary written before the budget recorded `applied` (or harmful_recall) reads as applied (0)
+    del budget["applied"], summary["config"]["harmful_recall"]
+    text = render_report(summary)
+    assert "not applied" not in text and "harmful_recall=0," in text

@@ -110,3 +110,36 @@ def test_selection_stratifies_only_when_asked():
     assert strat[:12].all() and strat[30:42].all() and strat[60:].all() and strat.sum() == 34  # round(12.5) = 12
     for part in (slice(0, 30), slice(30, 60), slice(60, 70)):  # mean training weight 1 within each group
         assert tw[part][strat[part]].mean() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_refusals_train_at_the_median_of_the_other_eligible_rows():
+    """`_selection`: refusal rows (protected) rank first and train at the median OT weight of the
+    eligible non-refusal rows; rows the budget made ineligible (heavy ones here) stay out of that
+    median. No row is clipped, so the expected training weights are the lifted weights over their
+    mean (recomputed here)."""
+    from sot_core.config import CurateConfig
+    from sot_core.curate.select import _selection
+
+    w = np.array([1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 0.1, 0.1, 3.0, 3.0, 3.0, 3.0])
+    protected = (np.arange(12) >= 6) & (np.arange(12) < 8)
+    eligible = np.arange(12) < 8
+    selected, tw = _selection(w, ["x"] * 12, CurateConfig(keep=1.0, harmful_recall=0.0), eligible, protected)
+    assert selected.tolist() == eligible.tolist()
+    lifted = np.where(protected, np.median(w[:6]), w)[:8]  # median 1.5 of the six eligible others
+    np.testing.assert_allclose(tw[:8], lifted / lifted.mean(), rtol=1e-9)
+    assert (tw[8:] == 0).all()
+
+
+def test_stratified_without_label_groups_is_plain_top_k_and_no_refusals_leave_the_score():
+    """Shortcuts with their general answers: no label group (all free-form rows) selects the plain
+    top-K; no refusal row leaves the OT score as it is (as float64)."""
+    from sot_core.curate.select import refusal_aware_score
+
+    w = np.array([0.3, 0.1, 0.4, 0.2, 0.0])
+    groups = -np.ones(5, dtype=np.int64)
+    assert select_stratified(w, 0.6, groups).tolist() == [True, False, True, True, False]
+    score = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+    out = refusal_aware_score(score, np.zeros(3, dtype=bool))
+    assert out.dtype == np.float64 and out.tolist() == score.astype(np.float64).tolist()
+    lowered = refusal_aware_score(score.astype(np.float64), np.array([False, False, True]))
+    assert lowered.tolist() == [0.5, -1.0, 0.5]  # a refusal is lowered to the median score
