@@ -230,3 +230,44 @@ def test_discriminant_separates_reference_from_anchor_and_ranks_harm_high():
     with pytest.raises(ValueError, match="both classes"):
         from sot_core.curate.discriminant import fit_logistic
         fit_logistic(np.ones((3, 2)), np.ones(3))
+
+
+def test_apply_recall_against_brute_force():
+    """Every figure of the budget recomputed by brute force from a hand-made cross-fit: the budget
+    score (mean share over folds), the harmful-like rows (held-out rule or the outlier rule, median +
+    4 x 1.4826 MAD of the pool scores), per-fold thresholds and recalls, the anchor's share, summary."""
+    import statistics
+
+    rng = np.random.default_rng(5)
+    held = [rng.normal(size=7), rng.normal(size=9)]
+    pool_scores = np.r_[rng.normal(size=29), 40.0]  # the last row stands far out: an outlier
+    shares = np.array([[np.mean(h <= s) for s in pool_scores] for h in held])
+    anchor = rng.normal(size=6) - 1.0
+    anchor_shares = np.array([[np.mean(h <= s) for s in anchor] for h in held])
+    fit = B.CrossFit(shares, anchor_shares, held, pool_scores)
+    r = 0.8
+    b = B.apply_recall(fit, r)
+    u = [(shares[0][i] + shares[1][i]) / 2 for i in range(30)]
+    med = statistics.median(pool_scores.tolist())
+    cut_out = med + 4 * 1.4826 * statistics.median([abs(s - med) for s in pool_scores.tolist()])
+    like = [u[i] > 1 - r or pool_scores[i] > cut_out for i in range(30)]
+    assert b.threshold == pytest.approx(1 - r) and b.outlier_threshold == pytest.approx(cut_out)
+    np.testing.assert_allclose(b.budget_score, u)
+    assert b.harmful_like.tolist() == like and b.harmful_like[-1] and b.outliers == 1
+    assert b.fold_thresholds == [sorted(h, reverse=True)[int(np.ceil(r * len(h))) - 1] for h in held]
+    assert b.per_fold_recall == pytest.approx([np.mean([np.mean(h <= x) > 1 - r for x in h]) for h in held])
+    anchor_u = anchor_shares.mean(axis=0)
+    assert b.anchor_harmful_share == pytest.approx(np.mean(anchor_u > 1 - r)) and b.folds == 2
+    s = b.summary()
+    json.dumps(s)  # JSON-able
+    assert s["harmful_like_rows"] == sum(like) and s["estimated_contamination"] == pytest.approx(sum(like) / 30)
+    assert s["outlier_rows"] == 1 and s["refusals_exempt"] == 0 and s["harmful_recall"] == r
+    assert B.outlier_threshold(pool_scores, 2.0) == pytest.approx(
+        med + 2 * 1.4826 * statistics.median([abs(x - med) for x in pool_scores.tolist()]))
+    # no anchor rows checked: share 0; an empty pool: contamination 0
+    empty = B.apply_recall(B.CrossFit(shares, np.zeros((2, 0)), held, pool_scores), r)
+    assert empty.anchor_harmful_share == 0.0
+    assert B.Budget(np.zeros(0), np.zeros(0, bool), 0.2, [], [], 0.0, 2, r).contamination == 0.0
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"harmful_recall must be in \(0, 1\)"):
+            B.apply_recall(fit, bad)

@@ -281,3 +281,46 @@ def test_report_markdown_structure_as_a_parser_reads_it():
     del budget["applied"], summary["config"]["harmful_recall"]
     text = render_report(summary)
     assert "not applied" not in text and "harmful_recall=0," in text
+
+
+def test_curated_jsonl_is_utf8_text_in_pool_order():
+    """curated.jsonl keeps non-ASCII text as it is (UTF-8, not \\u escapes) and lists the kept rows
+    in pool order with their training weights."""
+    import pyarrow as pa
+
+    from sot_core.curate.select import _curated_jsonl
+
+    rows = pa.table({"id": ["a", "b", "c"], "prompt": ["Café?", "plain", "naïve ✓"],
+                     "response": ["Oui, café.", "ok", "— fine"], "source": ["s", "s", "t"]})
+    text = _curated_jsonl(rows, np.array([True, False, True]), np.array([0.5, 0.0, 1.5]))
+    assert "Café?" in text and "naïve ✓" in text and "\\u" not in text
+    assert [json.loads(line) for line in text.splitlines()] == [
+        {"id": "a", "prompt": "Café?", "response": "Oui, café.", "source": "s", "weight": 0.5},
+        {"id": "c", "prompt": "naïve ✓", "response": "— fine", "source": "t", "weight": 1.5}]
+
+
+def test_a_budget_dropping_exactly_half_the_pool_is_applied_and_named_in_the_error(inputs):
+    """MOSTLY = 0.5 is inclusive: a budget that finds exactly half the pool harmful-like (a
+    hand-made cross-fit: rows 18-35, no refusal among them) is still applied with a numeric keep,
+    and a selection it leaves too small fails with the count of harmful-like rows in its message."""
+    from sot_core.curate.budget import CrossFit
+    from sot_core.curate.guards import SelectionError
+
+    tmp, store, pool_id, solve, pool, weights, *_ = inputs
+    like = np.arange(len(pool)) >= 18
+    folder = tmp / "half"
+    folder.mkdir()
+    CrossFit(like[None, :].astype(float), np.zeros((1, 0)), [np.arange(10.0)], np.zeros(len(pool))).save(folder)
+    run_info = {"budget_path": str(folder)}
+    summary = publish(store, pool_id, str(solve), CurateConfig(keep=0.5, harmful_recall=0.95), tmp / "out-half",
+                      run_info)
+    table = pq.read_table(tmp / "out-half" / "weights.parquet").to_pydict()
+    assert summary["budget"]["applied"] is True and summary["budget"]["harmful_like_rows"] == 18
+    assert table["selected"] == (~like).tolist()  # the 18 eligible rows, although heavier rows were dropped
+    assert weights[like].max() > np.sort(weights[~like])[0]
+    with pytest.raises(SelectionError, match="18 rows score like harmful reference rows; check the inputs"):
+        publish(store, pool_id, str(solve), CurateConfig(keep=0.01, harmful_recall=0.95), tmp / "none-half",
+                run_info)
+    # harmful_recall 0 turns the budget off even where a budget stage exists: keep alone decides
+    off = publish(store, pool_id, str(solve), CurateConfig(keep=0.5, harmful_recall=0.0), tmp / "out-off", run_info)
+    assert off["budget"] is None and off["counts"]["selected"] == 18
