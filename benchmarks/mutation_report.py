@@ -65,6 +65,15 @@ NOTES: list[tuple[str, str, str, str]] = [
     (_E, "np.clip(np.exp(mid) * w, lo, hi).mean() < 1.0", "< -> <=", _BOUNDARY),
     (_E, "json.dumps(summary, indent=2, default=float)", "2 -> 3", "equivalent: run.json's indentation only"),
     (_E, "/ n if n else 0.0", "0.0 -> 1.0", "equivalent: an empty pool selects nothing at any fraction"),
+    (_B, "FORMAT = 3", "3 -> 4", "equivalent in results: the stored cross-fit's cache-key version (which cached "
+     "fits are reused, not what a fit holds)"),
+    (_B, "@ y.astype(np.float64).T, 0.0, 2.0)", "2.0 -> 4.0", "equivalent: 1 - <x, y> of unit rows exceeds 2 only "
+     "by float rounding"),
+    (_B, "iters: int = 25", "25 -> 26", "equivalent: spherical k-means on the tests' clusters is converged long "
+     "before 25 steps"),
+    (_B, "big = len(x) * len(y) > DENSE_LIMIT", "> -> >=", _BOUNDARY.replace("a float", "a cost count")),
+    (_B, "big = len(x) * len(y) > DENSE_LIMIT", "* -> /", "not killed: the dense/kNN switch at 2e7 cost entries; "
+     "only a problem that large tells the two apart (the kNN costs themselves: tests/test_costs.py)"),
     (_E, 'failpoint("publish.', "statement -> pass", "a fault-injection hook: killed by "
      "tests/test_fault_injection.py (slow lane: it kills a real `sot` process, outside this selection)"),
 ]

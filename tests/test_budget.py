@@ -57,6 +57,20 @@ def test_cluster_folds_keep_each_tight_cluster_whole_and_deal_clusters_largest_f
 
 def test_usable_folds_shrink_for_small_references():
     assert B.usable_folds(463, 5) == 5 and B.usable_folds(30, 5) == 3 and B.usable_folds(12, 5) == 2
+    assert B.usable_folds(35, 5) == 3 and isinstance(B.usable_folds(35, 5), int)  # whole folds of >= 10 rows
+
+
+def test_the_documented_constants_are_the_defaults_of_the_direct_calls():
+    """FOLDS, SEED and DISCRIMINANT (what the pipeline's budget stage passes) are also the defaults
+    of `cross_fit`, `calibrate` and `reference_folds`: a direct call splits and scores the reference
+    as a pipeline run does. The values are the documented ones (5 folds, seed 0, discriminant on)."""
+    import inspect
+
+    assert (B.FOLDS, B.SEED, B.DISCRIMINANT) == (5, 0, True)
+    for f in (B.cross_fit, B.calibrate):
+        p = inspect.signature(f).parameters
+        assert (p["folds"].default, p["seed"].default, p["discriminant"].default) == (B.FOLDS, B.SEED, B.DISCRIMINANT)
+    assert (B.reference_folds(50, 5) == B.reference_folds(50, 5, B.SEED)).all()
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -267,7 +281,9 @@ def test_apply_recall_against_brute_force():
     # no anchor rows checked: share 0; an empty pool: contamination 0
     empty = B.apply_recall(B.CrossFit(shares, np.zeros((2, 0)), held, pool_scores), r)
     assert empty.anchor_harmful_share == 0.0
-    assert B.Budget(np.zeros(0), np.zeros(0, bool), 0.2, [], [], 0.0, 2, r).contamination == 0.0
+    bare = B.Budget(np.zeros(0), np.zeros(0, bool), 0.2, [], [], 0.0, 2, r)
+    assert bare.contamination == 0.0 and bare.outliers == 0 and bare.refusals_exempt == 0
+    assert bare.outlier_threshold == float("inf")
     for bad in (0.0, 1.0):
         with pytest.raises(ValueError, match=r"harmful_recall must be in \(0, 1\)"):
             B.apply_recall(fit, bad)

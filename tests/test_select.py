@@ -143,3 +143,22 @@ def test_stratified_without_label_groups_is_plain_top_k_and_no_refusals_leave_th
     assert out.dtype == np.float64 and out.tolist() == score.astype(np.float64).tolist()
     lowered = refusal_aware_score(score.astype(np.float64), np.array([False, False, True]))
     assert lowered.tolist() == [0.5, -1.0, 0.5]  # a refusal is lowered to the median score
+
+
+def test_top_flagged_are_the_ten_highest_scores_with_160_character_previews_and_budget_summary_default():
+    from sot_core.curate.budget import Budget
+    from sot_core.curate.select import _top_flagged, budget_summary
+
+    rng = np.random.default_rng(3)
+    score = rng.normal(size=14)
+    ids = [f"r{i}" for i in range(14)]
+    prompts = [str(i) * 200 for i in range(10)] + ["short"] * 4
+    top = _top_flagged(ids, prompts, score)
+    expected = sorted(range(14), key=lambda i: -score[i])[:10]
+    assert [t["id"] for t in top] == [ids[i] for i in expected]
+    assert [t["score"] for t in top] == [float(score[i]) for i in expected]
+    assert all(t["prompt"] == prompts[int(t["id"][1:])][:160] for t in top)
+    assert max(len(t["prompt"]) for t in top) == 160
+    b = Budget(np.zeros(3), np.array([True, False, False]), 0.05, [0.1], [1.0], 0.0, 2, 0.95)
+    assert budget_summary(b)["applied"] is True and budget_summary(b, False)["applied"] is False
+    assert budget_summary(None) is None
