@@ -112,11 +112,12 @@ def plan(work: Path, coverage: dict, modules: list[str], only: set[str] | None,
         covered = lines.get(module, {})
         module_tests = {t for ctx in covered.values() for t in ctx if t != "<import>"}
         source = (REPO / module).read_text()  # the copy's file may hold a mutant while a worker runs
-        code, excluded = source.splitlines(), []
+        code, excluded, keys = source.splitlines(), [], set()
         for mutant in generate(source, excluded):
             key = f"{module}:{mutant.key}"
-            while key in meta:  # nested operators starting at one column: x - y - z
+            while key in keys:  # nested operators starting at one column: x - y - z
                 key += "+"
+            keys.add(key)
             if only is not None and key not in only:
                 continue
             span = range(min(mutant.stmt_line, mutant.line), mutant.end_line + 1)
@@ -167,10 +168,12 @@ def plan_given(work: Path, modules: list[str], only: set[str], tests: list[str])
     jobs, meta = [], {}
     for module in modules:
         path = work / module
+        keys = set()
         for mutant in generate((REPO / module).read_text()):
             key = f"{module}:{mutant.key}"
-            while key in meta:
+            while key in keys:  # numbered over all mutants, as `plan` does
                 key += "+"
+            keys.add(key)
             if key in only:
                 meta[key] = {}
                 jobs.append({"id": key, "file": str(path), "source": mutant.source, "tests": tests, "timeout": 240})

@@ -54,6 +54,8 @@ NOTES: list[tuple[str, str, str, str]] = [
      "1e-16"),
     (_P, "if not err <= config.sinkhorn_tol", "<= -> <", _BOUNDARY),
     (_P, "if ess < config.min_ess * n:", "< -> <=", _BOUNDARY),
+    (_D, "return False", "return x -> return None", "equivalent: the caller tests the result's truth, and None "
+     "is as false"),
     (_D, "step: int = 0", "0 -> 1", "equivalent: the outer loop sets the step before anything reads it"),
     (_D, "if self.residual <= cfg.outer_tol:", "<= -> <", _BOUNDARY),
     (_D, "elapsed > cfg.max_seconds", "> -> >=", _BOUNDARY),
@@ -74,6 +76,14 @@ NOTES: list[tuple[str, str, str, str]] = [
     (_B, "big = len(x) * len(y) > DENSE_LIMIT", "> -> >=", _BOUNDARY.replace("a float", "a cost count")),
     (_B, "big = len(x) * len(y) > DENSE_LIMIT", "* -> /", "not killed: the dense/kNN switch at 2e7 cost entries; "
      "only a problem that large tells the two apart (the kNN costs themselves: tests/test_costs.py)"),
+    (_B, "int(np.ceil(recall * len(s) - 1e-9)) - 1]", "1e-09 -> 2e-09", "equivalent: a guard against float error "
+     "in recall * m; any tolerance far below 1/m gives the same rank"),
+    (_B, "w = np.maximum(w, 1e-300) / w.sum()", "1e-300 -> 2e-300", "equivalent: a floor for log(0); no weight "
+     "of a solve is that small"),
+    (_B, "w = np.maximum(w, 1e-300) / w.sum()", "/ -> *", "equivalent: the solver's weights already sum to 1 "
+     "within 1e-16"),
+    (_B, "np.log(np.maximum(a, 1e-300))", "1e-300 -> 2e-300", "equivalent: a floor for log(0); anchor masses "
+     "are positive"),
     (_E, 'failpoint("publish.', "statement -> pass", "a fault-injection hook: killed by "
      "tests/test_fault_injection.py (slow lane: it kills a real `sot` process, outside this selection)"),
 ]
@@ -101,7 +111,10 @@ def _score(rows: list[dict]) -> dict:
     scored = sum(counts[s] for s in ("killed", "timeout", "survived"))
     dead = counts["killed"] + counts["timeout"]
     # survivors explained as equivalent (same behaviour) or as killed by tests outside the selection
-    explained = sum(r["status"] == "survived" and bool(r.get("note")) and r["note"] != NO_TEST for r in rows)
+    # survivors with a reason: equivalent, or killed by a test outside the selection ("not killed" /
+    # "not pinned" notes say why no test kills one, which is no equivalence)
+    explained = sum(r["status"] == "survived" and bool(r.get("note")) and r["note"] != NO_TEST
+                    and not r["note"].startswith(("not killed", "not pinned")) for r in rows)
     return {"mutants": len(rows), **{s: counts[s] for s in _STATUSES}, "scored": scored,
             "killed_or_timeout": dead, "score": round(dead / scored, 4) if scored else None, "explained": explained,
             "score_without_explained": round(dead / (scored - explained), 4) if scored > explained else None}
