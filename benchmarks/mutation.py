@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from benchmarks.mutants import generate, pragmas
-from benchmarks.mutation_report import explain, write_report
+from benchmarks.mutation_report import equivalent, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "mutation"
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     earlier = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else None
     previous = earlier if args.survivors else None
     # survivors explained as equivalent are not rerun
-    only = ({m["id"] for m in previous["mutants"] if m["status"] == "survived" and not explain(m)}
+    only = ({m["id"] for m in previous["mutants"] if m["status"] == "survived" and not equivalent(m)}
             if previous else None)
     if args.missing:
         only = _missing(args.module, earlier)
