@@ -298,3 +298,16 @@ def test_apply_recall_against_brute_force():
     for bad in (0.0, 1.0):
         with pytest.raises(ValueError, match=r"harmful_recall must be in \(0, 1\)"):
             B.apply_recall(fit, bad)
+
+
+def test_apply_recall_ties_at_the_threshold_are_not_harmful_like():
+    """The rules are strict: u(x) > 1 - r and score > outlier threshold. With r = 0.75 (1 - r = 0.25
+    exactly) and a held-out fold of 4 rows, shares of exactly 0.25 occur and stay below the line;
+    a pool whose scores are mostly 0 has median and MAD 0, and its rows at 0 are no outliers."""
+    held = [np.array([1.0, 2.0, 3.0, 4.0])]
+    fit = B.CrossFit(np.array([[0.25, 0.25, 0.0, 1.0, 0.0, 0.0]]), np.array([[0.25, 0.0]]), held,
+                     np.array([0.0, 0.0, 0.0, 0.0, 0.0, 5.0]))
+    b = B.apply_recall(fit, 0.75)
+    assert b.harmful_like.tolist() == [False, False, False, True, False, True] and b.outliers == 1
+    assert b.per_fold_recall == [0.75]  # 3 of the 4 held-out rows lie above the line: exactly r
+    assert b.anchor_harmful_share == 0.0
