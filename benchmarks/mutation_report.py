@@ -129,7 +129,7 @@ def _annotate(mutants: list[dict]) -> None:
     for m in mutants:
         if m["status"] == "excluded":
             m["note"] = "excluded by `# pragma: no mutate`: " + m["excluded"]
-        elif m["status"] == "survived" and m.get("note") != NO_TEST:
+        elif m["status"] == "survived" and (m.get("note") != NO_TEST or m.get("rerun_tests")):
             m["note"] = explain(m) or ""
 
 
