@@ -75,7 +75,7 @@ NOTES: list[tuple[str, str, str, str]] = [
      "by float rounding"),
     (_B, "iters: int = 25", "25 -> 26", "equivalent: spherical k-means on the tests' clusters is converged long "
      "before 25 steps"),
-    (_B, "big = len(x) * len(y) > DENSE_LIMIT", "> -> >=", _BOUNDARY.replace("a float", "a cost count")),
+    (_B, "big = len(x) * len(y) > DENSE_LIMIT", "> -> >=", _BOUNDARY.replace("a float equals", "a count (cost entries, reference rows) equals")),
     (_B, "big = len(x) * len(y) > DENSE_LIMIT", "* -> /", "not killed: the dense/kNN switch at 2e7 cost entries; "
      "only a problem that large tells the two apart (the kNN costs themselves: tests/test_costs.py)"),
     (_B, "int(np.ceil(recall * len(s) - 1e-9)) - 1]", "1e-09 -> 2e-09", "equivalent: a guard against float error "
