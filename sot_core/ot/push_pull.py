@@ -185,7 +185,8 @@ def solve_push_pull(cost_anchor, cost_harmful, config: PushPullConfig = PushPull
     weights = torch.softmax(-score / dca.tau, dim=0).cpu().numpy()
     weights /= weights.sum()
     ess = 1.0 / float(np.sum(weights ** 2))
-    _final_verdict(dca, config, n, ess, float(score.std()))
+    # one row has no spread (torch's std of one value is NaN and warns)
+    _final_verdict(dca, config, n, ess, float(score.std()) if n > 1 else 0.0)
     diagnostics = {**dca.record(), "ess": ess, "ess_fraction": ess / n,
                    "seconds": time.perf_counter() - started, "device": str(device),
                    "dtype": config.dtype, "mode": config.mode, "lam": config.lam, "eps": config.eps,
