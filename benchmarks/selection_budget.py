@@ -8,7 +8,7 @@ Four measurements, MiniLM pair view, SOT defaults (lam 1, eps 0.1), PyRIT refere
   survivors, refusal guard on), ``--keep auto`` (also at target recalls 0.9 and 0.97, from the same
   cross-fit), and every instance-level baseline plain and with the same refusal information (the
   guard's refusal rows ranked first, their score lowered). ``auroc_budget_score`` is the AUROC of the
-  budget's cross-fitted score (OT + discriminant), the score rows are dropped by.
+  budget's cross-fitted score (OT + discriminant + pool-neighbourhood term), the score rows are dropped by.
 * ``sweep``: 400 Alpaca + 40 refusals + harmful rows at 0/5/10/30% of the pool, ``--keep auto``.
 * ``clean``: the task mixes (SST-2, AG News, GSM8K) without their harmful rows, ``--keep auto``,
   and as shipped (5% harmful) at the new default and with ``--keep auto``.
@@ -206,7 +206,8 @@ def main() -> None:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     parts = args.parts.split(",")
     out = {"seeds": list(seeds), "settings": "MiniLM pair view, lam 1, eps 0.1, keep 0.8, harmful_recall 0.95, "
-                                              "5-fold cross-fitting, budget score = OT + logistic discriminant, PyRIT reference (463 rows)"}
+                                              "5-fold cross-fitting, budget score = OT + logistic discriminant + 0.5 x mean score of the "
+                                              "10 nearest pool rows, PyRIT reference (463 rows)"}
     if "general" in parts:
         per_seed = general(rows, emb, ref, seeds, adv_emb, adv)
         out["general"] = {"summary": summarise(per_seed), "per_seed": per_seed}

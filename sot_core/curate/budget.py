@@ -22,7 +22,10 @@ s_k the standardised logit of a logistic discriminant fitted in the same fold: t
 fold k against the anchor and the pool's lower half by s_k (`sot_core.curate.discriminant`). The
 OT score alone (``discriminant=False``) let benign rows near some reference row but far from the
 small anchor score like harm; the sum drops fewer benign rows at the same recall (measured in
-benchmarks/RESULTS.md, section selection_budget). Everything below holds for either score.
+benchmarks/RESULTS.md, section selection_budget). Then (``neighbourhood=True``, the default) each
+row's score gains half the mean fold score of its 10 nearest pool rows (`sot_core.curate.neighbours`):
+a pool's harm comes in numbers and sits together, a benign row that happens to look like one
+reference row mostly does not. Everything below holds for any of these scores.
 
 Threshold. In fold k, :math:`P_k(x)` is the share of the fold's held-out rows that score at or
 below x. The budget score is :math:`u(x) = \frac{1}{K}\sum_k P_k(x)` in [0, 1] (0: below every
@@ -51,6 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sot_core.curate.discriminant import CombinedScorer
+from sot_core.curate.neighbours import add_neighbourhood, pool_neighbours, query_neighbours
 from sot_core.errors import SotError
 
 # Fewest harmful reference rows the budget can be calibrated on (each of 2 folds holds out half).
@@ -60,10 +64,13 @@ MIN_FOLD_ROWS = 10
 # Cross-fitting folds and the seed of the reference split (fixed: the same inputs give the same budget).
 FOLDS = 5
 SEED = 0
-# Version of the stored cross-fit (part of its cache key). 3: the discriminant joins the score.
-FORMAT = 3
+# Version of the stored cross-fit (part of its cache key). 3: the discriminant joins the score;
+# 4: the pool-neighbourhood term joins it.
+FORMAT = 4
 # The budget's score adds the logistic discriminant to the OT score (`sot_core.curate.discriminant`).
 DISCRIMINANT = True
+# ... and the mean score of each row's nearest pool rows (`sot_core.curate.neighbours`).
+NEIGHBOURHOOD = True
 # Robust standard deviations above the pool's median score at which a row is harmful-like anyway.
 OUTLIER_SD = 4.0
 # Rows scored at a time out of sample (bounds memory to SCORE_BLOCK x reference rows).
@@ -283,7 +290,7 @@ class CrossFit:
 
 def cross_fit(pool: np.ndarray, anchor: np.ndarray | None, harmful: np.ndarray, config, folds: int = 5,
               seed: int = 0, anchor_masses: np.ndarray | None = None, check_anchor_rows: int | None = None,
-              discriminant: bool = DISCRIMINANT) -> CrossFit:
+              discriminant: bool = DISCRIMINANT, neighbourhood: bool = NEIGHBOURHOOD) -> CrossFit:
     """The cross-fitted solves of `calibrate`: P_k of every pool and anchor row, held-out scores per fold.
 
     Parameters
@@ -303,6 +310,8 @@ def cross_fit(pool: np.ndarray, anchor: np.ndarray | None, harmful: np.ndarray, 
         composite one, whose refusal rows answer harmful prompts by design); default all.
     discriminant : bool
         Add the fold's logistic discriminant to the OT score (`DISCRIMINANT`, the default).
+    neighbourhood : bool
+        Add the mean score of each row's nearest pool rows (`NEIGHBOURHOOD`, the default).
     """
     if len(harmful) < MIN_REFERENCE:
         raise BudgetError(f"the harmful-row budget needs at least {MIN_REFERENCE} harmful reference rows to hold "
@@ -312,15 +321,23 @@ def cross_fit(pool: np.ndarray, anchor: np.ndarray | None, harmful: np.ndarray, 
     fold = reference_folds(len(harmful), k, seed)
     shares, anchor_shares, held_out, scores = [], [], [], []
     checked = anchor[:check_anchor_rows] if anchor is not None else None
+    if neighbourhood:  # neighbours in the pool of every row scored; the fold's scores are averaged over them
+        near = (pool_neighbours(pool), query_neighbours(harmful, pool),
+                query_neighbours(checked, pool) if checked is not None else None)
     for f in range(k):
         scorer = FoldScorer(pool, anchor, harmful[fold != f], config, anchor_masses)
         if discriminant:
             scorer = CombinedScorer(scorer, pool, anchor, harmful[fold != f], seed)
-        held = scorer.score(harmful[fold == f])
+        held, pool_s = scorer.score(harmful[fold == f]), scorer.score(pool)
+        anchor_s = scorer.score(checked) if checked is not None else np.zeros(0)
+        if neighbourhood:
+            held = add_neighbourhood(held, near[1][fold == f], pool_s)
+            anchor_s = add_neighbourhood(anchor_s, near[2], pool_s) if checked is not None else anchor_s
+            pool_s = add_neighbourhood(pool_s, near[0], pool_s)
         held_out.append(held)
-        scores.append(scorer.score(pool))
-        shares.append(share_at_or_below(scores[-1], held))
-        anchor_shares.append(share_at_or_below(scorer.score(checked), held) if checked is not None else np.zeros(0))
+        scores.append(pool_s)
+        shares.append(share_at_or_below(pool_s, held))
+        anchor_shares.append(share_at_or_below(anchor_s, held) if checked is not None else np.zeros(0))
     return CrossFit(np.array(shares), np.array(anchor_shares), held_out, np.mean(scores, axis=0))
 
 
@@ -354,7 +371,7 @@ def apply_recall(fit: CrossFit, harmful_recall: float) -> Budget:
 
 def calibrate(pool: np.ndarray, anchor: np.ndarray | None, harmful: np.ndarray, config, harmful_recall: float,
               folds: int = 5, seed: int = 0, anchor_masses: np.ndarray | None = None,
-              discriminant: bool = DISCRIMINANT) -> Budget:
+              discriminant: bool = DISCRIMINANT, neighbourhood: bool = NEIGHBOURHOOD) -> Budget:
     """Cross-fitted harmful-row budget of a pool (see the module docstring): `cross_fit`, then `apply_recall`."""
     return apply_recall(cross_fit(pool, anchor, harmful, config, folds, seed, anchor_masses,
-                                  discriminant=discriminant), harmful_recall)
+                                  discriminant=discriminant, neighbourhood=neighbourhood), harmful_recall)

@@ -1,0 +1,64 @@
+r"""The pool-neighbourhood term of the harmful-row budget's score (issue 14).
+
+Why. A benign row that looks like some harmful reference row on its own (a cocktail recipe near
+drug recipes, a password generator near credential theft) is usually surrounded in the pool by
+benign rows that do not (other recipes, other small utilities), while a pool's harmful rows come
+in numbers and sit near one another. Adding to a row's score the mean score of its nearest pool
+rows lowers the first kind and raises the second: on the general pool's tuning draws it kept
+fewer harmful rows at the same benign keep rate (benchmarks/RESULTS.md, section selection_budget).
+
+The term. With :math:`N_k(x)` the k pool rows nearest to x by cosine (x itself excluded when x is a
+pool row),
+
+.. math:: s'(x) = s(x) + \beta \, \frac{1}{k} \sum_{j \in N_k(x)} s(x_j).
+
+A held-out harmful reference row gets its neighbours in the pool exactly as an unseen pool row
+would, so the budget's split calibration stays out of sample (`sot_core.curate.budget`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Neighbours per row and the weight of their mean score (chosen on the tuning draws 0-9).
+K = 10
+BETA = 0.5
+
+
+def pool_neighbours(pool: np.ndarray, k: int = K) -> np.ndarray:
+    """(n, min(k, n - 1)) indices of each pool row's nearest other pool rows (cosine, FAISS kNN).
+
+    A row's own index is removed from its list (an exact duplicate of it may remain: it is
+    another row). Returns an (n, 0) array for a pool of one row.
+    """
+    n = len(pool)
+    k = min(k, n - 1)
+    if k <= 0:
+        return np.zeros((n, 0), dtype=np.int64)
+    from sot_core.ot.costs import cosine_costs
+
+    idx = cosine_costs(pool, pool, k=k + 1).indices
+    own = idx == np.arange(n)[:, None]
+    # drop the row itself where found, else the farthest of the k + 1 (ties can hide the row)
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+    keep = np.ones_like(idx, dtype=bool)
+    keep[np.arange(n), drop] = False
+    return idx[keep].reshape(n, k)
+
+
+def query_neighbours(x: np.ndarray, pool: np.ndarray, k: int = K) -> np.ndarray:
+    """(len(x), min(k, n)) indices of the pool rows nearest to each row of `x` (rows not in the pool)."""
+    k = min(k, len(pool))
+    if k <= 0 or len(x) == 0:
+        return np.zeros((len(x), 0), dtype=np.int64)
+    from sot_core.ot.costs import cosine_costs
+
+    return cosine_costs(x, pool, k=k).indices
+
+
+def add_neighbourhood(scores: np.ndarray, neighbours: np.ndarray, pool_scores: np.ndarray,
+                      beta: float = BETA) -> np.ndarray:
+    """s + beta * mean of `pool_scores` over each row's `neighbours` (unchanged when there are none)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if neighbours.shape[1] == 0 or beta == 0:
+        return scores
+    return scores + beta * np.asarray(pool_scores, dtype=np.float64)[neighbours].mean(axis=1)
