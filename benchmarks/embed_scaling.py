@@ -165,6 +165,8 @@ def distinct_rows(n: int) -> list[dict]:
             if pair not in seen:
                 seen.add(pair)
                 pairs.append(pair)
+                if len(pairs) == n:
+                    break
         shift += 1
     if len(pairs) < n:
         raise SystemExit(f"only {len(pairs)} distinct rows from the shared data; ask for fewer with --e2e-rows")
