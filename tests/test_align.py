@@ -17,7 +17,7 @@ from sot_core.eval.eval_sets import benign_eval_prompts, xstest_prompts
 from sot_core.eval.evaluate import harmful_prompts
 from sot_core.refusals import keyword_refusal
 from sot_core.train.align import ALL_PROJ, AlignConfig, align, build_alignment_rows
-from sot_core.config import LoraTrainConfig
+from sot_core.config import EvalSpec, LoraTrainConfig
 from conftest import require_shared
 from test_train import make_tiny_model
 
@@ -40,7 +40,7 @@ def test_alignment_mix_follows_the_recipe_and_never_touches_evaluation_data(shar
 
     refusals = [r for r in rows if r["source"] == "safety_tuned_llamas"]
     assert all(keyword_refusal(r["response"]) for r in refusals)
-    held_out_harmful = {p.lower() for p in harmful_prompts(shared_data, cfg_harmful_sets(), 200)}
+    held_out_harmful = {p.lower() for p in harmful_prompts(shared_data, EvalSpec().harmful_sets, 200)}
     assert not held_out_harmful & {r["prompt"].lower() for r in refusals}
 
     alpaca = json.load(open(shared_data / "alpaca_en_demo/alpaca_en_demo.json"))
@@ -64,12 +64,6 @@ def test_alignment_mix_follows_the_recipe_and_never_touches_evaluation_data(shar
     assert build_alignment_rows(cfg, shared_data, fake_distill) == rows  # the seed fixes the mix
     other = build_alignment_rows(AlignConfig(**SMALL, seed=1), shared_data, fake_distill)
     assert {r["prompt"] for r in other} != {r["prompt"] for r in rows}
-
-
-def cfg_harmful_sets() -> list[str]:
-    from sot_core.config import EvalSpec
-
-    return EvalSpec().harmful_sets
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from sot_prefect.flows.watchdog import SERVER_MARK
+
 REPO = Path(__file__).resolve().parent.parent
 INPUTS = REPO / "tests" / "fixtures" / "store_v0" / "inputs"
 SOT = [sys.executable, "-m", "sot_prefect.flows.cli"]
@@ -54,7 +56,7 @@ def server_children(pid: int) -> list[int]:
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
         except (OSError, ValueError):
             continue
-        if entry.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"prefect.server.api.server" in cmd:
+        if entry.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid and SERVER_MARK in cmd:
             found.append(int(entry))
     return found
 
@@ -97,7 +99,7 @@ def watchdogs_of(pid: int) -> list[int]:
         except OSError:
             continue
         if len(argv) > 4 and argv[1] == b"-c" and argv[3] == str(pid).encode() \
-                and argv[4] == b"prefect.server.api.server":
+                and argv[4] == SERVER_MARK:
             found.append(int(p))
     return found
 
