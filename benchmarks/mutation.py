@@ -44,13 +44,14 @@ from benchmarks.mutation_report import equivalent, write_report
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "mutation"
 TARGETS = ["sot_core/ot/costs.py", "sot_core/ot/sinkhorn.py", "sot_core/ot/push_pull.py", "sot_core/ot/dca.py",
-           "sot_core/curate/select.py", "sot_core/curate/report.py", "sot_core/curate/budget.py"]
+           "sot_core/curate/select.py", "sot_core/curate/report.py", "sot_core/curate/budget.py",
+           "sot_core/curate/neighbours.py"]
 # The targets' unit-level tests: no Prefect server, no `sot` subprocess (a subprocess runs code
 # the tracer cannot see, and each costs ~10 s of imports). The flow-level contract tests
 # (test_output_contract, test_curate) are left out for the same reason; tests/test_publish.py
 # checks `publish` directly.
 TESTS = ["tests/test_costs.py", "tests/test_ot.py", "tests/test_sinkhorn_details.py", "tests/test_push_pull_reference.py", "tests/test_ivf.py",
-         "tests/test_select.py", "tests/test_selection_reference.py", "tests/test_budget.py",
+         "tests/test_select.py", "tests/test_selection_reference.py", "tests/test_budget.py", "tests/test_neighbours.py",
          "tests/test_refusal_guard.py", "tests/test_guards.py", "tests/test_publish.py",
          "-m", "not slow and not integration",
          "--deselect", "tests/test_budget.py::test_keep_auto_through_sot_reports_contamination_and_threshold",
@@ -66,7 +67,8 @@ OWN = {"sot_core/ot/costs.py": ("tests/test_costs.py", "tests/test_ivf.py"),
        "sot_core/curate/report.py": ("tests/test_publish.py", "tests/test_select.py"),
        "sot_core/curate/select.py": ("tests/test_select.py", "tests/test_selection_reference.py",
                                      "tests/test_publish.py", "tests/test_refusal_guard.py", "tests/test_budget.py"),
-       "sot_core/curate/budget.py": ("tests/test_budget.py",)}
+       "sot_core/curate/budget.py": ("tests/test_budget.py", "tests/test_neighbours.py"),
+       "sot_core/curate/neighbours.py": ("tests/test_neighbours.py", "tests/test_budget.py")}
 # Seconds of (traced) test time a mutant may run before its remaining covering tests are dropped;
 # a survivor of a capped run is rerun against all of them (`--survivors --full`).
 CAP_S = 4.0
