@@ -77,3 +77,24 @@ def test_budget_with_the_term_keeps_its_recall_guarantee_and_drops_the_harm():
     # 16 harmful rows at a 95% target: 14 dropped here; 13 leaves room for binomial noise, not for a broken term
     assert on.harmful_like[80:].sum() >= 13 and on.harmful_like[:80].mean() <= 0.05
     assert not np.allclose(on.budget_score, off.budget_score)  # the default really adds the term
+
+
+def test_propagation_converges_to_the_linear_solve():
+    """Many rounds of s <- s0 + beta * mean_N(s) reach the fixed point (I - beta P)^-1 s0, P the
+    row-normalised kNN matrix (an independent dense solve); one round is `add_neighbourhood` once."""
+    rng = np.random.default_rng(3)
+    pool = unit(rng.normal(size=(30, 6))).astype(np.float32)
+    nb = N.pool_neighbours(pool, 4)
+    s0 = rng.normal(size=30)
+    P = np.zeros((30, 30))
+    np.add.at(P, (np.repeat(np.arange(30), 4), nb.ravel()), 0.25)
+    fixed = np.linalg.solve(np.eye(30) - 0.5 * P, s0)
+    last, read = N.propagate(s0, nb, 0.5, 60)
+    assert np.allclose(last, fixed, atol=1e-9) and np.allclose(read, fixed, atol=1e-9)
+    one, read1 = N.propagate(s0, nb, 0.5, 1)
+    assert np.allclose(one, N.add_neighbourhood(s0, nb, s0, 0.5)) and np.array_equal(read1, s0)
+    two, read2 = N.propagate(s0, nb, 0.5, 2)
+    assert np.array_equal(read2, one) and np.allclose(two, s0 + 0.5 * one[nb].mean(axis=1))
+    # the default (what the budget runs) is one round at beta 0.5: the fourth session's term, bit for bit
+    default, read_d = N.propagate(s0, nb)
+    assert np.array_equal(default, s0 + 0.5 * s0[nb].mean(axis=1)) and np.array_equal(read_d, s0)

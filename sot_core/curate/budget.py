@@ -23,9 +23,9 @@ fold k against the anchor and the pool's lower half by s_k (`sot_core.curate.dis
 OT score alone (``discriminant=False``) let benign rows near some reference row but far from the
 small anchor score like harm; the sum drops fewer benign rows at the same recall (measured in
 benchmarks/RESULTS.md, section selection_budget). Then (``neighbourhood=True``, the default) each
-row's score gains half the mean fold score of its 10 nearest pool rows (`sot_core.curate.neighbours`):
-a pool's harm comes in numbers and sits together, a benign row that happens to look like one
-reference row mostly does not. Everything below holds for any of these scores.
+row's score gains half the mean fold score of its 10 nearest pool rows (`sot_core.curate.neighbours`,
+one round of its propagation): a pool's harm comes in numbers and sits together, a benign row that
+happens to look like one reference row mostly does not. Everything below holds for any of these scores.
 
 Threshold. In fold k, :math:`P_k(x)` is the share of the fold's held-out rows that score at or
 below x. The budget score is :math:`u(x) = \frac{1}{K}\sum_k P_k(x)` in [0, 1] (0: below every
@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sot_core.curate.discriminant import CombinedScorer
-from sot_core.curate.neighbours import add_neighbourhood, pool_neighbours, query_neighbours
+from sot_core.curate.neighbours import add_neighbourhood, pool_neighbours, propagate, query_neighbours
 from sot_core.errors import SotError
 
 # Fewest harmful reference rows the budget can be calibrated on (each of 2 folds holds out half).
@@ -65,7 +65,7 @@ MIN_FOLD_ROWS = 10
 FOLDS = 5
 SEED = 0
 # Version of the stored cross-fit (part of its cache key). 3: the discriminant joins the score;
-# 4: the pool-neighbourhood term joins it.
+# 4: the pool-neighbourhood term joins it (one round of `neighbours.propagate`: the same scores).
 FORMAT = 4
 # The budget's score adds the logistic discriminant to the OT score (`sot_core.curate.discriminant`).
 DISCRIMINANT = True
@@ -331,9 +331,9 @@ def cross_fit(pool: np.ndarray, anchor: np.ndarray | None, harmful: np.ndarray, 
         held, pool_s = scorer.score(harmful[fold == f]), scorer.score(pool)
         anchor_s = scorer.score(checked) if checked is not None else np.zeros(0)
         if neighbourhood:
-            held = add_neighbourhood(held, near[1][fold == f], pool_s)
-            anchor_s = add_neighbourhood(anchor_s, near[2], pool_s) if checked is not None else anchor_s
-            pool_s = add_neighbourhood(pool_s, near[0], pool_s)
+            pool_s, read = propagate(pool_s, near[0])
+            held = add_neighbourhood(held, near[1][fold == f], read)
+            anchor_s = add_neighbourhood(anchor_s, near[2], read) if checked is not None else anchor_s
         held_out.append(held)
         scores.append(pool_s)
         shares.append(share_at_or_below(pool_s, held))
