@@ -98,3 +98,36 @@ def test_propagation_converges_to_the_linear_solve():
     # the default (what the budget runs) is one round at beta 0.5: the fourth session's term, bit for bit
     default, read_d = N.propagate(s0, nb)
     assert np.array_equal(default, s0 + 0.5 * s0[nb].mean(axis=1)) and np.array_equal(read_d, s0)
+
+
+def test_defaults_read_the_documented_ten_neighbours_at_half_weight():
+    """The module docstring and RESULTS.md describe 10 neighbours and beta 0.5: the calls without
+    arguments must use them (checked through behaviour, against the loop of the test above)."""
+    rng = np.random.default_rng(3)
+    pool = unit(rng.normal(size=(30, 8))).astype(np.float32)
+    nb = N.pool_neighbours(pool)
+    assert nb.shape == (30, 10)
+    assert [set(r.tolist()) for r in nb] == brute_knn(pool, pool, 10, exclude_self=True)
+    q = unit(rng.normal(size=(4, 8))).astype(np.float32)
+    assert N.query_neighbours(q, pool).shape == (4, 10)
+    s = rng.normal(size=30)
+    assert np.allclose(N.add_neighbourhood(s, nb, s), s + 0.5 * s[nb].mean(axis=1))
+
+
+def test_one_neighbour_is_still_a_neighbourhood():
+    s = np.array([1.0, 2.0, 4.0])
+    nb = np.array([[1], [2], [0]])
+    assert N.add_neighbourhood(s, nb, s, 0.5).tolist() == [2.0, 4.0, 4.5]
+
+
+@pytest.mark.parametrize("n_query,n_pool", [(0, 5), (3, 0), (0, 0)])
+def test_query_neighbours_of_nothing_or_in_an_empty_pool_are_empty_lists(n_query, n_pool):
+    """No query rows, or no pool rows to find: one empty list per query row, and the term leaves
+    the scores as they were (a reference row with no pool around it keeps its own score)."""
+    rng = np.random.default_rng(4)
+    q = unit(rng.normal(size=(max(n_query, 1), 8))).astype(np.float32)[:n_query]
+    pool = unit(rng.normal(size=(max(n_pool, 1), 8))).astype(np.float32)[:n_pool]
+    nb = N.query_neighbours(q, pool)
+    assert nb.shape == (n_query, 0) and nb.dtype == np.int64
+    s = rng.normal(size=n_query)
+    assert np.array_equal(N.add_neighbourhood(s, nb, np.zeros(n_pool)), s)
