@@ -13,8 +13,8 @@ The parts run in one process (the end-to-end part in a child process, so its pea
 3. end to end: `--e2e-rows` distinct rows drawn from the shared data (AG News test, GSM8K train,
    Alpaca, safety-tuned-llamas; exact duplicates of (prompt, response) removed; past the ~20k distinct
    rows there, prompts recombined with other rows' responses, `distinct_rows`) curated in a fresh
-   store with the fast backend: ingest, embed (shards), costs, solve; seconds per stage, rows/s
-   and the child's peak RSS.
+   store (or `--work`'s, to resume) with the fast backend: ingest, embed (shards), costs, solve, budget;
+   seconds per stage, rows/s and the child's peak RSS.
 4. with `--dask-rows N`: whole `curate-dataset` flow runs on N such rows, in-process and on a local
    Dask cluster with the same total cores (alternating, twice each): the Dask overhead.
 5. with `--token-lengths`: word pieces per row of every pool and the harmful reference, as the
@@ -173,37 +173,58 @@ def distinct_rows(n: int) -> list[dict]:
     return [{"id": f"r{i}", "prompt": p, "response": r} for i, (p, r) in enumerate(pairs[:n])]
 
 
-def end_to_end(n: int, encoder: str, shard_rows: int) -> dict:
-    """Ingest, embed, costs and solve of `n` distinct rows in a fresh store (run in a child process)."""
+def end_to_end(n: int, encoder: str, shard_rows: int, work: str | None = None) -> dict:
+    """Ingest, embed, costs, solve and the harmful-row budget of `n` distinct rows (run in a child process).
+
+    The store is fresh unless `work` names a folder of an earlier, interrupted run: its finished
+    shards are then reused (the sharded embedding resumes), and the result says how many rows
+    this run embedded itself.
+    """
     from sot_core.config import CurateConfig
     from sot_core.curate import pipeline
     from sot_core.data.store import Store
 
-    work = Path(tempfile.mkdtemp(prefix="sot-e2e-"))
+    work = Path(work) if work else Path(tempfile.mkdtemp(prefix="sot-e2e-"))
+    work.mkdir(parents=True, exist_ok=True)
     store = Store(work / "store")
     inputs = build_inputs(SHARED, work)
     pool = work / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in distinct_rows(n)))
     sources = {"pool": pool, "safe_anchor": inputs["tasks"]["general"]["anchor"], "harmful_ref": inputs["reference"]}
-    seconds, ids = {}, {}
+    seconds, ids, embedded = {}, {}, 0
+    config = CurateConfig(encoder=encoder)
+
+    def stage(name: str) -> None:  # progress on stderr: a 100k run takes the best part of an hour
+        print(f"{time.strftime('%H:%M:%S')} {name} done in {seconds[name]:.1f} s, peak RSS so far "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB", file=sys.stderr, flush=True)
+
     start = time.perf_counter()
     for role, path in sources.items():
         ids[role] = pipeline.ingest(store, str(path), load_rows(str(path)), role)["dataset_id"]
     seconds["ingest"] = time.perf_counter() - start
+    stage("ingest")
     start = time.perf_counter()
     for role in sources:
-        pipeline.embed(store, ids[role], encoder, show_progress=False, rows_per_shard=shard_rows)
+        embedded += pipeline.embed(store, ids[role], encoder, show_progress=True, rows_per_shard=shard_rows)["n_embedded"]
     seconds["embed"] = time.perf_counter() - start
+    stage("embed")
     start = time.perf_counter()
     encoder_id = get_encoder(encoder).encoder_id
     costs = pipeline.build_costs(store, ids["pool"], ids["safe_anchor"], ids["harmful_ref"], encoder_id, None)
     seconds["costs"] = time.perf_counter() - start
+    stage("costs")
     start = time.perf_counter()
-    solved = pipeline.solve(store, costs["cost_key"], CurateConfig(encoder=encoder), show_progress=False)
+    solved = pipeline.solve(store, costs["cost_key"], config, show_progress=False)
     seconds["solve"] = time.perf_counter() - start
+    stage("solve")
+    start = time.perf_counter()
+    pipeline.budget(store, ids, encoder_id, config)
+    seconds["budget"] = time.perf_counter() - start
+    stage("budget")
     total = sum(seconds.values())
-    return {"rows": n, "encoder": encoder, "shard_rows": shard_rows, "seconds": {k: round(v, 1) for k, v in seconds.items()},
-            "total_seconds": round(total, 1), "embed_rows_per_s": round(n / seconds["embed"], 1),
+    return {"rows": n, "encoder": encoder, "shard_rows": shard_rows, "work": str(work), "rows_embedded_this_run": embedded,
+            "seconds": {k: round(v, 1) for k, v in seconds.items()},
+            "total_seconds": round(total, 1), "embed_rows_per_s": round(embedded / seconds["embed"], 1),
             "end_to_end_rows_per_s": round(n / total, 1), "converged": solved.get("diagnostics", {}).get("converged"),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
@@ -251,13 +272,15 @@ def main(argv=None) -> int:
     p.add_argument("--dask-rows", type=int, default=0, help="also time whole flow runs, local vs a local Dask cluster")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--token-lengths", action="store_true", help="also measure the rows' token lengths")
+    p.add_argument("--work", default=None, help="the end-to-end run's folder (default a fresh temp folder); "
+                   "rerunning with the same folder resumes an interrupted run")
     p.add_argument("--e2e-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not SHARED.exists():
         print(f"shared data not found at {SHARED}; nothing to measure", file=sys.stderr)
         return 1
     if args.e2e_child:
-        print(json.dumps(end_to_end(args.e2e_rows, args.fast, args.shard_rows)))
+        print(json.dumps(end_to_end(args.e2e_rows, args.fast, args.shard_rows, args.work)))
         return 0
     out = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other jobs; "
                       "run under nice)", "command": " ".join(["python -m benchmarks.embed_scaling", *(argv or sys.argv[1:])])}
@@ -273,8 +296,9 @@ def main(argv=None) -> int:
         out["quality"] = quality(args.fast)
     if not args.skip_e2e:
         child = subprocess.run([sys.executable, "-m", "benchmarks.embed_scaling", "--e2e-child", "--fast", args.fast,
-                                "--e2e-rows", str(args.e2e_rows), "--shard-rows", str(args.shard_rows)],
-                               capture_output=True, text=True, check=True)
+                                "--e2e-rows", str(args.e2e_rows), "--shard-rows", str(args.shard_rows),
+                                *(["--work", args.work] if args.work else [])],
+                               stdout=subprocess.PIPE, text=True, check=True)  # stderr: the child's progress
         out["end_to_end"] = json.loads(child.stdout.strip().splitlines()[-1])
         print(f"end to end: {out['end_to_end']}", flush=True)
     if args.dask_rows:
