@@ -72,6 +72,10 @@ NOTES: list[tuple[str, str, str, str]] = [
     (_E, "/ n if n else 0.0", "0.0 -> 1.0", "equivalent: an empty pool selects nothing at any fraction"),
     (_B, "FORMAT = 3", "3 -> 4", "equivalent in results: the stored cross-fit's cache-key version (which cached "
      "fits are reused, not what a fit holds)"),
+    (_B, "FORMAT = 4", "4 -> 5", "equivalent in results: the stored cross-fit's cache-key version (which cached "
+     "fits are reused, not what a fit holds)"),
+    (_N, "if k <= 0:", "<= -> <", "equivalent: at k = 0 (a one-row pool) the search for k + 1 = 1 finds the row "
+     "itself, which is dropped: the same (1, 0) list"),
     (_B, "@ y.astype(np.float64).T, 0.0, 2.0)", "2.0 -> 4.0", "equivalent: 1 - <x, y> of unit rows exceeds 2 only "
      "by float rounding"),
     (_B, "iters: int = 25", "25 -> 26", "equivalent: spherical k-means on the tests' clusters is converged long "

@@ -131,3 +131,34 @@ def test_query_neighbours_of_nothing_or_in_an_empty_pool_are_empty_lists(n_query
     assert nb.shape == (n_query, 0) and nb.dtype == np.int64
     s = rng.normal(size=n_query)
     assert np.array_equal(N.add_neighbourhood(s, nb, np.zeros(n_pool)), s)
+
+
+def test_one_query_row_gets_its_neighbours_and_beta_one_adds_the_full_mean():
+    rng = np.random.default_rng(5)
+    pool = unit(rng.normal(size=(20, 8))).astype(np.float32)
+    q = unit(rng.normal(size=(1, 8))).astype(np.float32)
+    nb = N.query_neighbours(q, pool, 3)
+    assert [set(nb[0].tolist())] == brute_knn(q, pool, 3)
+    s = np.array([1.0, 2.0, 4.0])
+    assert N.add_neighbourhood(s, np.array([[1], [2], [0]]), s, 1.0).tolist() == [3.0, 6.0, 5.0]
+
+
+def test_the_cross_fitted_pool_score_is_the_mean_over_folds_and_drives_the_outlier_rule():
+    """The stored pool score (what the outlier rule and report read) is a real score of every pool
+    row, not a placeholder: finite, one per row, and highest on the harmful cluster."""
+    rng = np.random.default_rng(0)
+    dim, e = 16, np.eye(16)
+    draw = lambda centre, n: unit(centre + 0.35 * rng.normal(size=(n, dim)))  # noqa: E731
+    pool = np.vstack([draw(e[0], 60), draw(e[1], 12)])
+    fit = B.cross_fit(pool, draw(e[0], 12), draw(e[1], 40), CurateConfig())
+    assert fit.pool_scores.shape == (72,) and np.isfinite(fit.pool_scores).all()
+    assert fit.pool_scores[60:].min() > np.median(fit.pool_scores[:60])
+    assert fit.pool_shares.shape == (B.usable_folds(40, B.FOLDS), 72)
+
+
+def test_a_single_nearest_neighbour_is_found():
+    rng = np.random.default_rng(6)
+    pool = unit(rng.normal(size=(20, 8))).astype(np.float32)
+    q = unit(rng.normal(size=(3, 8))).astype(np.float32)
+    assert [set(r.tolist()) for r in N.query_neighbours(q, pool, 1)] == brute_knn(q, pool, 1)
+    assert [set(r.tolist()) for r in N.pool_neighbours(pool, 1)] == brute_knn(pool, pool, 1, exclude_self=True)
