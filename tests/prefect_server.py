@@ -4,6 +4,7 @@ endpoint, and stopped with its children afterwards."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,6 +18,32 @@ import httpx
 import pytest
 
 BIN = Path(sys.executable).parent
+# What Prefect's own client retries (PREFECT_CLIENT_RETRY_EXTRA_CODES aside): the server answers 503
+# when SQLite is busy with another writer (a worker, a flow run), and the request is safe to repeat.
+RETRY_STATUS = frozenset({429, 502, 503})
+
+
+class RetryingTransport(httpx.HTTPTransport):
+    """An httpx transport that repeats a request answered 429/502/503, with exponential backoff
+    and jitter, as `prefect.client` does; the last answer is returned whatever it is."""
+
+    def __init__(self, attempts: int = 6, **kwargs):
+        super().__init__(**kwargs)
+        self.attempts = attempts
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(self.attempts):
+            response = super().handle_request(request)
+            if response.status_code not in RETRY_STATUS or attempt == self.attempts - 1:
+                return response
+            response.close()
+            time.sleep(min(0.5 * 2 ** attempt, 8) * random.uniform(0.8, 1.2))
+        raise AssertionError("unreachable")
+
+
+def api_client(api_url: str, timeout: float = 30) -> httpx.Client:
+    """An httpx client on a Prefect server's REST API that rides out its transient 503s."""
+    return httpx.Client(base_url=api_url, timeout=timeout, transport=RetryingTransport())
 
 
 def free_port() -> int:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 
-import httpx
 import pytest
 
+from prefect_server import api_client
 from test_fault_injection import Sot, api_url, assert_same_result, curate_args, debris, run_json, vectors_stored  # noqa: F401
 
 pytestmark = pytest.mark.slow  # three `sot` processes, two of them starting worker processes
@@ -33,7 +33,8 @@ def check_like_local(home, out, local_run) -> None:
 
 
 def shard_logs(api: str) -> list[str]:
-    logs = httpx.post(f"{api}/logs/filter", json={"limit": 200}, timeout=30).json()
+    with api_client(api) as http:
+        logs = http.post("/logs/filter", json={"limit": 200}).json()
     return [entry["message"] for entry in logs if "shard" in entry["message"] and "embedded" in entry["message"]]
 
 

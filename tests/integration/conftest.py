@@ -11,9 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
-from prefect_server import free_port, prefect_server_process  # noqa: F401  (free_port: test_serve)
+from prefect_server import api_client, free_port, prefect_server_process  # noqa: F401  (free_port: test_serve)
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -25,7 +24,7 @@ class PrefectServer:
 
     def __init__(self, url: str, env: dict[str, str], home: Path):
         self.url, self.api, self.env, self.home = url, f"{url}/api", env, home
-        self.http = httpx.Client(base_url=self.api, timeout=30)
+        self.http = api_client(self.api)
 
     def get(self, path: str) -> dict:
         r = self.http.get(path)

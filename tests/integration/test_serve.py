@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from integration.conftest import free_port
+from integration.conftest import api_client, free_port
 from integration.test_deployments import REPO, demo_rows, write_jsonl
 from integration.test_operations import Webhook
 
@@ -33,7 +33,7 @@ class Served:
         self.out = open(tmp / "serve.out", "w+")
         self.proc = subprocess.Popen(["bash", "scripts/serve.sh"], cwd=REPO, env=self.env, stdout=self.out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        self.http = httpx.Client(base_url=self.api, timeout=30)
+        self.http = api_client(self.api)
 
     def output(self) -> str:
         self.out.flush()
