@@ -9,7 +9,10 @@ The parts run in one process (the end-to-end part in a child process, so its pea
 2. quality: every pool of `common.build_inputs` (the five shared fine-tuning mixes and the
    general pool) embedded with both backends and curated with the default push-pull solve:
    AUROC of the score against the harmful labels per backend and its difference, the share of
-   pool rows whose keep-80% selection is the same, and the per-row cosine between the backends.
+   pool rows whose keep-80% decision is the same (``keep80_same``: a swap at the cut counts twice,
+   once for the row that left and once for the row that came in), the share of the reference's
+   kept rows that the fast backend keeps too (``keep80_kept_overlap``), and the per-row cosine
+   between the backends.
 3. end to end: `--e2e-rows` distinct rows drawn from the shared data (AG News test, GSM8K train,
    Alpaca, safety-tuned-llamas; exact duplicates of (prompt, response) removed; past the ~20k distinct
    rows there, prompts recombined with other rows' responses, `distinct_rows`) curated in a fresh
@@ -108,6 +111,8 @@ def quality(fast: str) -> dict:
         out[name] = {"rows": int(len(cos)), "auroc_torch": per["torch"]["auroc"], "auroc_fast": per["fast"]["auroc"],
                      "auroc_diff": round(per["fast"]["auroc"] - per["torch"]["auroc"], 4),
                      "keep80_same": round(float((per["torch"]["selected"] == per["fast"]["selected"]).mean()), 4),
+                     "keep80_kept_overlap": round(float((per["torch"]["selected"] & per["fast"]["selected"]).sum()
+                                                        / per["torch"]["selected"].sum()), 4),
                      "cosine_mean": round(float(cos.mean()), 4), "cosine_min": round(float(cos.min()), 4)}
         print(f"quality {name}: {out[name]}", flush=True)
     return out

