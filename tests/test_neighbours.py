@@ -153,3 +153,22 @@ def test_the_cross_fitted_pool_score_is_a_real_score_of_every_pool_row():
     assert fit.pool_scores[60:].min() > np.median(fit.pool_scores[:60])
     assert fit.pool_shares.shape == (B.usable_folds(40, B.FOLDS), 72)
 
+
+
+def test_cross_fit_builds_one_pool_index_for_its_three_neighbour_searches(monkeypatch):
+    """The pool's FAISS index is built once and searched for the pool, the held-out reference and
+    the anchor (an IVF build at 10^5 rows costs ~40 s: building it three times doubled the stage)."""
+    from sot_core.ot import costs
+
+    built = []
+    real = costs._knn_index
+    monkeypatch.setattr(costs, "_knn_index", lambda faiss, y: built.append(len(y)) or real(faiss, y))
+    rng = np.random.default_rng(3)
+    pool = unit(rng.normal(size=(120, 16))).astype(np.float32)
+    anchor, harmful = (unit(rng.normal(size=(n, 16))).astype(np.float32) for n in (20, 60))
+    fit = B.cross_fit(pool, anchor, harmful, CurateConfig(), folds=3, neighbourhood=True)
+    assert built == [len(pool)]
+    # and the shared index gives the lists a fresh search would
+    index = costs.NearestRows(pool)
+    np.testing.assert_array_equal(N.query_neighbours(harmful, pool, nearest=index), N.query_neighbours(harmful, pool))
+    assert fit.pool_shares.shape == (3, len(pool))

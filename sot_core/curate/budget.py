@@ -322,8 +322,11 @@ def cross_fit(pool: np.ndarray, anchor: np.ndarray | None, harmful: np.ndarray, 
     shares, anchor_shares, held_out, scores = [], [], [], []
     checked = anchor[:check_anchor_rows] if anchor is not None else None
     if neighbourhood:  # neighbours in the pool of every row scored; the fold's scores are averaged over them
-        near = (pool_neighbours(pool), query_neighbours(harmful, pool),
-                query_neighbours(checked, pool) if checked is not None else None)
+        from sot_core.ot.costs import NearestRows
+
+        index = NearestRows(pool)  # one index for the three searches (an IVF build is most of a search's cost)
+        near = (pool_neighbours(pool, nearest=index), query_neighbours(harmful, pool, nearest=index),
+                query_neighbours(checked, pool, nearest=index) if checked is not None else None)
     for f in range(k):
         scorer = FoldScorer(pool, anchor, harmful[fold != f], config, anchor_masses)
         if discriminant:

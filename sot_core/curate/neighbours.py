@@ -36,19 +36,18 @@ BETA = 0.5
 STEPS = 1
 
 
-def pool_neighbours(pool: np.ndarray, k: int = K) -> np.ndarray:
+def pool_neighbours(pool: np.ndarray, k: int = K, nearest=None) -> np.ndarray:
     """(n, min(k, n - 1)) indices of each pool row's nearest other pool rows (cosine, FAISS kNN).
 
     A row's own index is removed from its list (an exact duplicate of it may remain: it is
-    another row). Returns an (n, 0) array for a pool of one row.
+    another row). Returns an (n, 0) array for a pool of one row. `nearest`: the pool's
+    `sot_core.ot.costs.NearestRows`, when the caller searches it more than once.
     """
     n = len(pool)
     k = min(k, n - 1)
     if k <= 0:
         return np.zeros((n, 0), dtype=np.int64)
-    from sot_core.ot.costs import cosine_costs
-
-    idx = cosine_costs(pool, pool, k=k + 1).indices
+    idx = _nearest(pool, nearest).search(pool, k + 1)[1]
     own = idx == np.arange(n)[:, None]
     # drop the row itself where found, else the farthest of the k + 1 (ties can hide the row)
     drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
@@ -57,14 +56,18 @@ def pool_neighbours(pool: np.ndarray, k: int = K) -> np.ndarray:
     return idx[keep].reshape(n, k)
 
 
-def query_neighbours(x: np.ndarray, pool: np.ndarray, k: int = K) -> np.ndarray:
+def query_neighbours(x: np.ndarray, pool: np.ndarray, k: int = K, nearest=None) -> np.ndarray:
     """(len(x), min(k, n)) indices of the pool rows nearest to each row of `x` (rows not in the pool)."""
     k = min(k, len(pool))
     if k <= 0 or len(x) == 0:
         return np.zeros((len(x), 0), dtype=np.int64)
-    from sot_core.ot.costs import cosine_costs
+    return _nearest(pool, nearest).search(x, k)[1]
 
-    return cosine_costs(x, pool, k=k).indices
+
+def _nearest(pool: np.ndarray, nearest):
+    from sot_core.ot.costs import NearestRows
+
+    return nearest if nearest is not None else NearestRows(pool)
 
 
 def propagate(pool_scores: np.ndarray, neighbours: np.ndarray, beta: float = BETA,

@@ -62,7 +62,7 @@ def model_files(backend: str) -> tuple[str, ...]:
     return IR_FILES if backend == "openvino" else ("model.onnx",)
 
 
-def _export_fp32(model_dir: Path, path: Path, max_length: int) -> None:
+def export_fp32(model_dir: Path, path: Path, max_length: int) -> None:
     """Trace the packaged BERT encoder to ONNX (last hidden state; batch and length dynamic)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -114,7 +114,7 @@ def build_export(model_dir: Path, folder: Path, backend: str, max_length: int) -
         build_ir(model_dir, folder, max_length)
         return
     fp32 = folder / ("model.onnx" if backend == "onnx" else "fp32.onnx")
-    _export_fp32(model_dir, fp32, max_length)
+    export_fp32(model_dir, fp32, max_length)
     if backend == "int8":
         _quantise_int8(fp32, folder / "model.onnx")
         fp32.unlink()

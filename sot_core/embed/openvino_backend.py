@@ -28,6 +28,7 @@ https://docs.openvino.ai/2025/openvino-workflow/model-optimization-guide/quantiz
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -66,6 +67,7 @@ def calibration_texts(demo_dir: Path | None = None) -> list[str]:
 
 
 def calibration_digest(texts: Sequence[str]) -> str:
+    """sha256 of `texts` joined by NUL (compared with `CALIBRATION_SHA256`)."""
     return hashlib.sha256("\0".join(texts).encode()).hexdigest()
 
 
@@ -73,7 +75,7 @@ def build_ir(model_dir: Path, folder: Path, max_length: int, demo_dir: Path | No
     """Write the static-int8 IR (``model.xml`` + ``model.bin``) of the packaged model into `folder`."""
     from transformers import AutoTokenizer
 
-    from sot_core.embed.onnx_backend import _export_fp32, tokenize
+    from sot_core.embed.onnx_backend import export_fp32, tokenize
 
     ov = _require_openvino()
     import nncf
@@ -86,7 +88,8 @@ def build_ir(model_dir: Path, folder: Path, max_length: int, demo_dir: Path | No
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     dataset = nncf.Dataset(texts, lambda text: tokenize(tokenizer, [text], max_length))
     onnx_path = folder / "fp32.onnx"
-    _export_fp32(model_dir, onnx_path, max_length)
+    export_fp32(model_dir, onnx_path, max_length)
+    nncf.set_log_level(logging.WARNING)  # one INFO line per operation otherwise; the progress bars stay
     quantised = nncf.quantize(ov.Core().read_model(str(onnx_path)), dataset, subset_size=len(texts),
                               model_type=nncf.ModelType.TRANSFORMER)
     ov.save_model(quantised, str(folder / "model.xml"), compress_to_fp16=False)

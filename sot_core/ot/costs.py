@@ -188,32 +188,56 @@ def _knn_index(faiss, y: np.ndarray):
     return index
 
 
+class NearestRows:
+    """The rows of `y` in a FAISS index (`_knn_index`), built once and searched for any rows.
+
+    Building is the costly part for a large `y` (the IVF k-means takes ~40 s at 10^5 rows on
+    2 cores), so callers that search one set several times keep one `NearestRows`.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (m, d)
+        Unit-norm rows (float32; other float dtypes are converted).
+    """
+
+    def __init__(self, y: np.ndarray):
+        import faiss  # lazy: see the module docstring
+
+        self._faiss = faiss
+        self.y = _as_unit_float32("y", y)
+        _check_block("y", 0, self.y)
+        self.index = _knn_index(faiss, self.y)
+
+    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, indices), each (len(x), k), of the k rows of y nearest to each row of
+        `x`, by decreasing similarity. A row for which the probed IVF cells hold fewer than k
+        rows is searched exactly."""
+        x = _as_unit_float32("x", x)
+        sims = np.empty((len(x), k), dtype=np.float32)
+        idx = np.empty((len(x), k), dtype=np.int64)
+        for start in range(0, len(x), _ROW_BLOCK):
+            block = x[start:start + _ROW_BLOCK]
+            _check_block("x", start, block)
+            s, i = self.index.search(block, k)
+            short = np.flatnonzero((i < 0).any(axis=1))
+            if len(short):
+                s[short], i[short] = self._faiss.knn(block[short], self.y, k, metric=self._faiss.METRIC_INNER_PRODUCT)
+            sims[start:start + len(block)], idx[start:start + len(block)] = s, i
+        return sims, idx
+
+
 def _knn_costs(x: np.ndarray, y: np.ndarray, k: int) -> KnnCost:
     """k nearest rows of y per row of x: exact (FAISS ``IndexFlatIP``) or, for a reference of
-    `IVF_MIN_ROWS` rows or more, approximate (IVF, `_knn_index`); on all GPUs when FAISS has any.
-    A row for which the probed cells hold fewer than k rows is searched exactly."""
-    import faiss  # lazy: see the module docstring
-
-    index = _knn_index(faiss, y)
+    `IVF_MIN_ROWS` rows or more, approximate (IVF, `_knn_index`); on all GPUs when FAISS has any."""
     n, m = x.shape[0], y.shape[0]
-    y_sum = y.sum(axis=0, dtype=np.float64)  # sum_j C_ij = m - <x_i, y_sum>
-    indices = np.empty((n, k), dtype=np.int64)
-    costs = np.empty((n, k), dtype=np.float32)
-    fill = np.empty(n, dtype=np.float32)
-    for start in range(0, n, _ROW_BLOCK):
-        block = x[start:start + _ROW_BLOCK]
-        _check_block("x", start, block)
-        sims, idx = index.search(block, k)  # sorted by decreasing similarity
-        short = np.flatnonzero((idx < 0).any(axis=1))  # IVF: fewer than k rows in the probed lists
-        if len(short):
-            sims[short], idx[short] = faiss.knn(block[short], y, k, metric=faiss.METRIC_INNER_PRODUCT)
-        rows = slice(start, start + len(block))
-        indices[rows] = idx
-        np.subtract(1.0, sims, out=costs[rows])
-        kth = costs[rows, -1].astype(np.float64)
-        if k < m:  # mean of the missing costs; each is >= the k-th and <= 2 (rounding aside)
-            missing_sum = m - block.astype(np.float64) @ y_sum - costs[rows].sum(axis=1, dtype=np.float64)
-            fill[rows] = np.clip(missing_sum / (m - k), kth, 2.0)
-        else:
-            fill[rows] = kth  # nothing is missing
+    sims, indices = NearestRows(y).search(x, k)  # sorted by decreasing similarity
+    costs = np.subtract(1.0, sims, dtype=np.float32)
+    kth = costs[:, -1].astype(np.float64)
+    fill = kth.astype(np.float32)  # k = m: nothing is missing
+    if k < m:  # mean of the missing costs; each is >= the k-th and <= 2 (rounding aside)
+        y_sum = y.sum(axis=0, dtype=np.float64)  # sum_j C_ij = m - <x_i, y_sum>
+        for start in range(0, n, _ROW_BLOCK):  # blockwise: no float64 copy of a large pool
+            rows = slice(start, start + _ROW_BLOCK)
+            missing_sum = m - x[rows].astype(np.float64) @ y_sum - costs[rows].sum(axis=1, dtype=np.float64)
+            fill[rows] = np.clip(missing_sum / (m - k), kth[rows], 2.0)
     return KnnCost(indices=indices, costs=costs, n_targets=m, fill=fill)
