@@ -19,7 +19,7 @@ from sot_core.embed.llm_encoder import LastTokenEncoder
 from sot_core.embed.onnx_backend import (
     EXPORT_VERSION, ONNX_BACKENDS, RECIPE_VERSIONS, OnnxSentenceModel, _default_threads, cached_export, embed_sorted,
 )
-from sot_core.embed.openvino_backend import OpenVinoSentenceModel
+from sot_core.embed import openvino_backend
 from sot_core.errors import InputError, OptionError
 
 
@@ -59,9 +59,10 @@ class MiniLMEncoder(Encoder):
             raise ValueError(f"unknown MiniLM backend {backend!r}; known: {', '.join(MINILM_BACKENDS)}")
         if backend in ("fp16", "bf16"):
             device = _cuda_device(backend)
-        if backend == "openvino":
-            _require_package("openvino", backend)
-            _require_package("nncf", backend)
+        missing = openvino_backend.missing_packages() if backend == "openvino" else []
+        if missing:
+            raise ValueError(f"backend 'openvino' needs {', '.join(missing)}, not installed: "
+                             f"{openvino_backend.INSTALL_HINT}")
         self.device, self.backend, self.cache_dir = device, backend, cache_dir
         if max_length is not None:
             if not 1 <= max_length <= 512:  # the model's position table holds 512
@@ -101,7 +102,7 @@ class MiniLMEncoder(Encoder):
         cache = Path(self.cache_dir) if self.cache_dir is not None else default_home() / "models"
         path = cached_export(cache, model_dir, model_fingerprint(model_dir), self.backend, self.max_seq_length)
         if self.backend == "openvino":
-            return OpenVinoSentenceModel(path, model_dir, self.max_seq_length, _default_threads())
+            return openvino_backend.OpenVinoSentenceModel(path, model_dir, self.max_seq_length, _default_threads())
         return OnnxSentenceModel(path, model_dir, self.max_seq_length)
 
     def _embed_texts(self, texts, batch_size, progress):
@@ -128,15 +129,6 @@ def _cuda_device(backend: str) -> str:
         raise ValueError(f"backend {backend!r} runs on a CUDA GPU and none is available here (torch sees no CUDA "
                          "device); use minilm, minilm-onnx, minilm-int8 or minilm-openvino on a CPU")
     return "cuda"
-
-
-def _require_package(package: str, backend: str) -> None:
-    """A ValueError naming the extra when `backend` needs a package this environment lacks."""
-    import importlib.util
-
-    if importlib.util.find_spec(package) is None:
-        raise ValueError(f"backend {backend!r} needs the {package} package, which is not installed: "
-                         "pip install -e '.[openvino]' (scripts/setup.sh installs it)")
 
 
 # name -> factory(representation) ; `--encoder NAME[:representation]` on the CLI

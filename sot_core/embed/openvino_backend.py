@@ -43,13 +43,23 @@ CALIBRATION_SHA256 = "99c44cd3309d93bc28de8c8f54932c2de942375b3aa9c8c88831010a4d
 IR_FILES = ("model.xml", "model.bin")
 
 
+#: How to get the backend's packages, in every message that says one is missing.
+INSTALL_HINT = "pip install -e '.[openvino]' (scripts/setup.sh installs it)"
+
+
+def missing_packages() -> list[str]:
+    """The backend's packages (openvino, nncf) that this environment lacks, without importing them."""
+    import importlib.util
+
+    return [name for name in ("openvino", "nncf") if importlib.util.find_spec(name) is None]
+
+
 def _require_openvino():
-    try:
-        import nncf  # noqa: F401
-        import openvino
-    except ImportError as err:
-        raise ImportError("the minilm-openvino backend needs the openvino extra: pip install -e '.[openvino]' "
-                          f"(scripts/setup.sh installs it); missing: {err.name}") from err
+    missing = missing_packages()
+    if missing:
+        raise ImportError(f"the minilm-openvino backend needs {', '.join(missing)}: {INSTALL_HINT}")
+    import openvino
+
     return openvino
 
 
@@ -62,7 +72,8 @@ def calibration_texts(demo_dir: Path | None = None) -> list[str]:
     texts = []
     for name in CALIBRATION_FILES:
         table = load_rows(str(Path(demo_dir or DEMO_DIR) / name))
-        texts += [pair_text(p, r) for p, r in zip(table.column("prompt").to_pylist(), table.column("response").to_pylist())]
+        prompts, responses = table.column("prompt").to_pylist(), table.column("response").to_pylist()
+        texts += [pair_text(p, r) for p, r in zip(prompts, responses)]
     return texts
 
 

@@ -231,7 +231,7 @@ def _knn_costs(x: np.ndarray, y: np.ndarray, k: int) -> KnnCost:
     `IVF_MIN_ROWS` rows or more, approximate (IVF, `_knn_index`); on all GPUs when FAISS has any."""
     n, m = x.shape[0], y.shape[0]
     sims, indices = NearestRows(y).search(x, k)  # sorted by decreasing similarity
-    costs = np.subtract(1.0, sims, dtype=np.float32)
+    costs = np.subtract(1.0, sims, out=sims)  # in place: one (n, k) array, not two
     kth = costs[:, -1].astype(np.float64)
     fill = kth.astype(np.float32)  # k = m: nothing is missing
     if k < m:  # mean of the missing costs; each is >= the k-th and <= 2 (rounding aside)
