@@ -5,8 +5,9 @@ post-training static quantisation (``nncf.quantize``, ``model_type=TRANSFORMER``
 per channel, activations int8 with ranges fixed from a calibration set, the attention score
 products and normalisations left in floating point by the transformer preset. Measured on this
 2-core machine (`benchmarks/RESULTS.md`, ``embed_scaling``): 2.3-2.6x the reference's rows/s on a
-quiet machine and 3.0-3.6x on a busy one, at cosine 0.997 mean / 0.993 min to the reference;
-NNCF's default preset (no transformer type) runs at 2.9x but loses the geometry (cosine 0.59).
+quiet machine (3.0-3.6x on a busy one, measured with the earlier probe's calibration rows), at
+cosine 0.997 mean / 0.992 min to the reference on the six shared pools; NNCF's default preset (no
+transformer type) ran at 2.9x but lost the geometry (cosine 0.59).
 
 Unlike ONNX Runtime's dynamic int8 (`sot_core.embed.onnx_backend`), the activation ranges are
 fixed at build time, so a row's vector does not depend on the rows batched with it.
@@ -41,8 +42,6 @@ CALIBRATION_FILES = ("harmful_ref.jsonl", "safe_anchor.jsonl")
 #: sha256 of the calibration texts (`calibration_texts`, joined by NUL) that `RECIPE_VERSION` was built from.
 CALIBRATION_SHA256 = "99c44cd3309d93bc28de8c8f54932c2de942375b3aa9c8c88831010a4d6d0aae"
 IR_FILES = ("model.xml", "model.bin")
-
-
 #: How to get the backend's packages, in every message that says one is missing.
 INSTALL_HINT = "pip install -e '.[openvino]' (scripts/setup.sh installs it)"
 
