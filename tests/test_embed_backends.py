@@ -7,13 +7,14 @@ OpenVINO compiled model; the exports are cached in a real store.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from sot_core.embed import encoders as encoders_module
-from sot_core.embed import onnx_backend, openvino_backend
+from sot_core.embed import exported, openvino_backend
 from sot_core.embed.encoders import MiniLMEncoder, get_encoder
 from sot_core.errors import OptionError
 
@@ -90,6 +91,12 @@ def test_max_length_truncates_and_is_part_of_the_encoder_id():
     assert float((cut * full).sum()) < 0.999  # the 128 cap saw the tail
 
 
+def _replace_build(monkeypatch, backend: str, build) -> None:
+    """Make `backend`'s export with `build` for the rest of the test (a spy, or a build that must not run)."""
+    recipe = encoders_module.EXPORT_RECIPES[backend]
+    monkeypatch.setitem(encoders_module.EXPORT_RECIPES, backend, dataclasses.replace(recipe, build=build))
+
+
 @LONG_EXPORT
 def test_cached_export_is_reused_not_rebuilt(fast, cache, monkeypatch):
     exports = sorted(p.parent.name for p in (cache / "models").glob("*/model.onnx"))
@@ -100,7 +107,7 @@ def test_cached_export_is_reused_not_rebuilt(fast, cache, monkeypatch):
     def no_export(*args, **kwargs):
         raise AssertionError("the cached export was built again")
 
-    monkeypatch.setattr(onnx_backend, "build_export", no_export)
+    _replace_build(monkeypatch, "int8", no_export)
     encoder = get_encoder("minilm-int8")
     encoder.attach_store(cache)
     # the same rows in the same batches give the same vectors (int8 activations are quantised per
@@ -196,7 +203,7 @@ def test_openvino_ir_is_cached_with_both_files_checked(openvino_vectors, cache, 
     def no_build(*args, **kwargs):
         raise AssertionError("the cached IR was built again")
 
-    monkeypatch.setattr(onnx_backend, "build_export", no_build)
+    _replace_build(monkeypatch, "openvino", no_build)
     encoder = MiniLMEncoder(backend="openvino", cache_dir=cache / "models")
     np.testing.assert_array_equal(encoder.encode(PROMPTS, RESPONSES), openvino_vectors)
 
@@ -208,12 +215,12 @@ def test_openvino_ir_is_cached_with_both_files_checked(openvino_vectors, cache, 
     (folder / "model.bin").write_bytes(bytes(weights))
     rebuilt = []
 
-    def restore(model_dir, tmp, backend, max_length):
-        rebuilt.append(backend)
+    def restore(model_dir, tmp, max_length):
+        rebuilt.append("openvino")
         for name, data in good.items():
             (tmp / name).write_bytes(data)
 
-    monkeypatch.setattr(onnx_backend, "build_export", restore)
+    _replace_build(monkeypatch, "openvino", restore)
     encoder = MiniLMEncoder(backend="openvino", cache_dir=cache / "models")
     np.testing.assert_array_equal(encoder.encode(PROMPTS[:4], RESPONSES[:4]), openvino_vectors[:4])
     assert rebuilt == ["openvino"]
@@ -247,10 +254,10 @@ def test_openvino_backend_without_the_package_is_an_option_error(monkeypatch):
 def test_single_file_manifests_of_earlier_exports_are_still_read(tmp_path):
     """ONNX exports cached before multi-file manifests carry one ``sha256``; they stay valid."""
     (tmp_path / "model.onnx").write_bytes(b"an onnx protobuf")
-    digest = onnx_backend.file_sha256(tmp_path / "model.onnx")
+    digest = exported.file_sha256(tmp_path / "model.onnx")
     (tmp_path / "manifest.json").write_text(json.dumps({"sha256": digest, "backend": "onnx"}))
-    assert onnx_backend._manifest_problem(tmp_path, ("model.onnx",)) is None
+    assert exported.manifest_problem(tmp_path, ("model.onnx",)) is None
     (tmp_path / "model.onnx").write_bytes(b"an onnx protobuf, damaged")
-    assert "does not match" in onnx_backend._manifest_problem(tmp_path, ("model.onnx",))
+    assert "does not match" in exported.manifest_problem(tmp_path, ("model.onnx",))
     (tmp_path / "manifest.json").write_text("{not json")
-    assert "unreadable" in onnx_backend._manifest_problem(tmp_path, ("model.onnx",))
+    assert "unreadable" in exported.manifest_problem(tmp_path, ("model.onnx",))

@@ -4,9 +4,11 @@
 views are `REPRESENTATIONS` (pair, response, both, contrast; `contrast_view` builds the last).
 Every encoder subclasses `Encoder`.
 
-Modules: `base` (shared base and views), `encoders` (MiniLM and the registry), `onnx_backend`
-(MiniLM on ONNX Runtime, fp32 and int8, the export cached in the store), `shards` (a dataset
-embedded shard by shard, resumable), `llm_encoder` (last-token hidden states of a causal LM).
+Modules: `base` (shared base and views), `encoders` (MiniLM and the registry), `exported` (the
+export of MiniLM cached in the store, and the loop the exported backends share), `onnx_backend`
+(MiniLM on ONNX Runtime, fp32 and int8), `openvino_backend` (MiniLM on OpenVINO, static int8),
+`shards` (a dataset embedded shard by shard, resumable), `llm_encoder` (last-token hidden states
+of a causal LM).
 Scaling out (backends, shards, Dask/Ray runners, GPUs): docs/scaling.md.
 """
 from sot_core.embed.base import (

