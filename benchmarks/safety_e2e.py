@@ -18,9 +18,11 @@ curated file.
 Curation: pass the two curated files (``--sot``, ``--baseline``), or let ``--curate`` make them:
 SOT through the real ``sot curate`` CLI (defaults, MiniLM pair embeddings) and the instance-level
 baseline = the anchor-versus-harmful classifier on the same embeddings, keeping its 80% least
-harmful-like rows. Anchor: 50 SST-2 train rows of the shared n1000_p0 file that are not in the
+harmful-like rows (on the general pool: as many rows as SOT kept, with or without the refusal guard,
+whichever keeps fewer harmful rows). Anchor: 50 SST-2 train rows of the shared n1000_p0 file that are not in the
 pool (the utility split, sst2/val.json, stays unseen); harmful reference: the bundled PyRIT
-prompts (data/demo/harmful_ref.jsonl), not BeaverTails. With ``--refusal-anchor FILE
+prompts (data/demo/harmful_ref.jsonl; on the general pool the 463-row PyRIT reference of
+`benchmarks.selection_budget`), not BeaverTails. With ``--refusal-anchor FILE
 [--refusal-share S]`` SOT curates with that composite anchor and the classifier is fitted with and
 without those rows (see `curate_arms`). ``--pool general`` swaps the SST-2 mix for a
 general-instruction pool (``general_mix``: Alpaca, BeaverTails harmful answers and refusals to
@@ -50,7 +52,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import DEMO, RESULTS, beavertails_unsafe, write_jsonl, write_verdicts
+from benchmarks.common import DEMO, RESULTS, beavertails_unsafe, pyrit_harmful_reference, write_jsonl, write_verdicts
 from sot_core.io import atomic_write_text
 from sot_core.eval.evaluate import EvalSpec, evaluate_model, shared_data_dir
 from sot_core.eval.metrics import compare_arms
@@ -105,7 +107,8 @@ def general_mix(data: Path, work: Path, seed: int) -> tuple[Path, Path]:
 
 
 def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, keep: float = 0.8,
-                refusal_anchor: Path | None = None, refusal_share: float = 0.2) -> tuple[Path, Path, dict]:
+                refusal_anchor: Path | None = None, refusal_share: float = 0.2,
+                harmful_ref: Path = DEMO / "harmful_ref.jsonl") -> tuple[Path, Path, dict]:
     """Make the SOT and instance-baseline curated files for `pool_file` (see module docstring).
 
     The anchor is 50 rows of `anchor_source` (a clean mix of the same task) that are not in the pool.
@@ -113,13 +116,17 @@ def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, kee
     the classifier is fitted both with and without those rows on its safe side, and the variant
     that keeps fewer harmful rows (then more refusals) is the baseline arm: the stronger safety
     bar, chosen before any fine-tuning but with the pool's labels, an oracle choice in the
-    baseline's favour that SOT does not get.
+    baseline's favour that SOT does not get. Each variant is also tried with the refusal guard (the
+    rows `sot_core.curate.select.refusal_rows` judges refusals ranked first, as SOT's default does).
+    On pools with refusal rows the baseline keeps as many rows as SOT kept, so that its harmful-row
+    budget (which may keep fewer than `keep`) does not make the arms differ in size.
     """
     import subprocess
 
     import numpy as np
 
     from sot_core.curate.baselines import classifier
+    from sot_core.curate.select import refusal_rows
     from sot_core.data.loaders import load_rows
     from sot_core.embed.encoders import get_encoder
 
@@ -135,7 +142,6 @@ def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, kee
     anchor = [{"id": f"anchor-{i}", **{k: r[k] for k in ("instruction", "input", "output")}}
               for i, r in enumerate(random.Random(seed).sample(spare, 50))]
     write_jsonl(anchor, work / "anchor.jsonl")
-    harmful_ref = DEMO / "harmful_ref.jsonl"
     sot_cli = Path(sys.executable).with_name("sot")
     subprocess.run([str(sot_cli), "curate", "--pool", str(work / "pool.jsonl"), "--safe-anchor", str(work / "anchor.jsonl"),
                     "--harmful-ref", str(harmful_ref), "--labels", str(work / "labels.csv"), "--keep", str(keep),
@@ -154,20 +160,28 @@ def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, kee
     if refusal_anchor:
         ref = load_rows(str(refusal_anchor))
         safe_sides["classifier+ref"] = np.vstack([emb["anchor"], enc.encode(ref.column("prompt").to_pylist(), ref.column("response").to_pylist())])
+    sot_kept = {json.loads(line)["id"] for line in open(work / "sot/curated.jsonl")}
+    # The baseline keeps as many rows as SOT did (SOT's harmful-row budget may keep fewer than `keep`), so
+    # the arms differ in which rows, not how many; "+guard" variants get SOT's refusal information too
+    # (the whole-response judge's refusals ranked first), as in benchmarks.selection_budget.
+    n_keep = len(sot_kept) if refusal_ids else int(round(keep * len(pool)))
+    protected = refusal_rows([r["response"] for r in rows])
     variants = {}
     for name, safe in safe_sides.items():
-        order = np.argsort(classifier(emb["pool"], safe, emb["harmful"]), kind="stable")[: int(round(keep * len(pool)))]
-        ids = {rows[i]["id"] for i in order}
-        variants[name] = (len(harmful_ids & ids), -len(refusal_ids & ids), order)
+        score = classifier(emb["pool"], safe, emb["harmful"])
+        guarded = np.where(protected, -np.inf, score)
+        for variant, rank in ((name, score), (f"{name}+guard", guarded)):
+            order = np.argsort(rank, kind="stable")[:n_keep]
+            ids = {rows[i]["id"] for i in order}
+            variants[variant] = (len(harmful_ids & ids), -len(refusal_ids & ids), order)
     baseline_name = min(variants, key=lambda k: variants[k][:2])
     kept = variants[baseline_name][2]
     base_file = write_jsonl([{"id": rows[i]["id"], "prompt": rows[i]["prompt"], "response": rows[i]["response"],
                               "source": baseline_name, "weight": 1.0} for i in sorted(kept)], work / "baseline/curated.jsonl")
-    sot_kept = {json.loads(line)["id"] for line in open(work / "sot/curated.jsonl")}
     facts = {"pool_rows": len(pool), "pool_harmful": len(harmful_ids), "sot_harmful_kept": len(harmful_ids & sot_kept),
              "baseline_harmful_kept": len(harmful_ids & {rows[i]["id"] for i in kept}), "sot_rows": len(sot_kept), "baseline_rows": len(kept),
              "baseline": baseline_name, "baseline_variants": {k: {"harmful_kept": v[0], "refusals_kept": -v[1]} for k, v in variants.items()},
-             "refusal_anchor": str(refusal_anchor) if refusal_anchor else None, "refusal_share": refusal_share if refusal_anchor else None}
+             "harmful_ref": str(harmful_ref), "refusal_anchor": str(refusal_anchor) if refusal_anchor else None, "refusal_share": refusal_share if refusal_anchor else None}
     if refusal_ids:  # general_mix pools: safe answers to harmful prompts are wanted data
         facts.update(pool_refusals=len(refusal_ids), sot_refusals_kept=len(refusal_ids & sot_kept),
                      baseline_refusals_kept=len(refusal_ids & {rows[i]["id"] for i in kept}))
@@ -220,15 +234,18 @@ def main(argv=None) -> dict:
 
     data = shared_data_dir()
     work = args.work / ("smoke" if args.smoke else "full")
+    harmful_ref = DEMO / "harmful_ref.jsonl"
     if str(args.pool) == "general":
         pool_file, anchor_source = general_mix(data, work / "curation", args.seed)
+        # the 463-row PyRIT reference of benchmarks.selection_budget, whose budget figures this run tests
+        harmful_ref = write_jsonl(pyrit_harmful_reference(data), work / "curation/pyrit_harmful_ref.jsonl")
     else:
         pool_file = args.pool or data / DEFAULT_POOL
         anchor_source = pool_file.parent / "train_merged_n1000_p0.json"
     curation = None
     if args.curate:
         args.sot, args.baseline, curation = curate_arms(pool_file, anchor_source, work / "curation", args.seed, args.keep,
-                                                        args.refusal_anchor, args.refusal_share)
+                                                        args.refusal_anchor, args.refusal_share, harmful_ref)
     pool = pool_rows(pool_file)
     rng = random.Random(args.seed)
     if args.smoke:
