@@ -3,7 +3,8 @@ PyTorch reference, on real rows.
 
 Real parts only: the packaged all-MiniLM-L6-v2 weights, a real ``torch.onnx.export``, real
 dynamic int8 quantisation and real ONNX Runtime sessions, a real NNCF calibration and a real
-OpenVINO compiled model; the exports are cached in a real store.
+OpenVINO compiled model; the exports are cached in a real store. The cache's own tests at the end
+use a two-file recipe that writes small files in place of a model, so they run in milliseconds.
 """
 from __future__ import annotations
 
@@ -261,3 +262,50 @@ def test_single_file_manifests_of_earlier_exports_are_still_read(tmp_path):
     assert "does not match" in exported.manifest_problem(tmp_path, ("model.onnx",))
     (tmp_path / "manifest.json").write_text("{not json")
     assert "unreadable" in exported.manifest_problem(tmp_path, ("model.onnx",))
+
+
+# --- The export cache itself (`sot_core.embed.exported`), with a two-file recipe that builds in no time ---
+
+
+def _toy_recipe(calls: list, version: str = "v9", fail: bool = False) -> exported.ExportRecipe:
+    def build(model_dir, folder, max_length):
+        calls.append(max_length)
+        (folder / "graph.xml").write_text("a graph")
+        if fail:
+            raise RuntimeError("the export failed half-way")
+        (folder / "weights.bin").write_bytes(b"some weights")
+
+    return exported.ExportRecipe("toy", version, ("graph.xml", "weights.bin"), build)
+
+
+def test_export_cache_builds_once_and_names_both_files_in_its_manifest(tmp_path):
+    calls = []
+    path = exported.cached_export(tmp_path, tmp_path / "weights", "f00d", _toy_recipe(calls), 64)
+    assert path == tmp_path / "minilm-l6-v2-f00d-toy-v9" / "graph.xml"
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    assert manifest["files"] == {name: exported.file_sha256(path.parent / name) for name in ("graph.xml", "weights.bin")}
+    assert (manifest["backend"], manifest["export_version"], manifest["max_length"]) == ("toy", "v9", 64)
+    assert exported.cached_export(tmp_path, tmp_path / "weights", "f00d", _toy_recipe(calls), 128) == path
+    assert calls == [64]  # the second call (another cap) reused the export
+    # another recipe version is another export, beside the first
+    other = exported.cached_export(tmp_path, tmp_path / "weights", "f00d", _toy_recipe(calls, "v10"), 64)
+    assert other.parent.name == "minilm-l6-v2-f00d-toy-v10" and path.exists() and calls == [64, 64]
+
+
+def test_export_cache_rebuilds_a_damaged_second_file(tmp_path, capsys):
+    calls = []
+    path = exported.cached_export(tmp_path, tmp_path / "weights", "f00d", _toy_recipe(calls), 64)
+    (path.parent / "weights.bin").write_bytes(b"some weights, damaged")
+    assert exported.cached_export(tmp_path, tmp_path / "weights", "f00d", _toy_recipe(calls), 64) == path
+    assert calls == [64, 64] and (path.parent / "weights.bin").read_bytes() == b"some weights"
+    assert "cached toy export does not match the sha256 in its manifest; exporting it again" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == [path.parent.name]  # nothing left aside
+
+
+def test_a_failed_export_leaves_nothing_and_keeps_the_earlier_one(tmp_path):
+    calls = []
+    good = exported.cached_export(tmp_path, tmp_path / "weights", "f00d", _toy_recipe(calls), 64)
+    with pytest.raises(RuntimeError, match="half-way"):
+        exported.cached_export(tmp_path, tmp_path / "weights", "f00d", _toy_recipe(calls, "v10", fail=True), 64)
+    assert [p.name for p in tmp_path.iterdir()] == [good.parent.name]  # no half-built folder, no temp debris
+    assert exported.manifest_problem(good.parent, ("graph.xml", "weights.bin")) is None
