@@ -118,7 +118,7 @@ def curate_arms(pool_file: Path, anchor_source: Path, work: Path, seed: int, kee
     bar, chosen before any fine-tuning but with the pool's labels, an oracle choice in the
     baseline's favour that SOT does not get. Each variant is also tried with the refusal guard (the
     rows `sot_core.curate.select.refusal_rows` judges refusals ranked first, as SOT's default does).
-    On pools with refusal rows the baseline keeps as many rows as SOT kept, so that its harmful-row
+    On pools with refusal rows the baseline keeps as many rows as SOT kept, so that SOT's harmful-row
     budget (which may keep fewer than `keep`) does not make the arms differ in size.
     """
     import subprocess
