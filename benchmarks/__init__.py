@@ -21,6 +21,8 @@ Safety after fine-tuning (train LoRA arms and evaluate them):
 * ``safety_e2e``      the five-arm (eight with replay) end-to-end benchmark.
 * ``benign_subsets``  two opposite subsets of the benign rows, paired with the e2e's arms.
 * ``safety_pilot``    a small two-arm pilot.
+* ``replay_dose``     the replay dose chosen on half the held-out prompts, measured on the other half
+  (reads the e2e's saved verdicts; trains nothing).
 
 Tests:
 

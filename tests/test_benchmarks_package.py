@@ -36,7 +36,7 @@ def imported_modules(path: Path) -> set[str]:
 def test_the_expected_benchmarks_exist():
     assert {"curation_quality", "general_pool_seeds", "refusal_anchor", "refusal_views", "ot_scaling", "gpu_check",
             "nightly_incremental", "safety_e2e", "benign_subsets", "safety_pilot", "selection_budget", "embed_scaling",
-            "mutation"} == set(SCRIPTS)
+            "mutation", "replay_dose"} == set(SCRIPTS)
 
 
 def test_no_sys_path_edits():
@@ -88,3 +88,19 @@ def test_results_page_points_at_existing_files():
     text = (BENCH / "RESULTS.md").read_text()
     for ref in set(re.findall(r"results/[\w./-]+\.(?:json|md)", text)):
         assert (BENCH / ref).exists(), ref
+
+
+def test_replay_dose_choice_and_measurement_use_disjoint_halves():
+    """`benchmarks.replay_dose` picks the smallest dose within the margin on one half and reports
+    its gap on the other; checked against a direct count on a split small enough to do by hand."""
+    rd = importlib.import_module("benchmarks.replay_dose")
+    assert rd.choose_dose([(0.2, 1.0), (0.0, 9.0), (0.1, 2.9)], margin=3.0) == 0.1
+    assert rd.choose_dose([(0.0, 3.5), (0.1, 4.0)], margin=3.0) is None
+    base = np.array([0, 0, 0, 0, 1, 0, 0, 0])
+    doses = {0.0: np.array([1, 1, 0, 0, 1, 1, 1, 1]), 0.1: np.array([0, 0, 0, 0, 1, 1, 1, 1])}
+    choose, measure = np.arange(4), np.arange(4, 8)
+    # choosing half: dose 0 is 50 points over the base, dose 0.1 level with it -> 0.1; measured on
+    # the other half it is 4 compliant against 1 of 4, i.e. 75 points over the base
+    assert rd.split_once(base, doses, choose, measure, margin=3.0) == (0.1, 75.0)
+    report = rd.dose_split(base, doses, margin=3.0, splits=50)
+    assert sum(report["chosen"].values()) == 50 and report["full_prompt_gap"] == {"0.0": 62.5, "0.1": 37.5}
