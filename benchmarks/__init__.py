@@ -8,6 +8,8 @@ Curation quality (labelled pools, no training; share `benchmarks.common`):
 * ``refusal_views``       different embedding views for the pull and the push.
 * ``selection_budget``    the harmful-row budget and the refusal guard: general pool, contamination
   sweep, clean task pools, apology-then-comply rows.
+* ``aligned_states``      the aligned model's last-token states, every layer, against MiniLM as the
+  budget's representation; its refusal likelihood of a prompt.
 
 Solver and pipeline:
 

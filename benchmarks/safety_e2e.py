@@ -217,6 +217,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("SOT_HOME", ".sot")) / "bench_safety_e2e")
     ap.add_argument("--keep", type=float, default=0.8, help="fraction kept by the random arm")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-seed", type=int, default=None,
+                    help="LoRA and replay-mix seed (default: --seed); the evaluation prompts stay those of --seed, "
+                         "so a second training seed pairs with the first run's verdicts")
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=FILE",
                     help="an extra arm trained on a curated.jsonl (repeatable), e.g. a curation variant")
     ap.add_argument("--replay-fraction", type=float, default=0.0,
@@ -248,6 +251,7 @@ def main(argv=None) -> dict:
                                                         args.refusal_anchor, args.refusal_share, harmful_ref)
     pool = pool_rows(pool_file)
     rng = random.Random(args.seed)
+    train_seed = args.seed if args.train_seed is None else args.train_seed
     if args.smoke:
         pool = rng.sample(pool, 24)
         cfg = LoraTrainConfig(epochs=1, batch_size=4, max_length=96, seed=args.seed, checkpoint_every=0)
@@ -255,7 +259,7 @@ def main(argv=None) -> dict:
     else:
         # 128 tokens (not 192): SST-2 rows are short, and a batch holding one long harmful answer
         # is padded to the cap, so 192 would cost ~1.5x the time for the 10% of rows it affects.
-        cfg = LoraTrainConfig(epochs=2, batch_size=8, max_length=128, seed=args.seed, checkpoint_every=25)
+        cfg = LoraTrainConfig(epochs=2, batch_size=8, max_length=128, seed=train_seed, checkpoint_every=25)
         spec = EvalSpec(n_harmful=args.n_harmful, n_benign=100, n_xstest=125, n_utility=200, seed=args.seed, per_prompt=True)
 
     if args.base:
@@ -289,7 +293,7 @@ def main(argv=None) -> dict:
         write_jsonl(replay, work / "data/replay_refusals.jsonl")
         for name in ("sot", "random", "instance_baseline"):
             if arms.get(name) is not None:
-                mixed = mix_replay(read_curated(arms[name]), replay, args.replay_fraction, args.seed)
+                mixed = mix_replay(read_curated(arms[name]), replay, args.replay_fraction, train_seed)
                 arms[f"{name}_replay"] = write_jsonl(mixed, work / f"data/{name}_replay.jsonl")
     for extra in args.extra:
         name, _, src = extra.partition("=")

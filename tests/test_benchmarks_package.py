@@ -36,7 +36,7 @@ def imported_modules(path: Path) -> set[str]:
 def test_the_expected_benchmarks_exist():
     assert {"curation_quality", "general_pool_seeds", "refusal_anchor", "refusal_views", "ot_scaling", "gpu_check",
             "nightly_incremental", "safety_e2e", "benign_subsets", "safety_pilot", "selection_budget", "embed_scaling",
-            "mutation", "replay_dose"} == set(SCRIPTS)
+            "mutation", "replay_dose", "aligned_states"} == set(SCRIPTS)
 
 
 def test_no_sys_path_edits():

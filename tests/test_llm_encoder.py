@@ -68,6 +68,17 @@ def test_batched_equals_unbatched(tiny, layer):
     np.testing.assert_allclose(batched[2], hs[0, -1].numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_all_layer_states_match_each_single_layer_encoder(tiny):
+    """One forward pass for every layer gives what a single-layer encoder gives at that layer."""
+    prompts, responses = [p for p, _ in ROWS], [r for _, r in ROWS]
+    states = LastTokenEncoder(tiny).all_layer_states(prompts, responses, batch_size=3)
+    assert states.shape == (len(ROWS), 3, 32)  # tiny model: 2 layers + embeddings, hidden 32
+    for layer in range(3):
+        enc = LastTokenEncoder(tiny, layer=layer)
+        np.testing.assert_allclose(states[:, layer], enc.embed_ids(enc._pair_ids(prompts, responses)), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(states[:, 1], states[:, 2])  # the layers really differ
+
+
 def test_last_token_is_end_of_turn(tiny):
     enc = LastTokenEncoder(tiny)
     _, tok = enc._load()

@@ -110,12 +110,24 @@ class LastTokenEncoder(Encoder):
     def embed_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 16,
                   progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Raw (unnormalised) last-token states of token-id lists, shape (n, hidden_size)."""
+        return self._last_token_states(ids, [self.layer], batch_size, progress)[:, 0]
+
+    def all_layer_states(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16,
+                         progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Raw last-token states of the pair view at every layer, shape (n, num_layers + 1, hidden_size),
+        from one forward pass per batch: for choosing a layer (`benchmarks.aligned_states`).
+        ``[:, self.layer]`` equals `embed_ids` on the same rows."""
+        ids = self._pair_ids(prompts, responses)
+        model, _ = self._load()
+        return self._last_token_states(ids, list(range(model.config.num_hidden_layers + 1)), batch_size, progress)
+
+    def _last_token_states(self, ids, layers: list[int], batch_size: int, progress) -> np.ndarray:
         import torch
 
         model, tok = self._load()
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
-        out = np.empty((len(ids), self.base_dim), dtype=np.float32)
+        out = np.empty((len(ids), len(layers), self.base_dim), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths: less padding
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
@@ -127,9 +139,9 @@ class LastTokenEncoder(Encoder):
                 mask[j, : len(ids[i])] = 1
             x, mask = x.to(model.device), mask.to(model.device)
             with torch.no_grad():
-                hs = model(input_ids=x, attention_mask=mask, output_hidden_states=True).hidden_states[self.layer]
-            last = mask.sum(1) - 1
-            out[idx] = hs[torch.arange(len(idx), device=model.device), last].float().cpu().numpy()
+                hidden = model(input_ids=x, attention_mask=mask, output_hidden_states=True).hidden_states
+            rows, last = torch.arange(len(idx), device=model.device), mask.sum(1) - 1
+            out[idx] = torch.stack([hidden[k][rows, last] for k in layers], 1).float().cpu().numpy()
             if progress is not None:
                 progress(len(idx))
         return out
