@@ -52,7 +52,7 @@ def benchmark_rows(shared: Path) -> dict[str, list[dict]]:
     return rows
 
 
-def prompt_text(row: dict) -> str:
+def row_prompt(row: dict) -> str:
     return row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
 
 
@@ -96,8 +96,8 @@ def model_states(model: str, rows: dict[str, list[dict]]) -> dict[str, np.ndarra
             return dict(z)
     enc, out, t0 = LastTokenEncoder(model, max_length=256), {}, time.time()
     for role, rs in rows.items():
-        out[role] = enc.all_layer_states([prompt_text(r) for r in rs], [r["output"] for r in rs])
-        out[f"{role}_lp"] = np.stack([opener_logprob(enc, [prompt_text(r) for r in rs], o) for o in OPENERS], 1)
+        out[role] = enc.all_layer_states([row_prompt(r) for r in rs], [r["output"] for r in rs])
+        out[f"{role}_lp"] = np.stack([opener_logprob(enc, [row_prompt(r) for r in rs], o) for o in OPENERS], 1)
         print(f"{role}: {len(rs)} rows, {time.time() - t0:.0f} s", flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp.npz")
