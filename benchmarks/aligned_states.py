@@ -36,6 +36,7 @@ import numpy as np
 from benchmarks.common import (BENCH_HOME, SHARED, bench_store, candidate_rows, embed_file, pyrit_harmful_reference,
                                result_path, write_jsonl)
 from sot_core.curate.quality import auroc
+from sot_core.data.loaders import canonical_prompt
 from sot_core.io import atomic_write_text
 from sot_core.logistic import fit_logistic
 
@@ -53,7 +54,8 @@ def benchmark_rows(shared: Path) -> dict[str, list[dict]]:
 
 
 def row_prompt(row: dict) -> str:
-    return row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+    """The prompt as ingestion stores it (Alpaca template unwrapped), so the LLM reads what MiniLM reads."""
+    return canonical_prompt(row["instruction"], row.get("input") or "")
 
 
 def opener_logprob(encoder, prompts: list[str], opener: str, batch_size: int = 16) -> np.ndarray:
@@ -90,7 +92,7 @@ def model_states(model: str, rows: dict[str, list[dict]]) -> dict[str, np.ndarra
     from sot_core.embed.llm_encoder import LastTokenEncoder
     from sot_core.models.llm import model_fingerprint
 
-    cache = BENCH_HOME / "aligned_states" / f"{Path(model).name}-{model_fingerprint(model)}-v1.npz"
+    cache = BENCH_HOME / "aligned_states" / f"{Path(model).name}-{model_fingerprint(model)}-v2.npz"
     if cache.exists():
         with np.load(cache) as z:  # plain arrays only (allow_pickle stays off)
             return dict(z)
