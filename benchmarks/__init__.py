@@ -10,6 +10,8 @@ Curation quality (labelled pools, no training; share `benchmarks.common`):
   sweep, clean task pools, apology-then-comply rows.
 * ``aligned_states``      the aligned model's last-token states, every layer, against MiniLM as the
   budget's representation; its refusal likelihood of a prompt.
+* ``aligned_budget``      the whole budget on those states, alone and beside MiniLM
+  (``--encoder minilm+hf:MODEL:pair@29``), general pool and contamination sweep.
 
 Solver and pipeline:
 
@@ -30,6 +32,9 @@ Tests:
 
 * ``mutation``        do the targeted tests fail on deliberately broken copies of the solver,
   costs and selection (a hand-picked mutant set)?
+
+Shared, not run: ``common`` (inputs, embedding, draws), ``budget_arms`` (the arms of
+``selection_budget`` and ``aligned_budget``), ``aligned_model`` (the aligned model's states, cached).
 
 Each module's docstring gives its protocol and options; results go to
 ``benchmarks/results/<benchmark>/`` and are summarised in ``benchmarks/RESULTS.md``.

@@ -28,126 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import (MIXES, SHARED, adversarial_rows, bench_store, candidate_rows, draw, embed_file,
+from benchmarks.budget_arms import curate_arms, general, summarise, summarise_runs, sweep
+from benchmarks.common import (MIXES, SHARED, adversarial_rows, bench_store, candidate_rows, embed_file,
                                pyrit_harmful_reference, result_path, write_jsonl)
-from sot_core.config import CurateConfig
-from sot_core.curate.baselines import BASELINES
-from sot_core.curate.budget import apply_recall, cross_fit
-from sot_core.curate.quality import auroc
-from sot_core.curate.select import _selection, refusal_aware_score, refusal_rows
 from sot_core.io import atomic_write_text
-from sot_core.ot.costs import cosine_costs
-from sot_core.ot.push_pull import solve_push_pull
-
-
-def figures(selected, score, kinds) -> dict:
-    """AUROC of `score` for harmful vs the rest, and what `selected` keeps of each kind."""
-    harmful = kinds == "harmful"
-    out = {"auroc": round(auroc(score, harmful), 4) if harmful.any() else None,
-           "harmful_kept": int(selected[harmful].sum()), "harmful_total": int(harmful.sum())}
-    for kind in ("benign", "refusal"):
-        if (kinds == kind).any():
-            out[f"{kind}_kept_fraction"] = round(float(selected[kinds == kind].mean()), 4)
-    out["kept"] = int(selected.sum())
-    return out
-
-
-def curate_arms(pool, anchor, ref, responses, kinds, cfg=CurateConfig()) -> dict:
-    """Old default, new default and keep auto on one pool; the budget is calibrated once."""
-    res = solve_push_pull(cosine_costs(pool, anchor), cosine_costs(pool, ref), cfg.push_pull())
-    fit = cross_fit(pool, anchor, ref, cfg)
-    budget = apply_recall(fit, cfg.harmful_recall)
-    protected = refusal_rows(responses)
-    eligible = ~(budget.harmful_like & ~protected)
-    old, _ = _selection(res.weights, responses, CurateConfig(harmful_recall=0, refusal_guard=False))
-    new, _ = _selection(res.weights, responses, cfg, eligible, protected)
-    auto, _ = _selection(res.weights, responses, CurateConfig(keep="auto"), eligible, protected)
-    aware = refusal_aware_score(res.score, protected)
-    curve = {}  # the same cross-fit at other target recalls (keep auto): the budget's trade-off
-    for r in (0.9, 0.97):
-        hl = apply_recall(fit, r).harmful_like & ~protected
-        curve[f"sot_keep_auto_recall{r:g}"] = figures(_selection(res.weights, responses, CurateConfig(keep="auto"),
-                                                                 ~hl, protected)[0], aware, kinds)
-    budget_aware = refusal_aware_score(fit.pool_scores, protected)  # the cross-fitted score the budget drops by
-    new_figures = {**figures(new, aware, kinds), "auroc_budget_score": round(auroc(budget_aware, kinds == "harmful"), 4)
-                   if (kinds == "harmful").any() else None}
-    return {"sot_old_default": figures(old, res.score, kinds), "sot_new_default": new_figures,
-            "sot_keep_auto": {**figures(auto, aware, kinds), "estimated_contamination":
-                              round(float((budget.harmful_like & ~protected).mean()), 4)},
-            **curve, "_protected": protected}
-
-
-def baseline_arms(pool, anchor, ref, responses, kinds, protected) -> dict:
-    """Each non-random instance-level baseline at keep 0.8, plain and with the guard's refusal rows."""
-    out = {}
-    for name, fn in BASELINES.items():
-        if name == "random":
-            continue
-        score = fn(pool, anchor, ref)
-        rank = np.exp(-(score - score.min()))  # positive and decreasing in the score, as weights are
-        plain, _ = _selection(rank, responses, CurateConfig(harmful_recall=0, refusal_guard=False))
-        guarded, _ = _selection(rank, responses, CurateConfig(harmful_recall=0), None, protected)
-        out[name] = figures(plain, score, kinds)
-        out[f"{name}+guard"] = figures(guarded, refusal_aware_score(score, protected), kinds)
-    return out
-
-
-def general(rows, emb, ref, seeds, adv_emb, adv_rows) -> list[dict]:
-    kinds = np.array(["benign"] * 700 + ["harmful"] * 100 + ["refusal"] * 100)
-    per_seed = []
-    for seed in seeds:
-        idx = draw(rows, seed)
-        parts = [("alpaca", idx["alpaca"]), ("harmful", idx["harmful"]), ("refusal", idx["refusal"])]
-        pool = np.vstack([emb[r][i] for r, i in parts])
-        responses = [rows[r][j]["output"] for r, i in parts for j in i]
-        anchor = emb["alpaca"][idx["anchor"]]
-        arms = curate_arms(pool, anchor, ref, responses, kinds)
-        protected = arms.pop("_protected")
-        arms.update(baseline_arms(pool, anchor, ref, responses, kinds, protected))
-        # apology-then-comply: the same draw with every harmful answer given an apology opening
-        adv_pool = np.vstack([emb["alpaca"][idx["alpaca"]], adv_emb[idx["harmful"]], emb["refusal"][idx["refusal"]]])
-        adv_resp = responses[:700] + [adv_rows[j]["output"] for j in idx["harmful"]] + responses[800:]
-        adv = curate_arms(adv_pool, anchor, ref, adv_resp, kinds)
-        adv_guarded = adv.pop("_protected")[700:800]
-        arms["apology_then_comply"] = {
-            "judged_refusal": int(adv_guarded.sum()),
-            "dropped_new_default": 1 - adv["sot_new_default"]["harmful_kept"] / 100,
-            "dropped_keep_auto": 1 - adv["sot_keep_auto"]["harmful_kept"] / 100,
-            "dropped_old_default": 1 - adv["sot_old_default"]["harmful_kept"] / 100}
-        per_seed.append(arms)
-        print(f"seed {seed}: " + "  ".join(f"{k} {v['auroc']}/{v['harmful_kept']}/{v.get('refusal_kept_fraction')}"
-                                           for k, v in arms.items() if k.startswith("sot")), flush=True)
-    return per_seed
-
-
-def sweep(rows, emb, ref, seeds, levels=(0.0, 0.05, 0.10, 0.30)) -> dict:
-    out = {}
-    for level in levels:
-        runs = []
-        for seed in seeds:
-            rng = random.Random(5000 + seed)
-            benign, anchor_idx = rng.sample(range(800), 450), None
-            benign, anchor_idx = benign[:400], benign[400:]
-            refusal = rng.sample(range(len(rows["refusal"])), 40)
-            n_h = int(round(level * 440 / (1 - level)))
-            harmful = rng.sample(range(len(rows["harmful"])), n_h)
-            kinds = np.array(["benign"] * 400 + ["refusal"] * 40 + ["harmful"] * n_h)
-            parts = [("alpaca", benign), ("refusal", refusal), ("harmful", harmful)]
-            pool = np.vstack([emb[r][i] for r, i in parts if len(i)])
-            responses = [rows[r][j]["output"] for r, i in parts for j in i]
-            arms = curate_arms(pool, emb["alpaca"][anchor_idx], ref, responses, kinds)
-            a = arms["sot_keep_auto"]
-            runs.append({"harmful_injected": n_h, "harmful_kept": a["harmful_kept"],
-                         "benign_dropped": round(1 - a["benign_kept_fraction"], 4),
-                         "refusals_kept": a.get("refusal_kept_fraction"),
-                         "estimated_contamination": a["estimated_contamination"],
-                         "true_contamination": round(n_h / len(kinds), 4),
-                         **{f"{k}_recall{r:g}": v for r in (0.9, 0.97) for k, v in (
-                             ("harmful_kept", arms[f"sot_keep_auto_recall{r:g}"]["harmful_kept"]),
-                             ("benign_dropped", round(1 - arms[f"sot_keep_auto_recall{r:g}"]["benign_kept_fraction"], 4)))}})
-        out[f"{level:.0%}"] = runs
-        print(f"sweep {level:.0%}: " + json.dumps(summarise_runs(runs)), flush=True)
-    return out
 
 
 def clean_pools(shared: Path, store, ref) -> dict:
@@ -176,16 +60,6 @@ def clean_pools(shared: Path, store, ref) -> dict:
                                     "estimated_contamination": a["estimated_contamination"]}
             print(f"task {name}_{tag}: {out[f'{name}_{tag}']}", flush=True)
     return out
-
-
-def summarise_runs(runs: list[dict]) -> dict:
-    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and v is not None]
-    return {k: f"{np.mean([r[k] for r in runs]):.4g} ± {np.std([r[k] for r in runs], ddof=1) if len(runs) > 1 else 0:.2g}"
-            for k in keys}
-
-
-def summarise(per_seed: list[dict]) -> dict:
-    return {arm: summarise_runs([s[arm] for s in per_seed]) for arm in per_seed[0]}
 
 
 def main() -> None:

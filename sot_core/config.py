@@ -141,7 +141,9 @@ class CurateConfig:
         "help": "Encoder: minilm[:pair|response|both|contrast] (PyTorch, the reference), minilm-onnx or minilm-int8 "
                 "(the same model on ONNX Runtime, fp32 or int8), minilm-openvino (static int8 on OpenVINO: the fastest on "
                 "CPUs; the openvino extra), minilm-fp16 or minilm-bf16 (CUDA), "
-                "or hf:MODEL[:pair|response|both|contrast][@final|middle|N]."})
+                "or hf:MODEL[:pair|response|both|contrast][@final|middle|N], or two joined by + "
+                "(minilm+hf:MODEL:pair@N: topic and the aligned model's view side by side, the model's states "
+                "centred on the pool)."})
     knn: int | None = field(default=None, metadata={
         "ge": 1, "help": "k nearest reference rows per pool row; empty: dense costs when small, kNN when large."})
     train_weighting: TrainWeighting = field(default="normalised", metadata={

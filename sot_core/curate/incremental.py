@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from sot_core.curate.pipeline import ingest, load_embeddings, require_responses
+from sot_core.embed.composite import pool_centred
 from sot_core.data.loaders import FieldMap, load_rows, rows_from_records
 from sot_core.data.names import check_name
 from sot_core.data.schema import ROW_SCHEMA
@@ -277,13 +278,15 @@ def batch_drift(store: Store, batch_id: str, anchor_id: str, harmful_id: str, en
     """
     rng = np.random.default_rng(seed)
 
-    def cloud(dataset_id):
-        x = load_embeddings(store, dataset_id, encoder_id)
+    def cloud(x):
         return x[np.sort(rng.choice(len(x), max_rows, replace=False))] if len(x) > max_rows else x
 
-    batch = cloud(batch_id)
-    return {"to_anchor": sinkhorn_divergence(batch, cloud(anchor_id), eps),
-            "to_harmful": sinkhorn_divergence(batch, cloud(harmful_id), eps), "eps": eps,
+    # composite encoders: LM states centred on the batch (`sot_core.embed.composite`), as curation does
+    batch, anchor, harmful = pool_centred(encoder_id, *(load_embeddings(store, d, encoder_id)
+                                                        for d in (batch_id, anchor_id, harmful_id)))
+    batch = cloud(batch)
+    return {"to_anchor": sinkhorn_divergence(batch, cloud(anchor), eps),
+            "to_harmful": sinkhorn_divergence(batch, cloud(harmful), eps), "eps": eps,
             "n_batch": int(len(batch))}
 
 

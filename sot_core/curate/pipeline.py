@@ -22,6 +22,7 @@ from sot_core.data.schema import dataset_id_of
 from sot_core.data.store import Store
 from sot_core.embed import shards
 from sot_core.embed.base import Encoder
+from sot_core.embed.composite import pool_centred
 from sot_core.embed.encoders import get_encoder
 from sot_core.errors import InputError
 from sot_core.failpoints import failpoint
@@ -124,15 +125,14 @@ def build_costs(store: Store, pool_id: str, anchor_id: str, harmful_id: str, enc
     key = config_hash("costs", pool_id, anchor_id, harmful_id, encoder_id, knn, *([refusal_id] if refusal_id else []))
     out = store.stage_dir("costs", key)
     if not (out / "done").exists():
-        pool = load_embeddings(store, pool_id, encoder_id)
+        pool, anchor, harmful, *refusals = pool_centred(
+            encoder_id, *(load_embeddings(store, d, encoder_id) for d in (pool_id, anchor_id, harmful_id, refusal_id) if d))
         _clear_incomplete(out)
         with atomic_dir(out, keep_if="done") as tmp:  # a killed run leaves a temp folder, never half a stage
-            for name, ref_id in (("anchor", anchor_id), ("harmful", harmful_id)):
-                ref = load_embeddings(store, ref_id, encoder_id)
+            for name, ref in (("anchor", anchor), ("harmful", harmful)):
                 if name == "anchor" and refusal_id:
-                    refusals = load_embeddings(store, refusal_id, encoder_id)
-                    (tmp / "anchor_parts.json").write_text(json.dumps({"task": len(ref), "refusal": len(refusals)}))
-                    ref = np.vstack([ref, refusals])
+                    (tmp / "anchor_parts.json").write_text(json.dumps({"task": len(ref), "refusal": len(refusals[0])}))
+                    ref = np.vstack([ref, refusals[0]])
                 k = knn
                 if k is None and pool.shape[0] * ref.shape[0] > DENSE_LIMIT:
                     k = DEFAULT_KNN
@@ -228,11 +228,12 @@ def budget(store: Store, ids: dict[str, str], encoder_id: str, config: CurateCon
                       bud.FOLDS, bud.SEED, bud.FORMAT)
     out = store.stage_dir("budget", key)
     if not (out / "done").exists():
-        pool, anchor, harmful = (load_embeddings(store, ids[role], encoder_id)
-                                 for role in ("pool", "safe_anchor", "harmful_ref"))
+        pool, anchor, harmful, *refusals = pool_centred(
+            encoder_id, *(load_embeddings(store, ids[role], encoder_id) for role in
+                          ("pool", "safe_anchor", "harmful_ref", "refusal_anchor") if ids.get(role)))
         n_task, masses = len(anchor), None
         if refusal_id:
-            refusals = load_embeddings(store, refusal_id, encoder_id)
+            refusals = refusals[0]
             masses = composite_anchor_masses(n_task, len(refusals), max(config.refusal_share, 1e-12))
             anchor = np.vstack([anchor, refusals])
         fit = bud.cross_fit(pool, anchor, harmful, config, bud.FOLDS, bud.SEED, masses, check_anchor_rows=n_task)

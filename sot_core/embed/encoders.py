@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from sot_core.embed.base import REPRESENTATIONS, Encoder, representation_id
+from sot_core.embed.composite import CompositeEncoder, split_spec
 from sot_core.embed.llm_encoder import LastTokenEncoder
 from sot_core.embed import openvino_backend
 from sot_core.embed.exported import cached_export, default_threads, embed_sorted
@@ -144,6 +145,9 @@ def get_encoder(spec: str) -> Encoder:
     """Build an encoder from a spec `name[:representation]`, e.g. `minilm`, `minilm:response`,
     `minilm-int8:contrast` (the ONNX Runtime int8 backend of MiniLM).
 
+    Two specs joined by ``+`` embed each row with both, side by side
+    (`sot_core.embed.composite`), e.g. `minilm+hf:.sot/models/aligned:pair@29`.
+
     Names not in the registry starting with `hf:` are treated as a Hugging Face causal LM
     (local path or hub id) for the LLM last-token encoder, e.g. `hf:/models/smollm2:pair`; a
     suffix `@middle`, `@final` (default) or `@<int>` picks the hidden layer, e.g.
@@ -158,16 +162,21 @@ def get_encoder(spec: str) -> Encoder:
         is checked on disk only (see `sot_core.models.llm.check_model_reference`).
     """
     try:
-        if spec.startswith("hf:"):
-            path, representation, layer = _parse_hf_spec(spec[3:])
-            return LastTokenEncoder(path, representation=representation or "pair", layer=layer)
-        name, _, representation = spec.partition(":")
-        if name not in ENCODERS:
-            raise ValueError(f"unknown encoder {name!r}; known: {', '.join(sorted(ENCODERS))}, or hf:<model folder "
-                             "or hub id>")
-        return ENCODERS[name](representation=representation or "pair")
+        parts = split_spec(spec)
+        return CompositeEncoder([_build(part) for part in parts]) if len(parts) > 1 else _build(spec)
     except (InputError, ValueError) as exc:
         raise OptionError("encoder", spec, str(exc)) from None
+
+
+def _build(spec: str) -> Encoder:
+    if spec.startswith("hf:"):
+        path, representation, layer = _parse_hf_spec(spec[3:])
+        return LastTokenEncoder(path, representation=representation or "pair", layer=layer)
+    name, _, representation = spec.partition(":")
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; known: {', '.join(sorted(ENCODERS))}, or hf:<model folder "
+                         "or hub id>, or two joined by +")
+    return ENCODERS[name](representation=representation or "pair")
 
 
 def _parse_hf_spec(body: str) -> tuple[str, str, str | int]:

@@ -112,6 +112,11 @@ class LastTokenEncoder(Encoder):
         """Raw (unnormalised) last-token states of token-id lists, shape (n, hidden_size)."""
         return self._last_token_states(ids, [self.layer], batch_size, progress)[:, 0]
 
+    def pair_states(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16,
+                    progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Raw (unnormalised) last-token states of the pair view at `self.layer`, shape (n, hidden_size)."""
+        return self.embed_ids(self._pair_ids(prompts, responses), batch_size, progress)
+
     def all_layer_states(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16,
                          progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Raw last-token states of the pair view at every layer, shape (n, num_layers + 1, hidden_size),

@@ -1,0 +1,83 @@
+"""The aligned model's view of the general pool's rows (shared by `aligned_states` and `aligned_budget`):
+the rows, their prompts as ingestion stores them, and every layer's last-token states plus the
+refusal likelihood of each prompt, computed once per model and cached under the benchmark store.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import BENCH_HOME, candidate_rows, pyrit_harmful_reference
+from sot_core.data.loaders import canonical_prompt
+
+OPENERS = ("I'm sorry, but", "As an AI")
+N_REFUSALS = 400
+
+
+def benchmark_rows(shared: Path) -> dict[str, list[dict]]:
+    rows = candidate_rows(shared)
+    rows["refusal"] = rows["refusal"][:N_REFUSALS]
+    rows["reference"] = [{"instruction": r["prompt"], "input": "", "output": r["response"]}
+                         for r in pyrit_harmful_reference(shared)]
+    return rows
+
+
+def row_prompt(row: dict) -> str:
+    """The prompt as ingestion stores it (Alpaca template unwrapped), so the LLM reads what MiniLM reads."""
+    return canonical_prompt(row["instruction"], row.get("input") or "")
+
+
+def opener_logprob(encoder, prompts: list[str], opener: str, batch_size: int = 16) -> np.ndarray:
+    """Teacher-forced log p(opener | chat-templated prompt) for each prompt (prompt cut to its last 200 tokens)."""
+    import torch
+
+    from sot_core.models.llm import encode_pair
+
+    model, tok = encoder._load()
+    seqs = []
+    for p in prompts:
+        ids, n_prompt = encode_pair(tok, p, opener, None)
+        ids = ids[:n_prompt][-200:] + ids[n_prompt:-1]  # drop the end-of-turn token after the opener
+        seqs.append((ids, min(n_prompt, 200)))  # start: the opener's first token
+    out = np.empty(len(seqs))
+    head = model.get_output_embeddings()
+    for s in range(0, len(seqs), batch_size):
+        batch = seqs[s : s + batch_size]
+        n = max(len(q) for q, _ in batch)
+        x = torch.full((len(batch), n), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(x)
+        for j, (q, _) in enumerate(batch):
+            x[j, : len(q)], mask[j, : len(q)] = torch.tensor(q), 1
+        with torch.no_grad():
+            final = model(input_ids=x, attention_mask=mask, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+            for j, (q, start) in enumerate(batch):
+                logp = head(final[j, start - 1 : len(q) - 1]).float().log_softmax(-1)  # predicts tokens start..end
+                out[s + j] = float(logp[torch.arange(len(q) - start), torch.tensor(q[start:])].sum())
+    return out
+
+
+def model_states(model: str, rows: dict[str, list[dict]]) -> dict[str, np.ndarray]:
+    """{role}: (n, layers, dim) states and {role}_lp: (n, openers) log-likelihoods, cached per model."""
+    from sot_core.embed.llm_encoder import LastTokenEncoder
+    from sot_core.models.llm import model_fingerprint
+
+    cache = BENCH_HOME / "aligned_states" / f"{Path(model).name}-{model_fingerprint(model)}-v2.npz"
+    if cache.exists():
+        with np.load(cache) as z:  # plain arrays only (allow_pickle stays off)
+            return dict(z)
+    enc, out, t0 = LastTokenEncoder(model, max_length=256), {}, time.time()
+    for role, rs in rows.items():
+        out[role] = enc.all_layer_states([row_prompt(r) for r in rs], [r["output"] for r in rs])
+        out[f"{role}_lp"] = np.stack([opener_logprob(enc, [row_prompt(r) for r in rs], o) for o in OPENERS], 1)
+        print(f"{role}: {len(rs)} rows, {time.time() - t0:.0f} s", flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, **out)
+    tmp.replace(cache)
+    return out
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
