@@ -38,11 +38,11 @@ import numpy as np
 import pyarrow as pa
 
 from sot_core.curate.pipeline import ingest, load_embeddings, require_responses
-from sot_core.embed.composite import pool_centred
 from sot_core.data.loaders import FieldMap, load_rows, rows_from_records
 from sot_core.data.names import check_name
 from sot_core.data.schema import ROW_SCHEMA
 from sot_core.data.store import Store
+from sot_core.embed.composite import pool_centred
 from sot_core.errors import InputError, StoreError
 from sot_core.failpoints import failpoint
 from sot_core.io import file_sha256
