@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.aligned_model import benchmark_rows, model_states, row_prompt, unit
+from benchmarks.aligned_model import row_prompt, rows_and_views, unit
 from benchmarks.budget_arms import general, summarise, summarise_runs, sweep
 from benchmarks.common import BENCH_HOME, SHARED, adversarial_rows, bench_store, embed_file, result_path, write_jsonl
 from sot_core.embed.composite import calibration_rows, pool_centred
@@ -95,10 +95,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     t0 = time.time()
-    rows = benchmark_rows(args.shared)
-    states = model_states(args.model, rows)
+    rows, states, minilm = rows_and_views(args.model, args.shared)
     work = BENCH_HOME / "aligned_states" / "rows"
-    minilm = {role: embed_file(bench_store(), write_jsonl(rs, work / f"{role}.jsonl"), "minilm") for role, rs in rows.items()}
     raw = {role: np.hstack([minilm[role], states[role][:, args.layer]]) for role in rows}
     adv = adversarial_rows(rows["harmful"])
     adv_raw = np.hstack([embed_file(bench_store(), write_jsonl(adv, work / "apology.jsonl"), "minilm"),

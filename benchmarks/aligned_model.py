@@ -81,3 +81,14 @@ def model_states(model: str, rows: dict[str, list[dict]]) -> dict[str, np.ndarra
 
 def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def rows_and_views(model: str, shared: Path) -> tuple[dict, dict, dict]:
+    """(rows, the aligned model's states, MiniLM's vectors) of every role, each computed once and cached."""
+    from benchmarks.common import bench_store, embed_file, write_jsonl
+
+    rows = benchmark_rows(shared)
+    states = model_states(model, rows)
+    work = BENCH_HOME / "aligned_states" / "rows"
+    minilm = {role: embed_file(bench_store(), write_jsonl(rs, work / f"{role}.jsonl"), "minilm") for role, rs in rows.items()}
+    return rows, states, minilm

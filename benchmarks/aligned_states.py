@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.aligned_model import benchmark_rows, model_states, unit
-from benchmarks.common import BENCH_HOME, SHARED, bench_store, embed_file, result_path, write_jsonl
+from benchmarks.aligned_model import rows_and_views, unit
+from benchmarks.common import SHARED, result_path
 from sot_core.curate.quality import auroc
 from sot_core.io import atomic_write_text
 from sot_core.logistic import fit_logistic
@@ -99,10 +99,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     t0 = time.time()
-    rows = benchmark_rows(args.shared)
-    states = model_states(args.model, rows)
-    work = BENCH_HOME / "aligned_states" / "rows"
-    minilm = {role: embed_file(bench_store(), write_jsonl(rs, work / f"{role}.jsonl"), "minilm") for role, rs in rows.items()}
+    rows, states, minilm = rows_and_views(args.model, args.shared)
     report = {"model": args.model, "rows": {r: len(v) for r, v in rows.items()},
               "minilm": {"transfer": transfer(minilm), "separable": separability(minilm)}, "layers": {}}
     for layer in range(states["alpaca"].shape[1]):
