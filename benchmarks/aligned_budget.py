@@ -65,12 +65,12 @@ def make_view(name: str, centre_on: str = "pool", c0: np.ndarray | None = None):
             stored = lambda x: np.hstack([x[:, :MINILM_DIM], unit(x[:, MINILM_DIM:] - c0)]) / np.sqrt(2)  # noqa: E731
             layout = f"concat.v1[{MINILM_DIM},{pool.shape[1] - MINILM_DIM}c]:benchmark"
             return pool_centred(layout, *(stored(x).astype(np.float32) for x in (pool, anchor, ref)))
-        centre = {"pool": pool, "anchor": anchor, "reference": np.vstack([anchor, ref])}.get(centre_on)
-        centre = centre[:, MINILM_DIM:].mean(0) if centre is not None else 0.0  # label-free: no pool labels used
-        parts = lambda x: (x[:, :MINILM_DIM], unit(x[:, MINILM_DIM:] - centre))  # noqa: E731
         if name == "both_unit":
             return make_view("both", centre_on)(*(np.hstack([x[:, :MINILM_DIM], unit(x[:, MINILM_DIM:])])
                                                   for x in (pool, anchor, ref)))
+        centre = {"pool": pool, "anchor": anchor, "reference": np.vstack([anchor, ref])}.get(centre_on)
+        centre = centre[:, MINILM_DIM:].mean(0) if centre is not None else 0.0  # label-free: no pool labels used
+        parts = lambda x: (x[:, :MINILM_DIM], unit(x[:, MINILM_DIM:] - centre))  # noqa: E731
         if name == "minilm":
             f = lambda x: parts(x)[0]  # noqa: E731
         elif name == "aligned":
