@@ -20,7 +20,7 @@ so the draws differ from `selection_budget`'s; MiniLM runs on the same draws as 
 The apology-then-comply rows get their states here (cached beside the others).
 
     python -m benchmarks.aligned_budget --model .sot/models/aligned-<key> [--views minilm,aligned,both,both_unit,shipped]
-        [--seeds 10] [--parts general,sweep]
+        [--seeds 10] [--parts general,sweep] [--layer 29] [--lm-share 0.5]
 
 Output: results/aligned_budget/general.json.
 """
@@ -58,13 +58,22 @@ def adversarial_states(model: str, rows: list[dict], layer: int) -> np.ndarray:
         return z["apology"][:, layer]
 
 
-def make_view(name: str, centre_on: str = "pool", c0: np.ndarray | None = None):
-    """Map raw [MiniLM | aligned] rows of one draw to the features the budget sees."""
+def make_view(name: str, centre_on: str = "pool", c0: np.ndarray | None = None, lm_share: float = 0.5):
+    """Map raw [MiniLM | aligned] rows of one draw to the features the budget sees.
+
+    `lm_share` (``shipped`` only) reweights the two blocks after centring so that the cosine is
+    (1 - lm_share) x MiniLM's + lm_share x the LM's; the product's equal weighting is 0.5.
+    """
     def view(pool, anchor, ref):
         if name == "shipped":
             stored = lambda x: np.hstack([x[:, :MINILM_DIM], unit(x[:, MINILM_DIM:] - c0)]) / np.sqrt(2)  # noqa: E731
             layout = f"concat.v1[{MINILM_DIM},{pool.shape[1] - MINILM_DIM}c]:benchmark"
-            return pool_centred(layout, *(stored(x).astype(np.float32) for x in (pool, anchor, ref)))
+            out = pool_centred(layout, *(stored(x).astype(np.float32) for x in (pool, anchor, ref)))
+            if lm_share != 0.5:
+                for x in out:
+                    x[:, :MINILM_DIM] *= np.sqrt(2 * (1 - lm_share))
+                    x[:, MINILM_DIM:] *= np.sqrt(2 * lm_share)
+            return out
         if name == "both_unit":
             return make_view("both", centre_on)(*(np.hstack([x[:, :MINILM_DIM], unit(x[:, MINILM_DIM:])])
                                                   for x in (pool, anchor, ref)))
@@ -89,6 +98,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--parts", default="general,sweep")
     ap.add_argument("--centre", default="pool", choices=("pool", "anchor", "reference", "none"),
                     help="rows whose mean is taken off the aligned states (reference: anchor and harmful reference)")
+    ap.add_argument("--lm-share", type=float, default=0.5,
+                    help="shipped view: the LM block's share of the cosine (the product's is 0.5)")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--shared", type=Path, default=SHARED)
@@ -109,15 +120,16 @@ def main(argv=None) -> dict:
         lm = LastTokenEncoder(args.model, layer=args.layer, max_length=256)
         c0 = lm.pair_states(*calibration_rows()).astype(np.float64).mean(axis=0)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    report = {"model": args.model, "layer": args.layer, "centre": args.centre, "seeds": list(seeds),
+    report = {"model": args.model, "layer": args.layer, "centre": args.centre, "lm_share": args.lm_share,
+              "seeds": list(seeds),
               "rows": {r: len(v) for r, v in rows.items()}, "views": {}}
     for name in args.views.split(","):
-        out = {}
+        view, out = make_view(name, args.centre, c0, args.lm_share), {}
         if "general" in args.parts:
-            per_seed = general(rows, raw, ref, seeds, adv_raw, adv, view=make_view(name, args.centre, c0))
+            per_seed = general(rows, raw, ref, seeds, adv_raw, adv, view=view)
             out["general"] = {"summary": summarise(per_seed), "per_seed": per_seed}
         if "sweep" in args.parts:
-            runs = sweep(rows, raw, ref, seeds, view=make_view(name, args.centre, c0))
+            runs = sweep(rows, raw, ref, seeds, view=view)
             out["sweep"] = {"summary": {k: summarise_runs(v) for k, v in runs.items()}, "runs": runs}
         report["views"][name] = out
         print(f"view {name} done at {time.time() - t0:.0f} s", flush=True)

@@ -34,6 +34,12 @@ def figures(selected, score, kinds) -> dict:
     return out
 
 
+def harmful_kept_at_benign_share(score, kinds, protected, share=0.85) -> int:
+    """Harmful rows kept when the cut keeps `share` of the benign rows (threshold-free: the ranking alone)."""
+    kept = (score <= np.quantile(score[kinds == "benign"], share)) | protected
+    return int(kept[kinds == "harmful"].sum())
+
+
 def curate_arms(pool, anchor, ref, responses, kinds, cfg=CurateConfig()) -> dict:
     """Old default, new default and keep auto on one pool; the budget is calibrated once."""
     res = solve_push_pull(cosine_costs(pool, anchor), cosine_costs(pool, ref), cfg.push_pull())
@@ -46,7 +52,7 @@ def curate_arms(pool, anchor, ref, responses, kinds, cfg=CurateConfig()) -> dict
     auto, _ = _selection(res.weights, responses, CurateConfig(keep="auto"), eligible, protected)
     aware = refusal_aware_score(res.score, protected)
     curve = {}  # the same cross-fit at other target recalls (keep auto): the budget's trade-off
-    for r in (0.9, 0.97):
+    for r in (0.9, 0.96, 0.97):
         hl = apply_recall(fit, r).harmful_like & ~protected
         curve[f"sot_keep_auto_recall{r:g}"] = figures(_selection(res.weights, responses, CurateConfig(keep="auto"),
                                                                  ~hl, protected)[0], aware, kinds)
@@ -55,7 +61,8 @@ def curate_arms(pool, anchor, ref, responses, kinds, cfg=CurateConfig()) -> dict
                    if (kinds == "harmful").any() else None}
     return {"sot_old_default": figures(old, res.score, kinds), "sot_new_default": new_figures,
             "sot_keep_auto": {**figures(auto, aware, kinds), "estimated_contamination":
-                              round(float((budget.harmful_like & ~protected).mean()), 4)},
+                              round(float((budget.harmful_like & ~protected).mean()), 4),
+                              "harmful_kept_benign85": harmful_kept_at_benign_share(fit.pool_scores, kinds, protected)},
             **curve, "_protected": protected}
 
 
@@ -130,9 +137,11 @@ def sweep(rows, emb, ref, seeds, levels=(0.0, 0.05, 0.10, 0.30), view=same) -> d
                          "refusals_kept": a.get("refusal_kept_fraction"),
                          "estimated_contamination": a["estimated_contamination"],
                          "true_contamination": round(n_h / len(kinds), 4),
-                         **{f"{k}_recall{r:g}": v for r in (0.9, 0.97) for k, v in (
+                         "harmful_kept_benign85": a["harmful_kept_benign85"],
+                         **{f"{k}_recall{r:g}": v for r in (0.9, 0.96, 0.97) for k, v in (
                              ("harmful_kept", arms[f"sot_keep_auto_recall{r:g}"]["harmful_kept"]),
-                             ("benign_dropped", round(1 - arms[f"sot_keep_auto_recall{r:g}"]["benign_kept_fraction"], 4)))}})
+                             ("benign_dropped",
+                              round(1 - arms[f"sot_keep_auto_recall{r:g}"]["benign_kept_fraction"], 4)))}})
         out[f"{level:.0%}"] = runs
         print(f"sweep {level:.0%}: " + json.dumps(summarise_runs(runs)), flush=True)
     return out

@@ -105,3 +105,18 @@ def test_replay_dose_choice_and_measurement_use_disjoint_halves():
     assert rd.split_once(base, doses, choose, measure, margin=3.0) == (0.1, 75.0)
     report = rd.dose_split(base, doses, margin=3.0, splits=50)
     assert sum(report["chosen"].values()) == 50 and report["full_prompt_gap"] == {"0.0": 62.5, "0.1": 37.5}
+
+
+def test_threshold_free_figure_counts_harm_below_the_benign_cut():
+    """`budget_arms.harmful_kept_at_benign_share`: harmful rows kept by the cut that keeps a share of the
+    benign rows, refusal-guarded rows always kept; checked on scores small enough to count by hand."""
+    arms = importlib.import_module("benchmarks.budget_arms")
+    score = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 0.5, 2.5, 9.0, 8.0])
+    kinds = np.array(["benign"] * 5 + ["harmful"] * 3 + ["refusal"])
+    none = np.zeros(9, dtype=bool)
+    # keeping 3 of 5 benign rows cuts at 2.0: harmful 0.5 stays, 2.5 and 9.0 go
+    assert arms.harmful_kept_at_benign_share(score, kinds, none, share=0.5) == 1
+    assert arms.harmful_kept_at_benign_share(score, kinds, none, share=1.0) == 2  # cut at 4.0
+    guarded = none.copy()
+    guarded[7] = True  # a harmful row the refusal judge protects is kept whatever its score
+    assert arms.harmful_kept_at_benign_share(score, kinds, guarded, share=0.5) == 2
