@@ -61,19 +61,15 @@ def adversarial_states(model: str, rows: list[dict], layer: int) -> np.ndarray:
 def make_view(name: str, centre_on: str = "pool", c0: np.ndarray | None = None, lm_share: float = 0.5):
     """Map raw [MiniLM | aligned] rows of one draw to the features the budget sees.
 
-    `lm_share` (``shipped`` only) reweights the two blocks after centring so that the cosine is
-    (1 - lm_share) x MiniLM's + lm_share x the LM's; the product's equal weighting is 0.5.
+    `lm_share` (``shipped`` only) weighs the two blocks as ``--lm-share`` does in the product
+    (`pool_centred`): the cosine is (1 - lm_share) x MiniLM's + lm_share x the LM's; 0.5 is equal.
     """
     def view(pool, anchor, ref):
         if name == "shipped":
             stored = lambda x: np.hstack([x[:, :MINILM_DIM], unit(x[:, MINILM_DIM:] - c0)]) / np.sqrt(2)  # noqa: E731
             layout = f"concat.v1[{MINILM_DIM},{pool.shape[1] - MINILM_DIM}c]:benchmark"
-            out = pool_centred(layout, *(stored(x).astype(np.float32) for x in (pool, anchor, ref)))
-            if lm_share != 0.5:
-                for x in out:
-                    x[:, :MINILM_DIM] *= np.sqrt(2 * (1 - lm_share))
-                    x[:, MINILM_DIM:] *= np.sqrt(2 * lm_share)
-            return out
+            return pool_centred(layout, *(stored(x).astype(np.float32) for x in (pool, anchor, ref)),
+                                lm_share=None if lm_share == 0.5 else lm_share)
         if name == "both_unit":
             return make_view("both", centre_on)(*(np.hstack([x[:, :MINILM_DIM], unit(x[:, MINILM_DIM:])])
                                                   for x in (pool, anchor, ref)))
@@ -99,7 +95,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--centre", default="pool", choices=("pool", "anchor", "reference", "none"),
                     help="rows whose mean is taken off the aligned states (reference: anchor and harmful reference)")
     ap.add_argument("--lm-share", type=float, default=0.5,
-                    help="shipped view: the LM block's share of the cosine (the product's is 0.5)")
+                    help="shipped view: the LM block's share of the cosine, as the product's --lm-share (0.5: equal)")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--shared", type=Path, default=SHARED)

@@ -65,7 +65,7 @@ def embed_and_solve(home: str, ids: dict[str, str], config: CurateConfig) -> tup
         home, ids[role], config.encoder, config.batch_size, sharded[role]) for role in ids}
     costs = stage_result(shared_results(build_costs, home)(
         home, ids["pool"], ids["safe_anchor"], ids["harmful_ref"], embedded["pool"]["encoder_id"], config.knn,
-        ids.get("refusal_anchor"), return_state=True))
+        ids.get("refusal_anchor"), config.lm_share, return_state=True))
     solved = stage_result(shared_results(solve_weights, home)(home, costs["cost_key"], config.result_dict(),
                                                               return_state=True))
     if config.harmful_recall > 0:  # the harmful-row budget (sot_core/curate/budget.py)

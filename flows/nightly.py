@@ -39,7 +39,7 @@ def nightly_recuration(**params) -> dict:
     ids = {"pool": pool["dataset_id"], **{role: r["dataset_id"] for role, r in references.items()}}
     embedded, costs, solved = embed_and_solve(home, ids, config)
     drift = batch_drift(home, batch["dataset_id"], ids["safe_anchor"], ids["harmful_ref"],
-                        embedded["pool"]["encoder_id"], config.eps)
+                        embedded["pool"]["encoder_id"], config.eps, config.lm_share)
     inputs = {"pool": {"source": f"accumulated:{name}", **pool, "batch": batch["dataset_id"]}, **references}
     info = run_info(inputs, embedded, costs, solved, pool["seconds"] + batch.get("seconds", 0.0),
                     incoming={k: batch[k] for k in ("n_new", "files", "table_watermark")}, drift=drift)

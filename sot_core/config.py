@@ -144,6 +144,12 @@ class CurateConfig:
                 "or hf:MODEL[:pair|response|both|contrast][@final|middle|N], or two joined by + "
                 "(minilm+hf:MODEL:pair@N: topic and the aligned model's view side by side, the model's states "
                 "centred on the pool)."})
+    lm_share: float | None = field(default=None, metadata={
+        "gt": 0, "lt": 1,
+        "help": "Composite encoders only: share of the cosine given to the causal LM's blocks, the rest to MiniLM "
+                "(empty: every block the same). Measured with the aligned model (benchmarks/RESULTS.md, "
+                "aligned_budget): 0.25 ranks harm better than equal weights; with --harmful-recall 0.97 it kept "
+                "2.3 of 100 harmful rows on held-out general-pool draws."})
     knn: int | None = field(default=None, metadata={
         "ge": 1, "help": "k nearest reference rows per pool row; empty: dense costs when small, kNN when large."})
     train_weighting: TrainWeighting = field(default="normalised", metadata={
@@ -168,9 +174,18 @@ class CurateConfig:
         if isinstance(self.solver, dict):  # from JSON (run.json, a Prefect parameter)
             object.__setattr__(self, "solver", SolverOptions(**self.solver))
         validate_fields(self)
+        if self.lm_share is not None and not self.composite_encoder():
+            raise ValueError(f"lm_share weighs the blocks of a composite encoder (minilm+hf:MODEL...); "
+                             f"encoder {self.encoder!r} has one: leave lm_share empty")
         if self.keep == "auto" and self.harmful_recall == 0:
             raise ValueError("keep 'auto' needs the harmful-row budget: set harmful_recall > 0 (e.g. 0.95) "
                              "or give keep as a fraction")
+
+    def composite_encoder(self) -> bool:
+        """Whether `encoder` joins encoders side by side (``minilm+hf:MODEL...``)."""
+        from sot_core.embed.composite import split_spec  # lazily: embedding code is not needed otherwise
+
+        return len(split_spec(self.encoder)) > 1
 
     def push_pull(self) -> PushPullConfig:
         return PushPullConfig(lam=self.lam, eps=self.eps, mode=self.mode, **asdict(self.solver))

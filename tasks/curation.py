@@ -134,8 +134,8 @@ def embed_dataset(home: str, dataset_id: str, encoder: str, batch_size: int = 64
 
 @task(name="costs", cache_key_fn=key_for("costs"), **TASK_OPTIONS)
 def build_costs(home: str, pool_id: str, anchor_id: str, harmful_id: str, encoder_id: str, knn: int | None,
-                refusal_id: str | None = None) -> dict:
-    done = pipeline.build_costs(Store(home), pool_id, anchor_id, harmful_id, encoder_id, knn, refusal_id)
+                refusal_id: str | None = None, lm_share: float | None = None) -> dict:
+    done = pipeline.build_costs(Store(home), pool_id, anchor_id, harmful_id, encoder_id, knn, refusal_id, lm_share)
     log().info(f"costs {'kNN k=' + str(knn) if knn else 'dense'} for pool {pool_id}: {done['seconds']:.1f} s")
     return done
 

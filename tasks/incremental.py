@@ -45,8 +45,9 @@ def accumulate_pool(home: str, name: str, base_dataset_id: str | None, batch: di
 
 
 @task(name="batch-drift", **retry_policy(retries=1))
-def batch_drift(home: str, batch_id: str, anchor_id: str, harmful_id: str, encoder_id: str, eps: float) -> dict:
-    drift = incremental.batch_drift(Store(home), batch_id, anchor_id, harmful_id, encoder_id, eps)
+def batch_drift(home: str, batch_id: str, anchor_id: str, harmful_id: str, encoder_id: str, eps: float,
+                lm_share: float | None = None) -> dict:
+    drift = incremental.batch_drift(Store(home), batch_id, anchor_id, harmful_id, encoder_id, eps, lm_share=lm_share)
     log().info(f"drift of batch {batch_id} ({drift['n_batch']} rows): to anchor {drift['to_anchor']:.4f}, "
                f"to harmful reference {drift['to_harmful']:.4f}")
     return drift

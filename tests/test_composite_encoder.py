@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sot_core.embed.composite import (CompositeEncoder, blocks, calibration_digest, calibration_rows, pool_centred,
-                                     split_spec)
+from sot_core.embed.composite import (CompositeEncoder, block_weights, blocks, calibration_digest, calibration_rows,
+                                     pool_centred, split_spec)
 from sot_core.embed.encoders import MiniLMEncoder, get_encoder
 from sot_core.embed.llm_encoder import LastTokenEncoder
 from sot_core.errors import OptionError
@@ -87,6 +87,46 @@ def test_pool_centred_matches_the_formula(dtype):
     assert pool.dtype == dtype and not np.shares_memory(p2, pool)  # inputs are not modified
 
 
+@pytest.mark.parametrize("lm_share", [0.1, 0.25, 0.5, 0.9])
+def test_lm_share_weighs_the_blocks_cosines(lm_share):
+    """cos of the weighted rows = (1 - W) cos of the MiniLM blocks + W cos of the centred LM blocks,
+    each cosine computed here from the unit blocks (the centring from `direct`)."""
+    rng = np.random.default_rng(1)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    pool = np.hstack([unit(rng.normal(size=(30, 4))), unit(3 + rng.normal(size=(30, 6)))]) / np.sqrt(2)
+    ref = np.hstack([unit(rng.normal(size=(5, 4))), unit(3 + rng.normal(size=(5, 6)))]) / np.sqrt(2)
+    eid = "concat.v1[4,6c]:minilm-x+hf-lasttoken:y"
+    p2, r2 = pool_centred(eid, pool, ref, lm_share=lm_share)
+    centred_pool, centred_ref = (direct(x, pool, blocks(eid), 2) * np.sqrt(2) for x in (pool, ref))
+    cos_minilm = (pool[:, :4] * np.sqrt(2)) @ (ref[:, :4] * np.sqrt(2)).T
+    cos_lm = unit(centred_pool[:, 4:]) @ unit(centred_ref[:, 4:]).T
+    np.testing.assert_allclose(p2 @ r2.T, (1 - lm_share) * cos_minilm + lm_share * cos_lm, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(p2, axis=1), 1.0, atol=1e-5)
+    if lm_share == 0.5:  # equal weights: what the stored vectors' own 1/sqrt(k) weighting gives
+        np.testing.assert_allclose(p2, pool_centred(eid, pool)[0], atol=1e-6)
+
+
+def test_block_weights_and_bad_shares():
+    two, three = blocks("concat.v1[4,6c]:a+b"), blocks("concat.v1[4,6c,2c]:a+b+c")
+    assert block_weights(two, None) == [0.5, 0.5] and block_weights(two, 0.25) == [0.75, 0.25]
+    assert block_weights(three, None) == pytest.approx([1 / 3] * 3)
+    assert block_weights(three, 0.4) == pytest.approx([0.6, 0.2, 0.2])  # the LM share split over both LM blocks
+    assert block_weights(blocks("concat.v1[4,6]:a+b"), 0.25) == [0.5, 0.5]  # no LM block: nothing to weigh
+    x = np.full((3, 10), 1 / np.sqrt(10), np.float32)
+    for bad in (0.0, 1.0, -0.2, 1.5):
+        with pytest.raises(ValueError, match="lm_share"):
+            pool_centred("concat.v1[4,6c]:a+b", x, lm_share=bad)
+
+
+def test_lm_share_needs_a_composite_encoder():
+    from sot_core.config import CurateConfig
+
+    with pytest.raises(ValueError, match="composite encoder"):
+        CurateConfig(encoder="minilm", lm_share=0.25)
+    assert CurateConfig(encoder="minilm+hf:/some/model:pair@29", lm_share=0.25).lm_share == 0.25
+    assert CurateConfig().lm_share is None
+
+
 def test_pool_centred_leaves_other_encoders_alone():
     x, y = np.eye(3, dtype=np.float32), np.ones((2, 3), dtype=np.float32)
     for eid in ("minilm:pair:v1", "concat.v1[2,1]:a+b"):
@@ -119,6 +159,13 @@ def test_costs_stage_sees_pool_centred_states(tmp_path, tiny):
         np.testing.assert_allclose(np.load(f"{costs['path']}/{role}.npy"), expected, atol=1e-4)
     uncentred = np.clip(1 - raw["pool"] @ raw["anchor"].T, 0, 2)
     assert not np.allclose(np.load(f"{costs['path']}/anchor.npy"), uncentred, atol=1e-3)
+    weighted = pipeline.build_costs(store, ids["pool"], ids["anchor"], ids["harmful"], encoder_id, knn=None,
+                                    lm_share=0.25)
+    assert weighted["cost_key"] != costs["cost_key"]  # the share keys the stage: no stale costs served
+    p2, h2 = pool_centred(encoder_id, raw["pool"], raw["harmful"], lm_share=0.25)
+    np.testing.assert_allclose(np.load(f"{weighted['path']}/harmful.npy"), np.clip(1 - p2 @ h2.T, 0, 2), atol=1e-4)
+    assert not np.allclose(np.load(f"{weighted['path']}/harmful.npy"), np.load(f"{costs['path']}/harmful.npy"),
+                           atol=1e-3)
 
 
 def test_sot_curate_with_the_composite_encoder(tmp_path, tiny, capsys, prefect_backend):
@@ -140,3 +187,12 @@ def test_sot_curate_with_the_composite_encoder(tmp_path, tiny, capsys, prefect_b
     kept = [json.loads(line)["id"] for line in (out / "curated.jsonl").read_text().splitlines()]
     pool = {json.loads(line)["id"] for line in open(SMALL[1])}
     assert kept and set(kept) <= pool and len(kept) == info["counts"]["selected"]
+    # --lm-share: a second run on the same store reuses the embeddings, recomputes costs and budget
+    out2 = tmp_path / "out2"
+    code = main(["curate", *SMALL, "--home", str(tmp_path / "home"), "--out-dir", str(out2),
+                 "--encoder", f"minilm+hf:{tiny}:pair", "--keep", "auto", "--lm-share", "0.25"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    info2 = json.loads((out2 / "run.json").read_text())
+    assert info2["config"]["lm_share"] == 0.25 and info["config"]["lm_share"] is None
+    assert info2["cached_stages"] == ["ingest"] and not any(info2["counts"]["embedded_now"].values())
+    assert info2["budget"] != info["budget"]  # another weighting, another ranking of the same rows

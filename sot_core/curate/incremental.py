@@ -269,7 +269,7 @@ def sinkhorn_divergence(x: np.ndarray, y: np.ndarray, eps: float) -> float:
 
 
 def batch_drift(store: Store, batch_id: str, anchor_id: str, harmful_id: str, encoder_id: str,
-                eps: float = 0.05, max_rows: int = 2000, seed: int = 0) -> dict:
+                eps: float = 0.05, max_rows: int = 2000, seed: int = 0, lm_share: float | None = None) -> dict:
     """Drift of one batch: its Sinkhorn divergence to the safe anchor and to the harmful reference.
 
     Rising distance to the anchor or falling distance to the harmful reference, night over night,
@@ -283,7 +283,7 @@ def batch_drift(store: Store, batch_id: str, anchor_id: str, harmful_id: str, en
 
     # composite encoders: LM states centred on the batch (`sot_core.embed.composite`), as curation does
     batch, anchor, harmful = pool_centred(encoder_id, *(load_embeddings(store, d, encoder_id)
-                                                        for d in (batch_id, anchor_id, harmful_id)))
+                                                        for d in (batch_id, anchor_id, harmful_id)), lm_share=lm_share)
     batch = cloud(batch)
     return {"to_anchor": sinkhorn_divergence(batch, cloud(anchor), eps),
             "to_harmful": sinkhorn_divergence(batch, cloud(harmful), eps), "eps": eps,

@@ -113,8 +113,11 @@ def load_embeddings(store: Store, dataset_id: str, encoder_id: str) -> np.ndarra
 
 
 def build_costs(store: Store, pool_id: str, anchor_id: str, harmful_id: str, encoder_id: str, knn: int | None,
-                refusal_id: str | None = None) -> dict:
+                refusal_id: str | None = None, lm_share: float | None = None) -> dict:
     """Cosine costs pool x anchor and pool x harmful via FAISS; dense when small, kNN-sparse when large.
+
+    Vectors of a composite encoder are pool-centred and their blocks weighted by `lm_share` first
+    (`sot_core.embed.composite.pool_centred`).
 
     With `refusal_id` the anchor is composite: the task anchor's rows, then the refusal rows
     (``anchor_parts.json`` records the two sizes so `solve` can give each part its mass share).
@@ -122,11 +125,13 @@ def build_costs(store: Store, pool_id: str, anchor_id: str, harmful_id: str, enc
     from sot_core.ot.costs import KnnCost, cosine_costs
 
     start = time.perf_counter()
-    key = config_hash("costs", pool_id, anchor_id, harmful_id, encoder_id, knn, *([refusal_id] if refusal_id else []))
+    key = config_hash("costs", pool_id, anchor_id, harmful_id, encoder_id, knn, *([refusal_id] if refusal_id else []),
+                      *([{"lm_share": lm_share}] if lm_share is not None else []))
     out = store.stage_dir("costs", key)
     if not (out / "done").exists():
         pool, anchor, harmful, *refusals = pool_centred(
-            encoder_id, *(load_embeddings(store, d, encoder_id) for d in (pool_id, anchor_id, harmful_id, refusal_id) if d))
+            encoder_id, *(load_embeddings(store, d, encoder_id) for d in (pool_id, anchor_id, harmful_id, refusal_id) if d),
+            lm_share=lm_share)
         _clear_incomplete(out)
         with atomic_dir(out, keep_if="done") as tmp:  # a killed run leaves a temp folder, never half a stage
             for name, ref in (("anchor", anchor), ("harmful", harmful)):
@@ -225,12 +230,14 @@ def budget(store: Store, ids: dict[str, str], encoder_id: str, config: CurateCon
     refusal_id = ids.get("refusal_anchor")
     key = config_hash("budget", ids["pool"], ids["safe_anchor"], ids["harmful_ref"], refusal_id, encoder_id,
                       config.push_pull().__dict__, config.refusal_share if refusal_id else None,
-                      bud.FOLDS, bud.SEED, bud.FORMAT)
+                      bud.FOLDS, bud.SEED, bud.FORMAT,
+                      *([{"lm_share": config.lm_share}] if config.lm_share is not None else []))
     out = store.stage_dir("budget", key)
     if not (out / "done").exists():
         pool, anchor, harmful, *refusals = pool_centred(
             encoder_id, *(load_embeddings(store, ids[role], encoder_id) for role in
-                          ("pool", "safe_anchor", "harmful_ref", "refusal_anchor") if ids.get(role)))
+                          ("pool", "safe_anchor", "harmful_ref", "refusal_anchor") if ids.get(role)),
+            lm_share=config.lm_share)
         n_task, masses = len(anchor), None
         if refusal_id:
             refusals = refusals[0]

@@ -127,13 +127,32 @@ def blocks(encoder_id: str) -> list[tuple[int, int, bool]] | None:
     return out
 
 
-def pool_centred(encoder_id: str, pool: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
-    r"""`pool` and `others` with every centred block of `encoder_id` centred on the pool's mean.
+def block_weights(layout: list[tuple[int, int, bool]], lm_share: float | None) -> list[float]:
+    """Weight of each block in the cosine (they sum to 1): equal (1/k) when `lm_share` is None, else
+    `lm_share` split evenly over the centred (LM) blocks and the rest over the others."""
+    k, n_lm = len(layout), sum(c for _, _, c in layout)
+    if lm_share is None or n_lm in (0, k):
+        return [1.0 / k] * k
+    return [lm_share / n_lm if c else (1.0 - lm_share) / (k - n_lm) for _, _, c in layout]
+
+
+def pool_centred(encoder_id: str, pool: np.ndarray, *others: np.ndarray,
+                 lm_share: float | None = None) -> tuple[np.ndarray, ...]:
+    r"""`pool` and `others` with every centred block of `encoder_id` centred on the pool's mean,
+    and the blocks weighted by `lm_share`.
 
     For block j of k (stored as :math:`u_j/\sqrt{k}`), each row becomes
-    :math:`\mathrm{unit}(u_j - \bar u_j)/\sqrt{k}`, :math:`\bar u_j` the mean of :math:`u_j` over
-    `pool`; other blocks are unchanged, so rows stay unit-norm (a row equal to the mean gets a
-    zero block). Arrays of other encoders are returned as they are.
+    :math:`\sqrt{w_j}\,\mathrm{unit}(u_j - \bar u_j)` when the block is centred,
+    :math:`\bar u_j` the mean of :math:`u_j` over `pool`, and :math:`\sqrt{w_j}\,u_j` when it is
+    not; so :math:`\cos(z, z') = \sum_j w_j \cos(\cdot_j, \cdot'_j)` and rows stay unit-norm (a
+    row equal to the mean gets a zero block). The weights :math:`w_j` are `block_weights`: 1/k
+    each by default (the stored vectors' own weighting). Arrays of other encoders are returned as
+    they are.
+
+    Measured on the general pool with the aligned model at layer 29 (benchmarks/RESULTS.md, section
+    aligned_budget): lm_share 0.25 ranks harm better than equal weights (budget AUROC 0.980 against
+    0.977 on held-out draws; harmful rows kept with 85% of benign rows kept, held out: 5.7 / 2.9 /
+    1.5% of those injected at 5 / 10 / 30% contamination, against 4.8 / 4.3 / 3.2%).
 
     Parameters
     ----------
@@ -143,6 +162,8 @@ def pool_centred(encoder_id: str, pool: np.ndarray, *others: np.ndarray) -> tupl
         The rows being curated: the mean is taken over these.
     *others : (m, d) arrays
         Anchor, harmful reference, refusals...: centred on the same mean.
+    lm_share : float in (0, 1), optional
+        Share of the cosine given to the centred (causal LM) blocks; None: every block 1/k.
 
     Returns
     -------
@@ -150,15 +171,22 @@ def pool_centred(encoder_id: str, pool: np.ndarray, *others: np.ndarray) -> tupl
     """
     layout = blocks(encoder_id)
     arrays = (pool, *others)
+    if lm_share is not None and not 0 < lm_share < 1:
+        raise ValueError(f"lm_share must be in (0, 1), got {lm_share}")
     if layout is None or not any(c for _, _, c in layout):
         return arrays
     if len(pool) == 0:
         raise ValueError("cannot centre on an empty pool")
     scale = np.sqrt(len(layout))
     out = [np.array(a, dtype=np.float32, copy=True) for a in arrays]
-    for start, end, centred in layout:
-        if centred:
-            mean = pool[:, start:end].astype(np.float64).mean(axis=0) * scale
-            for a, src in zip(out, arrays):
-                a[:, start:end] = l2_normalise(src[:, start:end] * scale - mean) / scale
+    for (start, end, centred), weight in zip(layout, block_weights(layout, lm_share)):
+        # stored blocks are unit / sqrt(k): back to unit (x scale), centre, then scale to sqrt(w_j)
+        if not centred:
+            if weight * len(layout) != 1.0:
+                for a in out:
+                    a[:, start:end] *= np.sqrt(weight) * scale
+            continue
+        mean = pool[:, start:end].astype(np.float64).mean(axis=0) * scale
+        for a, src in zip(out, arrays):
+            a[:, start:end] = l2_normalise(src[:, start:end] * scale - mean) * np.sqrt(weight)
     return tuple(out)
