@@ -22,6 +22,7 @@ from sot_core.io import atomic_write
 from sot_core.curate.quality import read_labels
 from sot_core.curate.select import publish
 from sot_core.data.store import Store
+from sot_core.embed.composite import pool_centred
 from sot_prefect.tasks.ops import log, not_bad_input, retry_policy  # noqa: F401  (not_bad_input: re-exported)
 
 CACHE_TTL = timedelta(days=30)
@@ -198,7 +199,10 @@ def visual_artifacts(home: str, summary: dict, out_dir: str, encoder_id: str, na
     table = pq.read_table(Path(out_dir) / "weights.parquet")
     weights, score = table.column("weight").to_numpy(), table.column("score").to_numpy()
     selected = table.column("selected").to_numpy(zero_copy_only=False).astype(bool)
-    emb = {d: pipeline.load_embeddings(store, d, encoder_id) for d in (pool_id, anchor_id, harmful_id)}
+    # the vectors the costs saw: a composite encoder's LM blocks pool-centred and weighted (`pool_centred`)
+    emb = dict(zip((pool_id, anchor_id, harmful_id), pool_centred(
+        encoder_id, *(pipeline.load_embeddings(store, d, encoder_id) for d in (pool_id, anchor_id, harmful_id)),
+        lm_share=summary["config"].get("lm_share"))))
     counts = [{"version": summary["version"], "pool": summary["counts"]["pool"],
                "selected": summary["counts"]["selected"],
                **{f"embedded_{role}": n for role, n in summary["counts"]["embedded_now"].items()}}]
