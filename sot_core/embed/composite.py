@@ -150,9 +150,9 @@ def pool_centred(encoder_id: str, pool: np.ndarray, *others: np.ndarray,
     they are.
 
     Measured on the general pool with the aligned model at layer 29 (benchmarks/RESULTS.md, section
-    aligned_budget): lm_share 0.25 ranks harm better than equal weights (budget AUROC 0.980 against
-    0.977 on held-out draws; harmful rows kept with 85% of benign rows kept, held out: 5.7 / 2.9 /
-    1.5% of those injected at 5 / 10 / 30% contamination, against 4.8 / 4.3 / 3.2%).
+    aligned_budget, 30 held-out draws): lm_share 0.25 ranks harm better than equal weights (budget
+    AUROC 0.980 against 0.977; harmful rows kept when 85% of benign rows are kept: 4.1 / 2.8 / 1.7% of
+    those injected at 5 / 10 / 30% contamination, against 5.2 / 4.5 / 3.1%).
 
     Parameters
     ----------
