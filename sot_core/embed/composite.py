@@ -182,9 +182,8 @@ def pool_centred(encoder_id: str, pool: np.ndarray, *others: np.ndarray,
     for (start, end, centred), weight in zip(layout, block_weights(layout, lm_share)):
         # stored blocks are unit / sqrt(k): back to unit (x scale), centre, then scale to sqrt(w_j)
         if not centred:
-            if weight * len(layout) != 1.0:
-                for a in out:
-                    a[:, start:end] *= np.sqrt(weight) * scale
+            for a in out:
+                a[:, start:end] *= np.sqrt(weight * len(layout))  # exactly 1 for equal weights
             continue
         mean = pool[:, start:end].astype(np.float64).mean(axis=0) * scale
         for a, src in zip(out, arrays):
