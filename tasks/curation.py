@@ -176,6 +176,9 @@ def report_artifacts(summary: dict, report_md: str, name: str = "default") -> No
     key = artifact_key(name)
     create_markdown_artifact(report_md, key=f"{key}-report", description="SOT curation report")
     create_table_artifact(summary["top_flagged"], key=f"{key}-flagged", description="Most harmful-like rows")
+    if (summary.get("review") or {}).get("preview"):
+        create_table_artifact(summary["review"]["preview"], key=f"{key}-review",
+                              description="Kept rows to review first (all of them in review.jsonl)")
     if summary.get("budget"):
         rows = [{"key": k, "value": str(v)} for k, v in summary["budget"].items()]
         create_table_artifact(rows, key=f"{key}-budget",

@@ -89,7 +89,7 @@ def test_curated_rows_are_the_pool_rows_of_the_selected_ids(run):
 RUN_KEYS = {
     "version": str, "parent_version": (str, type(None)), "code_version": str, "config": dict, "inputs": dict,
     "encoder_id": str, "store": str, "counts": dict, "stage_seconds": dict, "cached_stages": list,
-    "solver": dict, "quality": dict, "refusals": dict, "budget": dict, "warnings": list, "top_flagged": list,
+    "solver": dict, "quality": dict, "refusals": dict, "budget": dict, "warnings": list, "top_flagged": list, "review": dict,
 }
 
 

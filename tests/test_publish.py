@@ -324,3 +324,60 @@ def test_a_budget_dropping_exactly_half_the_pool_is_applied_and_named_in_the_err
     # harmful_recall 0 turns the budget off even where a budget stage exists: keep alone decides
     off = publish(store, pool_id, str(solve), CurateConfig(keep=0.5, harmful_recall=0.0), tmp / "out-off", run_info)
     assert off["budget"] is None and off["counts"]["selected"] == 18
+
+
+def expected_review(selected, protected, score, budget_score=None, rows=50) -> list[int]:
+    """Brute force: kept, unprotected rows sorted by (budget score, score), both descending."""
+    cand = [i for i in range(len(score)) if selected[i] and not protected[i]]
+    key = (lambda i: (-score[i],)) if budget_score is None else (lambda i: (-budget_score[i], -score[i]))
+    return sorted(cand, key=lambda i: (*key(i), i))[:rows]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("with_budget", [True, False])
+def test_review_order_is_the_kept_rows_by_budget_score_then_score(seed, with_budget):
+    """Against a sort by hand, with ties in the budget score (it is a share of held-out rows)."""
+    from sot_core.curate.review import review_order
+
+    rng = np.random.default_rng(seed)
+    n = 200
+    selected, protected = rng.random(n) < 0.7, rng.random(n) < 0.1
+    score = rng.normal(size=n)
+    u = rng.integers(0, 8, size=n) / 8 if with_budget else None  # few levels: many ties
+    for rows in (50, 5, 1000):
+        got = review_order(selected, protected, score, u, rows=rows).tolist()
+        assert got == expected_review(selected, protected, score, u, rows)
+        assert len(got) == min(rows, int((selected & ~protected).sum()))
+
+
+def test_review_jsonl_lists_the_kept_rows_most_harmful_like_first(inputs):
+    """Through publish with a budget: review.jsonl holds kept non-refusal rows in review order, each
+    with the pool row and the scores weights.parquet holds; run.json and report.md say the same."""
+    pool = inputs[4]
+    rows = np.arange(len(pool))
+    out, summary, budget = budget_run(inputs, "review", (rows >= 10) & (rows < 18))
+    table = pq.read_table(out / "weights.parquet").to_pydict()
+    sel, refusal = np.array(table["selected"]), np.array(table["refusal"])
+    review = read_jsonl(out / "review.jsonl")
+    order = expected_review(sel, refusal, np.array(table["score"]), np.array(table["budget_score"]))
+    assert [r["id"] for r in review] == [pool[i]["id"] for i in order] and len(review) == min(50, (sel & ~refusal).sum())
+    for rank, (r, i) in enumerate(zip(review, order), start=1):
+        assert r["rank"] == rank and (r["prompt"], r["response"]) == (pool[i]["prompt"], pool[i]["response"])
+        assert (r["score"], r["budget_score"], r["weight"]) == (table["score"][i], table["budget_score"][i],
+                                                               table["train_weight"][i])
+        assert r["weight"] > 0  # kept rows only
+    assert summary["review"]["rows"] == len(review) and summary["review"]["ranked_by"] == "budget_score, then score"
+    assert [p["id"] for p in summary["review"]["preview"]] == [r["id"] for r in review[:10]]
+    report = (out / "report.md").read_text()
+    shown = cells(report, "## Kept rows to review first")
+    assert [c[:4] for c in shown] == [[str(r["rank"]), r["id"], f"{r['budget_score']:.3f}", f"{r['score']:.4f}"]
+                                      for r in review[:10]]
+
+
+def test_review_without_a_budget_ranks_by_score(published):
+    out, _, pool, weights, score, labels = published
+    table = pq.read_table(out / "weights.parquet").to_pydict()
+    review = read_jsonl(out / "review.jsonl")
+    order = expected_review(np.array(table["selected"]), np.array(table["refusal"]), score)
+    assert [r["id"] for r in review] == [pool[i]["id"] for i in order] and "budget_score" not in review[0]
+    assert json.loads((out / "run.json").read_text())["review"]["ranked_by"] == "score"

@@ -24,6 +24,24 @@ def _report_budget(s: dict) -> list[str]:
     return lines
 
 
+def _report_review(review: dict | None) -> list[str]:
+    """The kept rows to read first (`sot_core.curate.review`)."""
+    if not review:
+        return []
+    lines = ["## Kept rows to review first", "",
+             f"The {review['rows']} kept rows that score most like harm (ranked by {review['ranked_by']}; "
+             "refusals the guard kept are left out) are in `review.jsonl`, most harmful-like first: the harmful "
+             "rows a threshold misses sit here. The first of them:", ""]
+    if not review["preview"]:
+        return lines[:2] + ["No kept row to review (every kept row is a refusal).", ""]
+    lines += ["| rank | id | budget score | score | prompt |", "|---|---|---|---|---|"]
+    for r in review["preview"]:
+        u = "" if r["budget_score"] is None else f"{r['budget_score']:.3f}"
+        prompt = r["prompt"].replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {r['rank']} | {r['id']} | {u} | {r['score']:.4f} | {prompt} |")
+    return lines + [""]
+
+
 def render_report(s: dict) -> str:
     """``report.md`` from a run summary (the dict `publish` writes to ``run.json``)."""
     c, cfg, solver = s["counts"], s["config"], s["solver"]
@@ -62,6 +80,7 @@ def render_report(s: dict) -> str:
         lines += ["## Solver", "", "| key | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in solver.items() if k != "objective_trace"]
         lines += [""]
+    lines += _report_review(s.get("review"))
     lines += ["## Most harmful-like rows", "", "| id | score | prompt |", "|---|---|---|"]
     for r in s["top_flagged"]:
         prompt = r["prompt"].replace("|", "\\|").replace("\n", " ")

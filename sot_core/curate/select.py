@@ -23,6 +23,7 @@ from sot_core.config import CODE_VERSION, CurateConfig, config_hash
 from sot_core.curate.guards import MOSTLY, check_labels_match, check_selection, composition_warnings
 from sot_core.curate.quality import auroc, harmful_kept
 from sot_core.curate.report import render_report
+from sot_core.curate.review import review_jsonl, review_order, review_summary
 from sot_core.data.names import check_name
 from sot_core.data.store import Store
 from sot_core.failpoints import failpoint
@@ -115,7 +116,7 @@ def training_weights(weights: np.ndarray, scheme: str) -> np.ndarray:
 
 def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, out_dir: str | Path,
             run_info: dict, labels: dict[str, bool] | None = None, name: str = "default") -> dict:
-    """Write weights.parquet, curated.jsonl, report.md and run.json, and record a curated version.
+    """Write weights.parquet, curated.jsonl, review.jsonl, report.md and run.json, and record a curated version.
 
     Parameters
     ----------
@@ -149,6 +150,7 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
     _write_weights(out_dir / "weights.parquet", ids, weights, score, sel)
     curated = _curated_jsonl(rows, sel.selected, sel.train_weight)
     atomic_write_text(curated, out_dir / "curated.jsonl")
+    review = _write_review(out_dir / "review.jsonl", rows, score, sel)
     quality, label = _label_quality(labels, ids, score, sel)
     failpoint("publish.before_record")
     # The random part keeps two identical runs in the same second apart.
@@ -171,6 +173,7 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
         "solver": run_info.get("solver", {}),
         "quality": quality,
         **_selection_summary(sel, ids, prompts, responses, score, label),
+        "review": review,
     }
     atomic_write_text(json.dumps(summary, indent=2, default=float), out_dir / "run.json")
     atomic_write_text(render_report(summary), out_dir / "report.md")
@@ -222,6 +225,15 @@ def _write_weights(path: Path, ids: list[str], weights: np.ndarray, score: np.nd
                                                 "harmful_like": budget.harmful_like})}),
         path,
     )
+
+
+def _write_review(path: Path, rows: pa.Table, score: np.ndarray, sel: Selection) -> dict:
+    """``review.jsonl`` (`sot_core.curate.review`): the kept rows to read first; returns run.json's entry."""
+    ids, prompts, responses, sources = (rows.column(c).to_pylist() for c in ("id", "prompt", "response", "source"))
+    u = sel.budget.budget_score if sel.budget is not None else None
+    order = review_order(sel.selected, sel.protected, score, u)
+    atomic_write_text(review_jsonl(order, ids, prompts, responses, sources, score, u, sel.train_weight), path)
+    return review_summary(order, ids, prompts, score, u)
 
 
 def _selection_summary(sel: Selection, ids: list[str], prompts: list[str], responses: list[str],

@@ -125,8 +125,10 @@ def test_curate_run_from_the_api_completes_and_publishes(curate_run):
     run = json.loads((work / "out" / "curate" / "run.json").read_text())
     assert run["version"] == versions[0][0]
     keys = artifacts_of(server, run_id)
-    for suffix in ("report", "flagged", "counts", "scores", "neighbours", "solver", "plot"):
+    for suffix in ("report", "flagged", "review", "counts", "scores", "neighbours", "solver", "plot"):
         assert f"sot-itest-{suffix}" in keys, sorted(keys)
+    review = [json.loads(line) for line in (work / "out" / "curate" / "review.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in review[:10]] == [r["id"] for r in run["review"]["preview"]] and len(review) == 50
     assert keys["sot-itest-plot"]["type"] == "image"
     assert server.get("/artifacts/sot-itest-report/latest")["flow_run_id"] == run_id
 
