@@ -12,6 +12,8 @@ Curation quality (labelled pools, no training; share `benchmarks.common`):
   budget's representation; its refusal likelihood of a prompt.
 * ``aligned_budget``      the whole budget on those states, alone and beside MiniLM
   (``--encoder minilm+hf:MODEL:pair@29``), general pool and contamination sweep.
+* ``review_queue``        where the harmful rows a selection keeps rank in its ``review.jsonl`` queue.
+* ``sweep_misses``        which injected harmful rows the sweep keeps, draw after draw.
 
 Solver and pipeline:
 
@@ -34,7 +36,7 @@ Tests:
   costs and selection (a hand-picked mutant set)?
 
 Shared, not run: ``common`` (inputs, embedding, draws), ``budget_arms`` (the arms of
-``selection_budget`` and ``aligned_budget``), ``aligned_model`` (the aligned model's states, cached).
+``selection_budget`` and ``aligned_budget``), ``aligned_model`` (the aligned model's states, cached, and the views of them).
 
 Each module's docstring gives its protocol and options; results go to
 ``benchmarks/results/<benchmark>/`` and are summarised in ``benchmarks/RESULTS.md``.

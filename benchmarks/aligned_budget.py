@@ -33,14 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.aligned_model import row_prompt, rows_and_views, unit
+from benchmarks.aligned_model import composite_centre, make_view, row_prompt, rows_and_views
 from benchmarks.budget_arms import general, summarise, summarise_runs, sweep
 from benchmarks.common import BENCH_HOME, SHARED, adversarial_rows, bench_store, embed_file, result_path, write_jsonl
-from sot_core.embed.composite import calibration_rows, pool_centred
 from sot_core.io import atomic_write_text
-
-MINILM_DIM = 384
-
 
 def adversarial_states(model: str, rows: list[dict], layer: int) -> np.ndarray:
     """Layer-`layer` states of the apology-then-comply rows, computed once per model and cached."""
@@ -56,34 +52,6 @@ def adversarial_states(model: str, rows: list[dict], layer: int) -> np.ndarray:
         tmp.replace(cache)
     with np.load(cache) as z:
         return z["apology"][:, layer]
-
-
-def make_view(name: str, centre_on: str = "pool", c0: np.ndarray | None = None, lm_share: float = 0.5):
-    """Map raw [MiniLM | aligned] rows of one draw to the features the budget sees.
-
-    `lm_share` (``shipped`` only) weighs the two blocks as ``--lm-share`` does in the product
-    (`pool_centred`): the cosine is (1 - lm_share) x MiniLM's + lm_share x the LM's; 0.5 is equal.
-    """
-    def view(pool, anchor, ref):
-        if name == "shipped":
-            stored = lambda x: np.hstack([x[:, :MINILM_DIM], unit(x[:, MINILM_DIM:] - c0)]) / np.sqrt(2)  # noqa: E731
-            layout = f"concat.v1[{MINILM_DIM},{pool.shape[1] - MINILM_DIM}c]:benchmark"
-            return pool_centred(layout, *(stored(x).astype(np.float32) for x in (pool, anchor, ref)),
-                                lm_share=None if lm_share == 0.5 else lm_share)
-        if name == "both_unit":
-            return make_view("both", centre_on)(*(np.hstack([x[:, :MINILM_DIM], unit(x[:, MINILM_DIM:])])
-                                                  for x in (pool, anchor, ref)))
-        centre = {"pool": pool, "anchor": anchor, "reference": np.vstack([anchor, ref])}.get(centre_on)
-        centre = centre[:, MINILM_DIM:].mean(0) if centre is not None else 0.0  # label-free: no pool labels used
-        parts = lambda x: (x[:, :MINILM_DIM], unit(x[:, MINILM_DIM:] - centre))  # noqa: E731
-        if name == "minilm":
-            f = lambda x: parts(x)[0]  # noqa: E731
-        elif name == "aligned":
-            f = lambda x: parts(x)[1]  # noqa: E731
-        else:
-            f = lambda x: np.hstack(parts(x)) / np.sqrt(2.0)  # noqa: E731
-        return tuple(np.ascontiguousarray(f(x), dtype=np.float32) for x in (pool, anchor, ref))
-    return view
 
 
 def main(argv=None) -> dict:
@@ -109,12 +77,7 @@ def main(argv=None) -> dict:
     adv_raw = np.hstack([embed_file(bench_store(), write_jsonl(adv, work / "apology.jsonl"), "minilm"),
                          adversarial_states(args.model, adv, args.layer)])
     ref = raw.pop("reference")
-    c0 = None
-    if "shipped" in args.views:
-        from sot_core.embed.llm_encoder import LastTokenEncoder
-
-        lm = LastTokenEncoder(args.model, layer=args.layer, max_length=256)
-        c0 = lm.pair_states(*calibration_rows()).astype(np.float64).mean(axis=0)
+    c0 = composite_centre(args.model, args.layer) if "shipped" in args.views else None
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     report = {"model": args.model, "layer": args.layer, "centre": args.centre, "lm_share": args.lm_share,
               "seeds": list(seeds),

@@ -11,6 +11,7 @@ import numpy as np
 
 from benchmarks.common import BENCH_HOME, candidate_rows, pyrit_harmful_reference
 from sot_core.data.loaders import canonical_prompt
+from sot_core.embed.composite import calibration_rows, pool_centred
 
 OPENERS = ("I'm sorry, but", "As an AI")
 N_REFUSALS = 400
@@ -92,3 +93,43 @@ def rows_and_views(model: str, shared: Path) -> tuple[dict, dict, dict]:
     work = BENCH_HOME / "aligned_states" / "rows"
     minilm = {role: embed_file(bench_store(), write_jsonl(rs, work / f"{role}.jsonl"), "minilm") for role, rs in rows.items()}
     return rows, states, minilm
+
+
+# MiniLM's width: the first block of every [MiniLM | aligned state] row of the views below.
+MINILM_DIM = 384
+
+
+def composite_centre(model: str, layer: int = 29) -> np.ndarray:
+    """c0 of ``--encoder minilm+hf:MODEL:pair@LAYER``: the mean state of the bundled calibration rows."""
+    from sot_core.embed.llm_encoder import LastTokenEncoder
+
+    lm = LastTokenEncoder(model, layer=layer, max_length=256)
+    return lm.pair_states(*calibration_rows()).astype(np.float64).mean(axis=0)
+
+
+def make_view(name: str, centre_on: str = "pool", c0: np.ndarray | None = None, lm_share: float = 0.5):
+    """Map raw [MiniLM | aligned] rows of one draw to the features the budget sees.
+
+    `lm_share` (``shipped`` only) weighs the two blocks as ``--lm-share`` does in the product
+    (`pool_centred`): the cosine is (1 - lm_share) x MiniLM's + lm_share x the LM's; 0.5 is equal.
+    """
+    def view(pool, anchor, ref):
+        if name == "shipped":
+            stored = lambda x: np.hstack([x[:, :MINILM_DIM], unit(x[:, MINILM_DIM:] - c0)]) / np.sqrt(2)  # noqa: E731
+            layout = f"concat.v1[{MINILM_DIM},{pool.shape[1] - MINILM_DIM}c]:benchmark"
+            return pool_centred(layout, *(stored(x).astype(np.float32) for x in (pool, anchor, ref)),
+                                lm_share=None if lm_share == 0.5 else lm_share)
+        if name == "both_unit":
+            return make_view("both", centre_on)(*(np.hstack([x[:, :MINILM_DIM], unit(x[:, MINILM_DIM:])])
+                                                  for x in (pool, anchor, ref)))
+        centre = {"pool": pool, "anchor": anchor, "reference": np.vstack([anchor, ref])}.get(centre_on)
+        centre = centre[:, MINILM_DIM:].mean(0) if centre is not None else 0.0  # label-free: no pool labels used
+        parts = lambda x: (x[:, :MINILM_DIM], unit(x[:, MINILM_DIM:] - centre))  # noqa: E731
+        if name == "minilm":
+            f = lambda x: parts(x)[0]  # noqa: E731
+        elif name == "aligned":
+            f = lambda x: parts(x)[1]  # noqa: E731
+        else:
+            f = lambda x: np.hstack(parts(x)) / np.sqrt(2.0)  # noqa: E731
+        return tuple(np.ascontiguousarray(f(x), dtype=np.float32) for x in (pool, anchor, ref))
+    return view

@@ -21,6 +21,9 @@ from sot_core.curate.select import _selection, refusal_aware_score, refusal_rows
 from sot_core.ot.costs import cosine_costs
 from sot_core.ot.push_pull import solve_push_pull
 
+# Target recalls of --keep auto reported beside the default's (the budget's trade-off curve).
+RECALL_CURVE = (0.9, 0.96, 0.97, 0.975, 0.98)
+
 
 def figures(selected, score, kinds) -> dict:
     """AUROC of `score` for harmful vs the rest, and what `selected` keeps of each kind."""
@@ -52,7 +55,7 @@ def curate_arms(pool, anchor, ref, responses, kinds, cfg=CurateConfig()) -> dict
     auto, _ = _selection(res.weights, responses, CurateConfig(keep="auto"), eligible, protected)
     aware = refusal_aware_score(res.score, protected)
     curve = {}  # the same cross-fit at other target recalls (keep auto): the budget's trade-off
-    for r in (0.9, 0.96, 0.97):
+    for r in RECALL_CURVE:
         hl = apply_recall(fit, r).harmful_like & ~protected
         curve[f"sot_keep_auto_recall{r:g}"] = figures(_selection(res.weights, responses, CurateConfig(keep="auto"),
                                                                  ~hl, protected)[0], aware, kinds)
@@ -138,7 +141,7 @@ def sweep(rows, emb, ref, seeds, levels=(0.0, 0.05, 0.10, 0.30), view=same) -> d
                          "estimated_contamination": a["estimated_contamination"],
                          "true_contamination": round(n_h / len(kinds), 4),
                          "harmful_kept_benign85": a["harmful_kept_benign85"],
-                         **{f"{k}_recall{r:g}": v for r in (0.9, 0.96, 0.97) for k, v in (
+                         **{f"{k}_recall{r:g}": v for r in RECALL_CURVE for k, v in (
                              ("harmful_kept", arms[f"sot_keep_auto_recall{r:g}"]["harmful_kept"]),
                              ("benign_dropped",
                               round(1 - arms[f"sot_keep_auto_recall{r:g}"]["benign_kept_fraction"], 4)))}})

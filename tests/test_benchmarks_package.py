@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
-SHARED_MODULES = {"__init__", "common", "budget_arms", "aligned_model",  # shared by two benchmarks each
+SHARED_MODULES = {"__init__", "common", "budget_arms", "aligned_model",  # shared by two or more benchmarks
                   "mutants", "mutation_worker", "mutation_report"}  # the last three: parts of mutation
 SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in SHARED_MODULES)
 STANDALONE = {"ot_scaling", "gpu_check"}  # also run by path, so they may import only sot_core
@@ -37,7 +37,7 @@ def imported_modules(path: Path) -> set[str]:
 def test_the_expected_benchmarks_exist():
     assert {"curation_quality", "general_pool_seeds", "refusal_anchor", "refusal_views", "ot_scaling", "gpu_check",
             "nightly_incremental", "safety_e2e", "benign_subsets", "safety_pilot", "selection_budget", "embed_scaling",
-            "mutation", "replay_dose", "aligned_states", "aligned_budget"} == set(SCRIPTS)
+            "mutation", "replay_dose", "aligned_states", "aligned_budget", "review_queue", "sweep_misses"} == set(SCRIPTS)
 
 
 def test_no_sys_path_edits():

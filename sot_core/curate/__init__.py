@@ -3,7 +3,7 @@
 Stages (`pipeline`): `load_inputs`, `ingest`, `embed`, `build_costs`, `solve`, `budget` (the
 cross-fitted harmful-row threshold, `budget`); then `publish` (`select`: the refusal guard, the
 budget's survivors, top-K or label-stratified selection, training weights and lineage; `report`
-renders its ``report.md``).
+renders its ``report.md``; `review` ranks the kept rows a person should read first, ``review.jsonl``).
 `guards` refuses empty selections and wrong labels files and words the composition warnings.
 `quality` measures a curation against labels (`auroc`, `harmful_kept`, `read_labels`);
 `baselines` are the per-row scores SOT must beat (`BASELINES`); `incremental` runs the nightly
