@@ -38,7 +38,7 @@ def curate_dataset(**params) -> dict:
     ids = {role: inputs[role]["dataset_id"] for role in sources}
     embedded, costs, solved = embed_and_solve(home, ids, config)
     info = run_info(inputs, embedded, costs, solved, sum(i["seconds"] for i in inputs.values()), ingest_cached=cached)
-    return publish_and_report(home, ids["pool"], solved, config, run.out_dir, info, labels, run.name)
+    return publish_and_report(home, ids["pool"], solved, config, run.out_dir, info, labels, run.name, run.review_rows)
 
 
 def resolve_home(home: str | None) -> str:
@@ -75,9 +75,10 @@ def embed_and_solve(home: str, ids: dict[str, str], config: CurateConfig) -> tup
 
 
 def publish_and_report(home: str, pool_id: str, solved: dict, config: CurateConfig, out_dir: str, info: dict,
-                       labels: str | None, name: str) -> dict:
+                       labels: str | None, name: str, review_rows: int) -> dict:
     """Publish the curated version, then its report, tables and plot as artifacts."""
-    summary = publish_curated(home, pool_id, solved["path"], config.result_dict(), out_dir, info, labels, name)
+    summary = publish_curated(home, pool_id, solved["path"], config.result_dict(), out_dir, info, labels, name,
+                              review_rows)
     rename_run(f"{flow_kind()}-{summary['version']}")
     report_artifacts(summary, (Path(out_dir) / "report.md").read_text(), name)
     visual_artifacts(home, summary, out_dir, info["encoder_id"], name)

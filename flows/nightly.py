@@ -43,7 +43,7 @@ def nightly_recuration(**params) -> dict:
     inputs = {"pool": {"source": f"accumulated:{name}", **pool, "batch": batch["dataset_id"]}, **references}
     info = run_info(inputs, embedded, costs, solved, pool["seconds"] + batch.get("seconds", 0.0),
                     incoming={k: batch[k] for k in ("n_new", "files", "table_watermark")}, drift=drift)
-    summary = publish_and_report(home, ids["pool"], solved, config, out_dir, info, None, name)
+    summary = publish_and_report(home, ids["pool"], solved, config, out_dir, info, None, name, run.review_rows)
     drift = {**drift, "contamination": batch_contamination(home, batch["dataset_id"], out_dir)}
     committed = commit_batch(home, batch, ids["pool"], summary["version"], embedded["pool"]["n_embedded"], drift,
                              pool["base_version"])

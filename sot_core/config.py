@@ -21,6 +21,8 @@ from sot_core.io import digest
 CODE_VERSION = "0.1.0"
 # The bundled demo data; the default inputs of `sot curate` and the curation flow.
 DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"
+# Kept rows listed in review.jsonl by default (`sot_core.curate.review`).
+REVIEW_ROWS = 50
 
 Mode = Literal["push-pull", "pull", "push"]
 Stratify = Literal["none", "label"]
@@ -317,6 +319,9 @@ class CurateInputs(StoreOptions):
     refusal_anchor: str | None = field(default=None, metadata={"help": "Safe answers to harmful prompts added to the anchor, so refusals in the pool are kept "
         "(e.g. data/refusals/pyrit_refusals.jsonl)."})
     out_dir: str = field(default="out/demo", metadata={"help": "Output folder of the curated version."})
+    review_rows: int = field(default=REVIEW_ROWS, metadata={
+        "ge": 0, "help": "Kept rows written to review.jsonl for a person to read before training: those that score "
+                         "most like harm, most harmful-like first (0: none). It changes no result."})
     name: str = field(default="default", metadata={
         "help": "Name of the curated dataset in the catalog; also prefixes the artifact keys.", **NAME_RULE})
     prompt_field: str | None = field(default=None, metadata={"help": "Explicit name of the prompt field in every input."})
@@ -344,6 +349,7 @@ class NightlyInputs(StoreOptions):
     harmful_ref: str = same_field(CurateInputs, "harmful_ref")
     refusal_anchor: str | None = same_field(CurateInputs, "refusal_anchor")
     out_dir: str = field(default="out/nightly", metadata={"help": "Output folder of the latest version (overwritten each night)."})
+    review_rows: int = same_field(CurateInputs, "review_rows")
     window: int | None = field(default=None, metadata={
         "ge": 1, "help": "Keep only the most recent N rows of the accumulated pool (empty: all)."})
     name: str = field(default="nightly", metadata={

@@ -16,7 +16,7 @@ from prefect.serializers import JSONSerializer
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
 from sot_core.curate import pipeline, plots
-from sot_core.config import CurateConfig, config_hash
+from sot_core.config import REVIEW_ROWS, CurateConfig, config_hash
 from sot_core.data.loaders import FieldMap
 from sot_core.io import atomic_write
 from sot_core.curate.quality import read_labels
@@ -159,10 +159,11 @@ def budget_stage(home: str, ids: dict[str, str], encoder_id: str, config: dict) 
 
 @task(name="publish", **retry_policy(retries=1))
 def publish_curated(home: str, pool_id: str, solve_path: str, config: dict, out_dir: str, run_info: dict,
-                    labels: str | None = None, name: str = "default") -> dict:
+                    labels: str | None = None, name: str = "default", review_rows: int = REVIEW_ROWS) -> dict:
     """Never cached: every run publishes a new curated version with its lineage."""
     label_map = read_labels(labels) if labels else None
-    summary = publish(Store(home), pool_id, solve_path, CurateConfig(**config), out_dir, run_info, label_map, name)
+    summary = publish(Store(home), pool_id, solve_path, CurateConfig(**config), out_dir, run_info, label_map, name,
+                      review_rows)
     quality = summary.get("quality") or {}
     log().info(f"published {summary['version']}: kept {summary['counts']['selected']} of {summary['counts']['pool']} "
                f"rows (keep {config.get('keep')}), parent {summary['parent_version']}, out {out_dir}"

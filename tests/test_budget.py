@@ -179,7 +179,7 @@ def test_keep_auto_through_sot_reports_contamination_and_threshold(tmp_path, cap
 
     out = tmp_path / "out"
     code = main(["curate", *SMALL, "--home", str(tmp_path / "home"), "--out-dir", str(out),
-                 "--keep", "auto", "--harmful-recall", "0.95"])
+                 "--keep", "auto", "--harmful-recall", "0.95", "--review-rows", "4"])
     printed = capsys.readouterr()
     assert code == 0, printed.err[-2000:]
     assert "estimated contamination" in printed.out
@@ -190,6 +190,15 @@ def test_keep_auto_through_sot_reports_contamination_and_threshold(tmp_path, cap
     kept = {json.loads(line)["id"] for line in (out / "curated.jsonl").read_text().splitlines()}
     assert not any(i.startswith("pyrit") for i in kept) and len(kept) >= 23
     assert "## Harmful-row budget" in (out / "report.md").read_text()
+    # --review-rows: the 4 kept rows with the highest budget scores, in that order
+    import pyarrow.parquet as pq
+
+    review = [json.loads(line) for line in (out / "review.jsonl").read_text().splitlines()]
+    assert len(review) == 4 == info["review"]["rows"] and {r["id"] for r in review} <= kept
+    table = pq.read_table(out / "weights.parquet").to_pydict()
+    top = sorted((u for u, s, r in zip(table["budget_score"], table["selected"], table["refusal"]) if s and not r),
+                 reverse=True)[:4]
+    assert [r["budget_score"] for r in review] == top
 
 
 def test_contamination_jump_raises_the_nightly_drift_alarm(tmp_path):

@@ -381,3 +381,17 @@ def test_review_without_a_budget_ranks_by_score(published):
     order = expected_review(np.array(table["selected"]), np.array(table["refusal"]), score)
     assert [r["id"] for r in review] == [pool[i]["id"] for i in order] and "budget_score" not in review[0]
     assert json.loads((out / "run.json").read_text())["review"]["ranked_by"] == "score"
+
+
+@pytest.mark.parametrize("review_rows", [0, 3])
+def test_review_rows_sets_the_queue_length(inputs, review_rows):
+    """`review_rows` (``--review-rows``) caps review.jsonl; 0 writes an empty file and the report says why."""
+    tmp, store, pool_id, solve = inputs[:4]
+    out = tmp / f"out-review-{review_rows}"
+    summary = publish(store, pool_id, str(solve), CurateConfig(keep=KEEP, harmful_recall=0.0), out, {},
+                      name="reviewrows", review_rows=review_rows)
+    text = (out / "review.jsonl").read_text()
+    review = read_jsonl(out / "review.jsonl") if text else []
+    assert len(review) == review_rows == summary["review"]["rows"] and (text == "") == (review_rows == 0)
+    report = (out / "report.md").read_text()
+    assert ("`--review-rows 0`" in report) == (review_rows == 0)

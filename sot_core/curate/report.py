@@ -33,7 +33,8 @@ def _report_review(review: dict | None) -> list[str]:
              "refusals the guard kept are left out) are in `review.jsonl`, most harmful-like first: the harmful "
              "rows a threshold misses sit here. The first of them:", ""]
     if not review["preview"]:
-        return lines[:2] + ["No kept row to review (every kept row is a refusal).", ""]
+        return lines[:2] + ["No kept row is listed (`--review-rows 0`, or every kept row is a refusal the guard kept).",
+                            ""]
     lines += ["| rank | id | budget score | score | prompt |", "|---|---|---|---|---|"]
     for r in review["preview"]:
         u = "" if r["budget_score"] is None else f"{r['budget_score']:.3f}"

@@ -1,11 +1,12 @@
 """The review queue: the kept rows a person should read first.
 
-No threshold catches every harmful row: the budget misses rows that score just under it (on the
-general pool about 3-5% of the harm, `benchmarks/RESULTS.md`, section review_queue). Those misses
-are not spread evenly over the kept rows; they sit at the top of the kept rows ranked by the same
-score the threshold cuts. So `publish` writes ``review.jsonl``: the `REVIEW_ROWS` kept rows that
-score most like harm, most harmful-like first, with the full row and its scores, for a human (or a
-stronger judge) to check before training. ``weights.parquet`` ranks every row the same way.
+No threshold catches every harmful row: on the general pool the budget misses about 3-6% of the harm
+(`benchmarks/RESULTS.md`, sections aligned_budget and review_queue). Those misses are not spread evenly
+over the kept rows; they gather near the top of the kept rows ranked by the score the threshold cuts
+(36-76% of them in the first 50 of 330-640 kept rows, measured). So `publish` writes ``review.jsonl``:
+the kept rows that score most like harm (``--review-rows``, default `REVIEW_ROWS`), most harmful-like
+first, with the full row and its scores, for a person (or a stronger judge) to check before training.
+``weights.parquet`` holds every row's scores.
 
 Ranking: the budget score u(x) (`sot_core.curate.budget`), ties broken by the OT score; without a
 budget (``harmful_recall 0``), the OT score alone. Rows the refusal guard kept are left out: they
@@ -17,8 +18,9 @@ import json
 
 import numpy as np
 
-# Kept rows written to review.jsonl (and the report shows the first `REVIEW_PREVIEW` of them).
-REVIEW_ROWS = 50
+from sot_core.config import REVIEW_ROWS
+
+# The report and the Prefect table show the first REVIEW_PREVIEW rows of the queue.
 REVIEW_PREVIEW = 10
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from sot_core.config import CODE_VERSION, CurateConfig, config_hash
+from sot_core.config import CODE_VERSION, REVIEW_ROWS, CurateConfig, config_hash
 from sot_core.curate.guards import MOSTLY, check_labels_match, check_selection, composition_warnings
 from sot_core.curate.quality import auroc, harmful_kept
 from sot_core.curate.report import render_report
@@ -115,7 +115,8 @@ def training_weights(weights: np.ndarray, scheme: str) -> np.ndarray:
 
 
 def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, out_dir: str | Path,
-            run_info: dict, labels: dict[str, bool] | None = None, name: str = "default") -> dict:
+            run_info: dict, labels: dict[str, bool] | None = None, name: str = "default",
+            review_rows: int = REVIEW_ROWS) -> dict:
     """Write weights.parquet, curated.jsonl, review.jsonl, report.md and run.json, and record a curated version.
 
     Parameters
@@ -131,6 +132,8 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
         Name of the curated dataset; each call adds a version of it, whose parent is the
         latest version before it. A plain name (`sot_core.data.names.check_name`): anything
         else raises `OptionError` before a file is written.
+    review_rows : int
+        Kept rows listed in ``review.jsonl`` (`sot_core.curate.review`); 0 writes an empty file.
 
     Returns
     -------
@@ -150,7 +153,7 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
     _write_weights(out_dir / "weights.parquet", ids, weights, score, sel)
     curated = _curated_jsonl(rows, sel.selected, sel.train_weight)
     atomic_write_text(curated, out_dir / "curated.jsonl")
-    review = _write_review(out_dir / "review.jsonl", rows, score, sel)
+    review = _write_review(out_dir / "review.jsonl", rows, score, sel, review_rows)
     quality, label = _label_quality(labels, ids, score, sel)
     failpoint("publish.before_record")
     # The random part keeps two identical runs in the same second apart.
@@ -227,11 +230,11 @@ def _write_weights(path: Path, ids: list[str], weights: np.ndarray, score: np.nd
     )
 
 
-def _write_review(path: Path, rows: pa.Table, score: np.ndarray, sel: Selection) -> dict:
+def _write_review(path: Path, rows: pa.Table, score: np.ndarray, sel: Selection, review_rows: int) -> dict:
     """``review.jsonl`` (`sot_core.curate.review`): the kept rows to read first; returns run.json's entry."""
     ids, prompts, responses, sources = (rows.column(c).to_pylist() for c in ("id", "prompt", "response", "source"))
     u = sel.budget.budget_score if sel.budget is not None else None
-    order = review_order(sel.selected, sel.protected, score, u)
+    order = review_order(sel.selected, sel.protected, score, u, rows=review_rows)
     atomic_write_text(review_jsonl(order, ids, prompts, responses, sources, score, u, sel.train_weight), path)
     return review_summary(order, ids, prompts, score, u)
 
