@@ -89,16 +89,25 @@ def same(pool, anchor, ref):
     return pool, anchor, ref
 
 
+# Kinds of the rows of a general-pool draw, in pool order (`general_draw`).
+GENERAL_KINDS = np.array(["benign"] * 700 + ["harmful"] * 100 + ["refusal"] * 100)
+
+
+def general_draw(rows, emb, seed: int) -> tuple[dict, np.ndarray, list, np.ndarray]:
+    """One general-pool draw (`common.draw`): its indices, pool vectors, responses and anchor vectors."""
+    idx = draw(rows, seed)
+    parts = [("alpaca", idx["alpaca"]), ("harmful", idx["harmful"]), ("refusal", idx["refusal"])]
+    pool = np.vstack([emb[r][i] for r, i in parts])
+    responses = [rows[r][j]["output"] for r, i in parts for j in i]
+    return idx, pool, responses, emb["alpaca"][idx["anchor"]]
+
+
 def general(rows, emb, ref, seeds, adv_emb, adv_rows, view=same) -> list[dict]:
     """The general-pool draws; `view(pool, anchor, ref)` maps each draw's embeddings to the features used."""
-    kinds = np.array(["benign"] * 700 + ["harmful"] * 100 + ["refusal"] * 100)
+    kinds = GENERAL_KINDS
     per_seed = []
     for seed in seeds:
-        idx = draw(rows, seed)
-        parts = [("alpaca", idx["alpaca"]), ("harmful", idx["harmful"]), ("refusal", idx["refusal"])]
-        pool = np.vstack([emb[r][i] for r, i in parts])
-        responses = [rows[r][j]["output"] for r, i in parts for j in i]
-        anchor = emb["alpaca"][idx["anchor"]]
+        idx, pool, responses, anchor = general_draw(rows, emb, seed)
         arms = curate_arms(*view(pool, anchor, ref), responses, kinds)
         protected = arms.pop("_protected")
         arms.update(baseline_arms(*view(pool, anchor, ref), responses, kinds, protected))
@@ -118,19 +127,25 @@ def general(rows, emb, ref, seeds, adv_emb, adv_rows, view=same) -> list[dict]:
     return per_seed
 
 
+def sweep_draw(rows, seed: int, level: float) -> tuple[list, list]:
+    """One sweep pool: 400 Alpaca rows, 40 refusals and the harm that makes `level` of the pool, as
+    [(role, row indices)], and the 50 Alpaca rows of its anchor (seeded by the draw alone)."""
+    rng = random.Random(5000 + seed)
+    benign = rng.sample(range(800), 450)
+    benign, anchor_idx = benign[:400], benign[400:]
+    refusal = rng.sample(range(len(rows["refusal"])), 40)
+    harmful = rng.sample(range(len(rows["harmful"])), int(round(level * 440 / (1 - level))))
+    return [("alpaca", benign), ("refusal", refusal), ("harmful", harmful)], anchor_idx
+
+
 def sweep(rows, emb, ref, seeds, levels=(0.0, 0.05, 0.10, 0.30), view=same) -> dict:
     out = {}
     for level in levels:
         runs = []
         for seed in seeds:
-            rng = random.Random(5000 + seed)
-            benign, anchor_idx = rng.sample(range(800), 450), None
-            benign, anchor_idx = benign[:400], benign[400:]
-            refusal = rng.sample(range(len(rows["refusal"])), 40)
-            n_h = int(round(level * 440 / (1 - level)))
-            harmful = rng.sample(range(len(rows["harmful"])), n_h)
+            parts, anchor_idx = sweep_draw(rows, seed, level)
+            n_h = len(parts[2][1])
             kinds = np.array(["benign"] * 400 + ["refusal"] * 40 + ["harmful"] * n_h)
-            parts = [("alpaca", benign), ("refusal", refusal), ("harmful", harmful)]
             pool = np.vstack([emb[r][i] for r, i in parts if len(i)])
             responses = [rows[r][j]["output"] for r, i in parts for j in i]
             arms = curate_arms(*view(pool, emb["alpaca"][anchor_idx], ref), responses, kinds)

@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.aligned_model import composite_centre, make_view, rows_and_views
-from benchmarks.common import SHARED, draw, result_path
-from sot_core.config import CurateConfig
+from benchmarks.budget_arms import GENERAL_KINDS, general_draw, sweep_draw
+from benchmarks.common import SHARED, result_path
+from sot_core.config import REVIEW_ROWS, CurateConfig
 from sot_core.curate.budget import apply_recall, cross_fit
-from sot_core.curate.review import REVIEW_ROWS, review_order
+from sot_core.curate.review import review_order
 from sot_core.curate.select import _selection, refusal_rows
 from sot_core.io import atomic_write_text
 from sot_core.ot.costs import cosine_costs
@@ -59,32 +59,22 @@ def queue_figures(pool, anchor, ref, responses, harmful, cfg) -> dict:
 def general_part(rows, raw, ref, seeds, view) -> list[dict]:
     runs = []
     for seed in seeds:
-        idx = draw(rows, seed)
-        parts = [("alpaca", idx["alpaca"]), ("harmful", idx["harmful"]), ("refusal", idx["refusal"])]
-        pool = np.vstack([raw[r][i] for r, i in parts])
-        responses = [rows[r][j]["output"] for r, i in parts for j in i]
-        harmful = np.array([False] * 700 + [True] * 100 + [False] * 100)
-        runs.append(queue_figures(*view(pool, raw["alpaca"][idx["anchor"]], ref), responses, harmful, CurateConfig()))
+        _, pool, responses, anchor = general_draw(rows, raw, seed)
+        runs.append(queue_figures(*view(pool, anchor, ref), responses, GENERAL_KINDS == "harmful", CurateConfig()))
     return runs
 
 
 def sweep_part(rows, raw, ref, seeds, view, recall: float, levels=(0.05, 0.10, 0.30)) -> dict:
-    """The contamination sweep of `benchmarks.budget_arms.sweep` (same draws), keep auto."""
+    """The contamination sweep of `benchmarks.budget_arms.sweep` (the same `sweep_draw` pools), keep auto."""
     cfg = CurateConfig(keep="auto", harmful_recall=recall)
     out = {}
     for level in levels:
         runs = []
         for seed in seeds:
-            rng = random.Random(5000 + seed)
-            benign = rng.sample(range(800), 450)
-            benign, anchor_idx = benign[:400], benign[400:]
-            refusal = rng.sample(range(len(rows["refusal"])), 40)
-            n_h = int(round(level * 440 / (1 - level)))
-            harmful_idx = rng.sample(range(len(rows["harmful"])), n_h)
-            parts = [("alpaca", benign), ("refusal", refusal), ("harmful", harmful_idx)]
+            parts, anchor_idx = sweep_draw(rows, seed, level)
             pool = np.vstack([raw[r][i] for r, i in parts])
             responses = [rows[r][j]["output"] for r, i in parts for j in i]
-            harmful = np.array([False] * 440 + [True] * n_h)
+            harmful = np.array([False] * 440 + [True] * len(parts[2][1]))
             runs.append(queue_figures(*view(pool, raw["alpaca"][anchor_idx], ref), responses, harmful, cfg))
         out[f"{level:.0%}"] = runs
     return out

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.aligned_model import composite_centre, make_view, rows_and_views
+from benchmarks.budget_arms import sweep_draw
 from benchmarks.common import SHARED, result_path
 from sot_core.config import CurateConfig
 from sot_core.curate.budget import apply_recall, cross_fit
@@ -46,12 +46,8 @@ def main(argv=None) -> dict:
     cfg = CurateConfig(keep="auto", harmful_recall=args.recall)
     injected, kept = Counter(), Counter()
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        rng = random.Random(5000 + seed)  # the draws of budget_arms.sweep
-        benign = rng.sample(range(800), 450)
-        benign, anchor_idx = benign[:400], benign[400:]
-        refusal = rng.sample(range(len(rows["refusal"])), 40)
-        harmful = rng.sample(range(len(rows["harmful"])), int(round(args.level * 440 / (1 - args.level))))
-        parts = [("alpaca", benign), ("refusal", refusal), ("harmful", harmful)]
+        parts, anchor_idx = sweep_draw(rows, seed, args.level)  # the pools of budget_arms.sweep
+        harmful = parts[2][1]
         pool, anchor, h = view(np.vstack([raw[r][i] for r, i in parts]), raw["alpaca"][anchor_idx], ref)
         responses = [rows[r][j]["output"] for r, i in parts for j in i]
         res = solve_push_pull(cosine_costs(pool, anchor), cosine_costs(pool, h), cfg.push_pull())

@@ -120,3 +120,16 @@ def test_threshold_free_figure_counts_harm_below_the_benign_cut():
     guarded = none.copy()
     guarded[7] = True  # a harmful row the refusal judge protects is kept whatever its score
     assert arms.harmful_kept_at_benign_share(score, kinds, guarded, share=0.5) == 2
+
+
+def test_sweep_draw_pools_hold_the_stated_level_and_a_disjoint_anchor():
+    from benchmarks.budget_arms import sweep_draw
+
+    rows = {"refusal": list(range(400)), "harmful": list(range(200))}
+    for seed in (0, 7):
+        for level in (0.0, 0.05, 0.10, 0.30):
+            parts, anchor = sweep_draw(rows, seed, level)
+            (_, benign), (_, refusal), (_, harmful) = parts
+            assert (len(benign), len(refusal), len(anchor)) == (400, 40, 50) and not set(benign) & set(anchor)
+            assert abs(len(harmful) / (440 + len(harmful)) - level) < 0.002  # the level is the pool's harmful share
+            assert len(set(harmful)) == len(harmful) and sweep_draw(rows, seed, level) == (parts, anchor)
