@@ -89,6 +89,21 @@ def same(pool, anchor, ref):
     return pool, anchor, ref
 
 
+def stack_parts(rows, emb, parts) -> tuple[np.ndarray, list]:
+    """Pool vectors and responses of [(role, row indices)], in that order."""
+    pool = np.vstack([emb[r][i] for r, i in parts if len(i)])
+    return pool, [rows[r][j]["output"] for r, i in parts for j in i]
+
+
+def product_selection(pool, anchor, ref, responses, cfg) -> tuple:
+    """Curate one pool as `publish` does at `cfg`: (solve result, budget, refusal rows, kept rows)."""
+    res = solve_push_pull(cosine_costs(pool, anchor), cosine_costs(pool, ref), cfg.push_pull())
+    budget = apply_recall(cross_fit(pool, anchor, ref, cfg), cfg.harmful_recall)
+    protected = refusal_rows(responses)
+    selected, _ = _selection(res.weights, responses, cfg, ~(budget.harmful_like & ~protected), protected)
+    return res, budget, protected, selected
+
+
 # Kinds of the rows of a general-pool draw, in pool order (`general_draw`).
 GENERAL_KINDS = np.array(["benign"] * 700 + ["harmful"] * 100 + ["refusal"] * 100)
 
@@ -96,25 +111,23 @@ GENERAL_KINDS = np.array(["benign"] * 700 + ["harmful"] * 100 + ["refusal"] * 10
 def general_draw(rows, emb, seed: int) -> tuple[dict, np.ndarray, list, np.ndarray]:
     """One general-pool draw (`common.draw`): its indices, pool vectors, responses and anchor vectors."""
     idx = draw(rows, seed)
-    parts = [("alpaca", idx["alpaca"]), ("harmful", idx["harmful"]), ("refusal", idx["refusal"])]
-    pool = np.vstack([emb[r][i] for r, i in parts])
-    responses = [rows[r][j]["output"] for r, i in parts for j in i]
+    pool, responses = stack_parts(rows, emb, [("alpaca", idx["alpaca"]), ("harmful", idx["harmful"]),
+                                              ("refusal", idx["refusal"])])
     return idx, pool, responses, emb["alpaca"][idx["anchor"]]
 
 
 def general(rows, emb, ref, seeds, adv_emb, adv_rows, view=same) -> list[dict]:
     """The general-pool draws; `view(pool, anchor, ref)` maps each draw's embeddings to the features used."""
-    kinds = GENERAL_KINDS
     per_seed = []
     for seed in seeds:
         idx, pool, responses, anchor = general_draw(rows, emb, seed)
-        arms = curate_arms(*view(pool, anchor, ref), responses, kinds)
+        arms = curate_arms(*view(pool, anchor, ref), responses, GENERAL_KINDS)
         protected = arms.pop("_protected")
-        arms.update(baseline_arms(*view(pool, anchor, ref), responses, kinds, protected))
+        arms.update(baseline_arms(*view(pool, anchor, ref), responses, GENERAL_KINDS, protected))
         # apology-then-comply: the same draw with every harmful answer given an apology opening
         adv_pool = np.vstack([emb["alpaca"][idx["alpaca"]], adv_emb[idx["harmful"]], emb["refusal"][idx["refusal"]]])
         adv_resp = responses[:700] + [adv_rows[j]["output"] for j in idx["harmful"]] + responses[800:]
-        adv = curate_arms(*view(adv_pool, anchor, ref), adv_resp, kinds)
+        adv = curate_arms(*view(adv_pool, anchor, ref), adv_resp, GENERAL_KINDS)
         adv_guarded = adv.pop("_protected")[700:800]
         arms["apology_then_comply"] = {
             "judged_refusal": int(adv_guarded.sum()),
@@ -146,8 +159,7 @@ def sweep(rows, emb, ref, seeds, levels=(0.0, 0.05, 0.10, 0.30), view=same) -> d
             parts, anchor_idx = sweep_draw(rows, seed, level)
             n_h = len(parts[2][1])
             kinds = np.array(["benign"] * 400 + ["refusal"] * 40 + ["harmful"] * n_h)
-            pool = np.vstack([emb[r][i] for r, i in parts if len(i)])
-            responses = [rows[r][j]["output"] for r, i in parts for j in i]
+            pool, responses = stack_parts(rows, emb, parts)
             arms = curate_arms(*view(pool, emb["alpaca"][anchor_idx], ref), responses, kinds)
             a = arms["sot_keep_auto"]
             runs.append({"harmful_injected": n_h, "harmful_kept": a["harmful_kept"],

@@ -27,25 +27,18 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.aligned_model import composite_centre, make_view, rows_and_views
-from benchmarks.budget_arms import GENERAL_KINDS, general_draw, sweep_draw
+from benchmarks.budget_arms import GENERAL_KINDS, general_draw, product_selection, stack_parts, sweep_draw
 from benchmarks.common import SHARED, result_path
 from sot_core.config import REVIEW_ROWS, CurateConfig
-from sot_core.curate.budget import apply_recall, cross_fit
 from sot_core.curate.review import review_order
-from sot_core.curate.select import _selection, refusal_rows
 from sot_core.io import atomic_write_text
-from sot_core.ot.costs import cosine_costs
-from sot_core.ot.push_pull import solve_push_pull
 
 DEPTHS = (10, 25, REVIEW_ROWS)
 
 
 def queue_figures(pool, anchor, ref, responses, harmful, cfg) -> dict:
     """Curate one pool as the product does and rank its kept rows as `publish` writes review.jsonl."""
-    res = solve_push_pull(cosine_costs(pool, anchor), cosine_costs(pool, ref), cfg.push_pull())
-    budget = apply_recall(cross_fit(pool, anchor, ref, cfg), cfg.harmful_recall)
-    protected = refusal_rows(responses)
-    selected, _ = _selection(res.weights, responses, cfg, ~(budget.harmful_like & ~protected), protected)
+    res, budget, protected, selected = product_selection(pool, anchor, ref, responses, cfg)
     order = review_order(selected, protected, res.score, budget.budget_score, rows=len(pool))
     rank = np.flatnonzero(harmful[order])  # 0-based queue positions of the kept harmful rows
     kept_rows = len(order)
@@ -72,8 +65,7 @@ def sweep_part(rows, raw, ref, seeds, view, recall: float, levels=(0.05, 0.10, 0
         runs = []
         for seed in seeds:
             parts, anchor_idx = sweep_draw(rows, seed, level)
-            pool = np.vstack([raw[r][i] for r, i in parts])
-            responses = [rows[r][j]["output"] for r, i in parts for j in i]
+            pool, responses = stack_parts(rows, raw, parts)
             harmful = np.array([False] * 440 + [True] * len(parts[2][1]))
             runs.append(queue_figures(*view(pool, raw["alpaca"][anchor_idx], ref), responses, harmful, cfg))
         out[f"{level:.0%}"] = runs

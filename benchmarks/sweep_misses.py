@@ -19,14 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.aligned_model import composite_centre, make_view, rows_and_views
-from benchmarks.budget_arms import sweep_draw
+from benchmarks.budget_arms import product_selection, stack_parts, sweep_draw
 from benchmarks.common import SHARED, result_path
 from sot_core.config import CurateConfig
-from sot_core.curate.budget import apply_recall, cross_fit
-from sot_core.curate.select import _selection, refusal_rows
 from sot_core.io import atomic_write_text
-from sot_core.ot.costs import cosine_costs
-from sot_core.ot.push_pull import solve_push_pull
 
 
 def main(argv=None) -> dict:
@@ -48,12 +44,8 @@ def main(argv=None) -> dict:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         parts, anchor_idx = sweep_draw(rows, seed, args.level)  # the pools of budget_arms.sweep
         harmful = parts[2][1]
-        pool, anchor, h = view(np.vstack([raw[r][i] for r, i in parts]), raw["alpaca"][anchor_idx], ref)
-        responses = [rows[r][j]["output"] for r, i in parts for j in i]
-        res = solve_push_pull(cosine_costs(pool, anchor), cosine_costs(pool, h), cfg.push_pull())
-        budget = apply_recall(cross_fit(pool, anchor, h, cfg), cfg.harmful_recall)
-        protected = refusal_rows(responses)
-        selected = _selection(res.weights, responses, cfg, ~(budget.harmful_like & ~protected), protected)[0]
+        pool, responses = stack_parts(rows, raw, parts)
+        selected = product_selection(*view(pool, raw["alpaca"][anchor_idx], ref), responses, cfg)[3]
         for k, j in enumerate(harmful):
             injected[j] += 1
             kept[j] += int(selected[440 + k])

@@ -24,6 +24,11 @@ def _report_budget(s: dict) -> list[str]:
     return lines
 
 
+def _cell(text: str) -> str:
+    """Text as one Markdown table cell: pipes escaped, line breaks as spaces."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def _report_review(review: dict | None) -> list[str]:
     """The kept rows to read first (`sot_core.curate.review`)."""
     if not review:
@@ -38,8 +43,7 @@ def _report_review(review: dict | None) -> list[str]:
     lines += ["| rank | id | budget score | score | prompt |", "|---|---|---|---|---|"]
     for r in review["preview"]:
         u = "" if r["budget_score"] is None else f"{r['budget_score']:.3f}"
-        prompt = r["prompt"].replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {r['rank']} | {r['id']} | {u} | {r['score']:.4f} | {prompt} |")
+        lines.append(f"| {r['rank']} | {r['id']} | {u} | {r['score']:.4f} | {_cell(r['prompt'])} |")
     return lines + [""]
 
 
@@ -84,6 +88,5 @@ def render_report(s: dict) -> str:
     lines += _report_review(s.get("review"))
     lines += ["## Most harmful-like rows", "", "| id | score | prompt |", "|---|---|---|"]
     for r in s["top_flagged"]:
-        prompt = r["prompt"].replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {r['id']} | {r['score']:.4f} | {prompt} |")
+        lines.append(f"| {r['id']} | {r['score']:.4f} | {_cell(r['prompt'])} |")
     return "\n".join(lines) + "\n"

@@ -153,7 +153,8 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
     _write_weights(out_dir / "weights.parquet", ids, weights, score, sel)
     curated = _curated_jsonl(rows, sel.selected, sel.train_weight)
     atomic_write_text(curated, out_dir / "curated.jsonl")
-    review = _write_review(out_dir / "review.jsonl", rows, score, sel, review_rows)
+    review = _write_review(out_dir / "review.jsonl", ids, prompts, responses, rows.column("source").to_pylist(), score,
+                           sel, review_rows)
     quality, label = _label_quality(labels, ids, score, sel)
     failpoint("publish.before_record")
     # The random part keeps two identical runs in the same second apart.
@@ -230,9 +231,9 @@ def _write_weights(path: Path, ids: list[str], weights: np.ndarray, score: np.nd
     )
 
 
-def _write_review(path: Path, rows: pa.Table, score: np.ndarray, sel: Selection, review_rows: int) -> dict:
+def _write_review(path: Path, ids: list, prompts: list, responses: list, sources: list, score: np.ndarray,
+                  sel: Selection, review_rows: int) -> dict:
     """``review.jsonl`` (`sot_core.curate.review`): the kept rows to read first; returns run.json's entry."""
-    ids, prompts, responses, sources = (rows.column(c).to_pylist() for c in ("id", "prompt", "response", "source"))
     u = sel.budget.budget_score if sel.budget is not None else None
     order = review_order(sel.selected, sel.protected, score, u, rows=review_rows)
     atomic_write_text(review_jsonl(order, ids, prompts, responses, sources, score, u, sel.train_weight), path)
