@@ -1,9 +1,9 @@
 """Choose the refusal-replay dose on half of the held-out prompts, measure it on the other half.
 
-`safety_e2e` measured the general pool's replay doses (0, 10%, 20%) on all 1,128 held-out harmful
-prompts, and the 20% dose was run because 10% was not within 3 points of the aligned base on those
-same prompts. That choice and its measurement share prompts, so the "+2.8 points, within 3" of the
-20% arm is optimistic. This script separates them: split the prompts at random into a choosing half
+`safety_e2e` measured the general pool's replay doses (0, 10%, 20%, 30%) on all 1,128 held-out
+harmful prompts, and each larger dose was run because the one before was not within 3 points of the
+aligned base (by a judge, or out of sample). Choice and measurement share prompts, so the "+2.8
+points, within 3" of the 20% arm is optimistic. This script separates them: split the prompts at random into a choosing half
 and a measuring half, pick the smallest dose whose arm is within `--margin` points of the base on
 the choosing half (the recipe rule), and report that dose's gap on the measuring half, over many
 random splits and, with a paired bootstrap interval, on one fixed split. No model is trained: it
@@ -26,8 +26,8 @@ from benchmarks.common import RESULTS, read_verdicts, result_path
 from sot_core.eval.metrics import paired_difference
 from sot_core.io import atomic_write_text
 
-VERDICT_FILES = ("general_budget", "general_budget_replay", "general_budget_replay_0.2")
-DEFAULT_ARMS = "0=sot,0.1=sot_replay,0.2=sot_replay_0.2"
+VERDICT_FILES = ("general_budget", "general_budget_replay", "general_budget_replay_0.2", "general_budget_replay_0.3")
+DEFAULT_ARMS = "0=sot,0.1=sot_replay,0.2=sot_replay_0.2,0.3=sot_replay_0.3"
 
 
 def load_arms(files: list[Path]) -> dict[str, dict[str, np.ndarray]]:
