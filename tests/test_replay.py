@@ -3,6 +3,7 @@ that a bad replay file fails clearly without touching an existing mix."""
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -94,3 +95,15 @@ def test_heldout_refusals_are_disjoint_from_alignment_and_evaluation(shared_data
     assert not {r["prompt"] for r in used} & {r["prompt"] for r in rest}
     evaluation = {p.lower() for p in harmful_prompts(shared_data, ["advbench", "harmbench", "strongreject", "jailbreakbench"], 200)}
     assert not evaluation & {r["prompt"].lower() for r in rest}
+
+
+def test_write_replay_mix_warns_when_rows_must_repeat(tmp_path):
+    """85 bundled refusals cannot fill 30% of 400 rows (120 slots) without repeats: say so, then mix."""
+    cur = tmp_path / "curated.jsonl"
+    cur.write_text("".join(json.dumps(r) + "\n" for r in curated_rows(400)))
+    with pytest.warns(UserWarning, match=r"pyrit_refusals.jsonl: 85 replay rows for 120 replay slots"):
+        out = write_replay_mix(cur, REFUSALS, 0.3, tmp_path / "mix.jsonl")
+    assert sum(json.loads(line)["source"] == "replay" for line in out.read_text().splitlines()) == 120
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_replay_mix(cur, REFUSALS, 0.2, tmp_path / "mix2.jsonl")  # 80 slots <= 85 rows: no warning

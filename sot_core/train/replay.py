@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from pathlib import Path
 
 from sot_core.data.loaders import load_rows
@@ -69,6 +70,13 @@ def write_replay_mix(curated_path: str | Path, replay_path: str | Path, fraction
     replay = load_rows(str(replay_path)).select(["id", "prompt", "response"]).to_pylist()
     if not replay and fraction > 0:
         raise InputError(str(replay_path), "no rows to replay")
+    needed = int(round(fraction * len(curated)))
+    if needed > len(replay):
+        # Cycling is allowed (a small trusted set is better than none) but it is not what was measured:
+        # the general pool's 30% dose drew 210 distinct explanatory refusals (benchmarks/RESULTS.md).
+        warnings.warn(f"{replay_path}: {len(replay)} replay rows for {needed} replay slots (fraction {fraction:g} of "
+                      f"{len(curated)} curated rows); each row repeats about {needed / len(replay):.1f} times. "
+                      "Give more distinct refusals or a lower --replay-fraction.", stacklevel=2)
     rows = mix_replay(curated, replay, fraction, seed)
     out = Path(out_path)
     atomic_write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), out)
