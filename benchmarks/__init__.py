@@ -29,6 +29,8 @@ Safety after fine-tuning (train LoRA arms and evaluate them):
 * ``safety_pilot``    a small two-arm pilot.
 * ``replay_dose``     the replay dose chosen on half the held-out prompts, measured on the other half
   (reads the e2e's saved verdicts; trains nothing).
+* ``seed_pooled``     two arms compared over their training seeds, paired on the same prompts
+  (reads the saved verdicts; trains nothing).
 
 Tests:
 

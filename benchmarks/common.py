@@ -70,6 +70,18 @@ def read_verdicts(path: Path) -> dict:
     return {arm: {"prompts": d["prompts"], **{j: [int(c) for c in bits] for j, bits in v.items()}} for arm, v in d["arms"].items()}
 
 
+def load_arms(files: list[Path]) -> dict[str, dict[str, np.ndarray]]:
+    """{arm: {judge: 0/1 array}} from `safety_e2e` verdict files, which must share one prompt list."""
+    arms, prompts = {}, None
+    for path in files:
+        for arm, v in read_verdicts(path).items():
+            if prompts is not None and v["prompts"] != prompts:
+                raise ValueError(f"{path}: arm {arm!r} was scored on other prompts than {files[0]}; cannot pair them")
+            prompts = v["prompts"]
+            arms[arm] = {j: np.asarray(x, dtype=int) for j, x in v.items() if j != "prompts"}
+    return arms
+
+
 # --- shared data -------------------------------------------------------------------------------
 
 def beavertails_unsafe(shared: Path) -> list[dict]:

@@ -22,24 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, read_verdicts, result_path
+from benchmarks.common import RESULTS, load_arms, result_path
 from sot_core.eval.metrics import paired_difference
 from sot_core.io import atomic_write_text
 
 VERDICT_FILES = ("general_budget", "general_budget_replay", "general_budget_replay_0.2", "general_budget_replay_0.3")
 DEFAULT_ARMS = "0=sot,0.1=sot_replay,0.2=sot_replay_0.2,0.3=sot_replay_0.3"
-
-
-def load_arms(files: list[Path]) -> dict[str, dict[str, np.ndarray]]:
-    """{arm: {judge: 0/1 array}} from `safety_e2e` verdict files, which must share one prompt list."""
-    arms, prompts = {}, None
-    for path in files:
-        for arm, v in read_verdicts(path).items():
-            if prompts is not None and v["prompts"] != prompts:
-                raise ValueError(f"{path}: arm {arm!r} was scored on other prompts than {files[0]}; cannot pair them")
-            prompts = v["prompts"]
-            arms[arm] = {j: np.asarray(x, dtype=int) for j, x in v.items() if j != "prompts"}
-    return arms
 
 
 def choose_dose(gaps: list[tuple[float, float]], margin: float) -> float | None:

@@ -37,7 +37,8 @@ def imported_modules(path: Path) -> set[str]:
 def test_the_expected_benchmarks_exist():
     assert {"curation_quality", "general_pool_seeds", "refusal_anchor", "refusal_views", "ot_scaling", "gpu_check",
             "nightly_incremental", "safety_e2e", "benign_subsets", "safety_pilot", "selection_budget", "embed_scaling",
-            "mutation", "replay_dose", "aligned_states", "aligned_budget", "review_queue", "sweep_misses"} == set(SCRIPTS)
+            "mutation", "replay_dose", "aligned_states", "aligned_budget", "review_queue", "sweep_misses",
+            "seed_pooled"} == set(SCRIPTS)
 
 
 def test_no_sys_path_edits():
@@ -105,6 +106,25 @@ def test_replay_dose_choice_and_measurement_use_disjoint_halves():
     assert rd.split_once(base, doses, choose, measure, margin=3.0) == (0.1, 75.0)
     report = rd.dose_split(base, doses, margin=3.0, splits=50)
     assert sum(report["chosen"].values()) == 50 and report["full_prompt_gap"] == {"0.0": 62.5, "0.1": 37.5}
+
+
+def test_seed_pooled_averages_seeds_per_prompt_and_resamples_prompts_whole():
+    """`benchmarks.seed_pooled`: the pooled difference is the mean over prompts of the seed-averaged
+    verdicts (checked by hand), and the interval comes from resampling prompts, checked against a
+    brute-force cluster bootstrap with the same random indices."""
+    sp = importlib.import_module("benchmarks.seed_pooled")
+    a = [np.array([1, 1, 0, 0, 1, 0]), np.array([1, 0, 0, 0, 1, 1])]
+    b = [np.array([0, 1, 0, 0, 0, 0]), np.array([0, 1, 0, 1, 0, 0])]
+    # per-prompt seed means: a = [1, .5, 0, 0, 1, .5], b = [0, 1, 0, .5, 0, 0] -> d sums to 1.5 over 6 prompts
+    out = sp.pooled_difference(a, b, n_boot=2000)
+    assert out["diff"] == 25.0 and out["n_prompts"] == 6
+    assert out["per_seed_rates"] == {"a": [50.0, 50.0], "b": [16.67, 33.33]}
+    d = np.mean(a, axis=0) - np.mean(b, axis=0)
+    idx = np.random.default_rng(0).integers(0, 6, size=(2000, 6))
+    assert out["ci_low"] == round(100 * float(np.quantile(d[idx].mean(axis=1), 0.025)), 2)
+    assert out["ci_high"] == round(100 * float(np.quantile(d[idx].mean(axis=1), 0.975)), 2)
+    same = sp.pooled_difference(a, a, n_boot=200)
+    assert same["diff"] == same["ci_low"] == same["ci_high"] == 0.0
 
 
 def test_threshold_free_figure_counts_harm_below_the_benign_cut():
