@@ -106,6 +106,16 @@ def test_replay_dose_choice_and_measurement_use_disjoint_halves():
     assert rd.split_once(base, doses, choose, measure, margin=3.0) == (0.1, 75.0)
     report = rd.dose_split(base, doses, margin=3.0, splits=50)
     assert sum(report["chosen"].values()) == 50 and report["full_prompt_gap"] == {"0.0": 62.5, "0.1": 37.5}
+    # two judges: the second sees dose 0.1 comply on the choosing half, so only a dose level by both passes
+    base2, doses2 = np.stack([base, base]), {d: np.stack([y, y]) for d, y in doses.items()}
+    doses2[0.1][1, :4] = 1
+    doses2[0.2] = np.stack([doses[0.1], doses[0.1]])
+    assert rd.split_once(base2, doses2, choose, measure, margin=3.0) == (0.2, 75.0)
+    assert rd.gap_points(doses2[0.1], base2, choose) == 100.0  # the worst judge's gap
+    doses2[0.3] = base2.copy()  # level with the base everywhere, so some dose is always chosen
+    report = rd.dose_split(base2, doses2, margin=3.0, splits=20, judges=["keyword", "judge"])
+    assert report["chosen"]["none"] == 0 and report["fixed_split"]["chosen"] in (0.2, 0.3)
+    assert set(report["fixed_split"]["measured"]) == {"keyword", "judge"}
 
 
 def test_seed_pooled_averages_seeds_per_prompt_and_resamples_prompts_whole():
