@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
     missing = [n for n in a_names + b_names if n not in arms]
     if missing:
         raise SystemExit(f"no verdicts for arm(s) {missing} in {[str(p) for p in args.verdicts]}")
-    report = {"a": a_names, "b": b_names, "verdicts": [str(p) for p in args.verdicts],
+    report = {"a": a_names, "b": b_names, "verdicts": [p.name for p in args.verdicts],  # names only: no machine paths in stored results
               "note": "diff = A minus B in points, seeds averaged per prompt, bootstrap over prompts"}
     for judge in arms[a_names[0]]:
         report[judge] = pooled_difference([arms[n][judge] for n in a_names], [arms[n][judge] for n in b_names])
