@@ -70,8 +70,9 @@ def read_verdicts(path: Path) -> dict:
     return {arm: {"prompts": d["prompts"], **{j: [int(c) for c in bits] for j, bits in v.items()}} for arm, v in d["arms"].items()}
 
 
-def load_arms(files: list[Path]) -> dict[str, dict[str, np.ndarray]]:
-    """{arm: {judge: 0/1 array}} from `safety_e2e` verdict files, which must share one prompt list."""
+def load_arms(files: list[Path], require: list[str] = ()) -> dict[str, dict[str, np.ndarray]]:
+    """{arm: {judge: 0/1 array}} from `safety_e2e` verdict files, which must share one prompt list.
+    Exits with a message naming the files when an arm in `require` is in none of them."""
     arms, prompts = {}, None
     for path in files:
         for arm, v in read_verdicts(path).items():
@@ -79,6 +80,9 @@ def load_arms(files: list[Path]) -> dict[str, dict[str, np.ndarray]]:
                 raise ValueError(f"{path}: arm {arm!r} was scored on other prompts than {files[0]}; cannot pair them")
             prompts = v["prompts"]
             arms[arm] = {j: np.asarray(x, dtype=int) for j, x in v.items() if j != "prompts"}
+    missing = [a for a in require if a not in arms]
+    if missing:
+        raise SystemExit(f"no verdicts for arm(s) {missing} in {[str(p) for p in files]}")
     return arms
 
 

@@ -95,12 +95,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--splits", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    arms = load_arms(args.verdicts)
     pairs = [p.split("=", 1) for p in args.arms.split(",")]
-    missing = [a for _, a in pairs if a not in arms] + ([args.base_arm] if args.base_arm not in arms else [])
-    if missing:
-        raise SystemExit(f"no verdicts for arm(s) {missing} in {[str(p) for p in args.verdicts]}")
-    report = {"verdicts": [str(p) for p in args.verdicts], "base_arm": args.base_arm, "arms": dict(pairs),
+    arms = load_arms(args.verdicts, require=[a for _, a in pairs] + [args.base_arm])
+    report = {"verdicts": [p.name for p in args.verdicts], "base_arm": args.base_arm, "arms": dict(pairs),
               "margin_points": args.margin}
     judges = list(arms[args.base_arm])
     for judge in judges:

@@ -49,12 +49,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--b", default=DEFAULT_B, help="arm B's seeds: arm names, comma-separated")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    arms = load_arms(args.verdicts)
     a_names, b_names = args.a.split(","), args.b.split(",")
-    missing = [n for n in a_names + b_names if n not in arms]
-    if missing:
-        raise SystemExit(f"no verdicts for arm(s) {missing} in {[str(p) for p in args.verdicts]}")
-    report = {"a": a_names, "b": b_names, "verdicts": [p.name for p in args.verdicts],  # names only: no machine paths in stored results
+    arms = load_arms(args.verdicts, require=a_names + b_names)
+    report = {"a": a_names, "b": b_names, "verdicts": [p.name for p in args.verdicts],  # no machine paths in results
               "note": "diff = A minus B in points, seeds averaged per prompt, bootstrap over prompts"}
     for judge in arms[a_names[0]]:
         report[judge] = pooled_difference([arms[n][judge] for n in a_names], [arms[n][judge] for n in b_names])
