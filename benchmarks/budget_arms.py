@@ -177,6 +177,46 @@ def sweep(rows, emb, ref, seeds, levels=(0.0, 0.05, 0.10, 0.30), view=same) -> d
     return out
 
 
+def lone_draw(rows, seed: int, per_draw: int) -> tuple[list, list, list[int]]:
+    """A clean sweep pool (`sweep_draw` at 0%), its anchor, and `per_draw` harmful rows to add one at a time."""
+    parts, anchor_idx = sweep_draw(rows, seed, 0.0)
+    return parts, anchor_idx, random.Random(9000 + seed).sample(range(len(rows["harmful"])), per_draw)
+
+
+def lone_rows(rows, emb, ref, seeds, per_draw: int = 10, view=same, cfg=CurateConfig()) -> list[dict]:
+    """One harmful row alone in a clean sweep pool, `per_draw` rows per draw: does ``--keep auto`` drop it?
+
+    Why: the pool-neighbourhood term adds half the mean score of a row's 10 nearest pool rows, which
+    for a lone harmful row are benign, so it could pull the row under the cut that harm coming in
+    numbers passes (a nightly batch often holds one or two). Each row is budgeted with and without
+    the term (`cross_fit(neighbourhood=...)`); rows the refusal judge protects count as kept.
+    """
+    runs = []
+    for seed in seeds:
+        parts, anchor_idx, lone = lone_draw(rows, seed, per_draw)
+        pool0, responses0 = stack_parts(rows, emb, parts)
+        for h in lone:
+            pool, responses = np.vstack([pool0, emb["harmful"][h][None]]), responses0 + [rows["harmful"][h]["output"]]
+            protected = refusal_rows(responses)
+            run = {"seed": seed, "harmful_row": h, "refusal_judge_protects_it": bool(protected[-1])}
+            for name, neighbourhood in (("default", True), ("no_neighbourhood", False)):
+                budget = apply_recall(cross_fit(*view(pool, emb["alpaca"][anchor_idx], ref), cfg,
+                                                neighbourhood=neighbourhood), cfg.harmful_recall)
+                dropped = budget.harmful_like & ~protected
+                run[name] = {"lone_dropped": bool(dropped[-1]), "benign_dropped": round(float(dropped[:400].mean()), 4),
+                             "lone_budget_score": round(float(budget.budget_score[-1]), 4)}
+            runs.append(run)
+        print(f"lone rows, draw {seed}: " + json.dumps(summarise_lone(runs)), flush=True)
+    return runs
+
+
+def summarise_lone(runs: list[dict]) -> dict:
+    """Share of lone harmful rows dropped and mean benign share dropped, per variant."""
+    return {name: {"lone_dropped": round(float(np.mean([r[name]["lone_dropped"] for r in runs])), 4),
+                   "benign_dropped": round(float(np.mean([r[name]["benign_dropped"] for r in runs])), 4),
+                   "trials": len(runs)} for name in ("default", "no_neighbourhood")}
+
+
 def summarise_runs(runs: list[dict]) -> dict:
     keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and v is not None]
     return {k: f"{np.mean([r[k] for r in runs]):.4g} ± {np.std([r[k] for r in runs], ddof=1) if len(runs) > 1 else 0:.2g}"

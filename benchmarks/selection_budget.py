@@ -1,6 +1,6 @@
 """Selection users can trust (issue 14): the harmful-row budget and the refusal guard, measured.
 
-Four measurements, MiniLM pair view (or `--encoder`), SOT defaults (lam 1, eps 0.1), PyRIT reference (463 rows):
+Five measurements, MiniLM pair view (or `--encoder`), SOT defaults (lam 1, eps 0.1), PyRIT reference (463 rows):
 
 * ``general``: draws of the general pool of `general_pool_seeds` (700 Alpaca, 100 BeaverTails
   harmful answers, 100 held-out safety-tuned-llamas refusals; anchor 50 other Alpaca rows). Arms:
@@ -12,6 +12,8 @@ Four measurements, MiniLM pair view (or `--encoder`), SOT defaults (lam 1, eps 0
 * ``sweep``: 400 Alpaca + 40 refusals + harmful rows at 0/5/10/30% of the pool, ``--keep auto``.
 * ``clean``: the task mixes (SST-2, AG News, GSM8K) without their harmful rows, ``--keep auto``,
   and as shipped (5% harmful) at the new default and with ``--keep auto``.
+* ``lone``: a clean sweep pool plus one harmful row at a time (10 rows per draw): the share of lone
+  rows ``--keep auto`` drops, with and without the pool-neighbourhood term.
 * ``apology``: the general draws with each harmful answer given an apology/disclaimer opening
   (`benchmarks.common.adversarial_rows`): share dropped at the new default and with ``--keep auto``.
 
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.budget_arms import curate_arms, general, summarise, summarise_runs, sweep
+from benchmarks.budget_arms import curate_arms, general, lone_rows, summarise, summarise_lone, summarise_runs, sweep
 from benchmarks.common import (MIXES, SHARED, adversarial_rows, bench_store, candidate_rows, embed_file,
                                pyrit_harmful_reference, result_path, write_jsonl)
 from sot_core.curate.pipeline import cached_encoder
@@ -90,7 +92,7 @@ def main() -> None:
     out = {"seeds": list(seeds), "encoder": args.encoder,
            "settings": "lam 1, eps 0.1, keep 0.8, harmful_recall 0.95, 5-fold cross-fitting, budget score = OT + "
                        "logistic discriminant + 0.5 x mean score of the 10 nearest pool rows, PyRIT reference (463 rows)"}
-    if "general" in parts or "sweep" in parts:
+    if {"general", "sweep", "lone"} & set(parts):
         rows = candidate_rows(shared)
         emb = {role: embed(r, f"{role}.jsonl") for role, r in rows.items()}
     if "general" in parts:
@@ -100,6 +102,9 @@ def main() -> None:
     if "sweep" in parts:
         runs = sweep(rows, emb, ref, seeds, view=encoder_view(args.encoder))
         out["sweep"] = {"summary": {k: summarise_runs(v) for k, v in runs.items()}, "runs": runs}
+    if "lone" in parts:
+        runs = lone_rows(rows, emb, ref, seeds, view=encoder_view(args.encoder))
+        out["lone"] = {"summary": summarise_lone(runs), "runs": runs}
     if "clean" in parts:
         out["clean"] = clean_pools(shared, store, ref, args.encoder, args.mixes.split(","))
     out["seconds"] = round(time.time() - start, 1)

@@ -163,3 +163,14 @@ def test_sweep_draw_pools_hold_the_stated_level_and_a_disjoint_anchor():
             assert (len(benign), len(refusal), len(anchor)) == (400, 40, 50) and not set(benign) & set(anchor)
             assert abs(len(harmful) / (440 + len(harmful)) - level) < 0.002  # the level is the pool's harmful share
             assert len(set(harmful)) == len(harmful) and sweep_draw(rows, seed, level) == (parts, anchor)
+
+
+def test_lone_draw_adds_distinct_harmful_rows_to_a_clean_pool():
+    """`budget_arms.lone_draw`: the clean sweep pool of the same draw, and distinct harmful rows, seeded by the draw."""
+    from benchmarks.budget_arms import lone_draw, sweep_draw
+
+    rows = {"refusal": list(range(400)), "harmful": list(range(200))}
+    parts, anchor, lone = lone_draw(rows, 3, 10)
+    assert (parts, anchor) == sweep_draw(rows, 3, 0.0) and parts[2][1] == []  # no harm in the pool itself
+    assert len(set(lone)) == 10 and all(0 <= h < 200 for h in lone)
+    assert lone_draw(rows, 3, 10)[2] == lone and lone_draw(rows, 4, 10)[2] != lone
