@@ -49,6 +49,7 @@ def add_options(parser: argparse.ArgumentParser, cls, only: typing.Iterable[str]
         names = [flag(f.name, prefix)] + ([] if prefix else ALIASES.get(f.name, []))
         dest = prefix + f.name
         help_text = f.metadata.get("help", "") + ("" if default is None else f" (default: {default})")
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help ("87.5% of" read as a %o conversion)
         if kind is bool:
             parser.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:

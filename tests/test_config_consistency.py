@@ -82,6 +82,19 @@ def test_cli_options_carry_the_config_help_and_choices():
     assert "--out" in options["out_dir"].option_strings  # the old spelling keeps working
 
 
+@pytest.mark.parametrize("command", sorted({c for _, _, c in FLOWS} | {"compare"}))
+def test_every_command_prints_its_help_with_every_option(command):
+    """`sot COMMAND --help` formats (a bare % in a config help text once made argparse raise) and shows each flag,
+    with the config's help text as written (percent signs included)."""
+    sub, _ = subparser(command)
+    text = " ".join(sub.format_help().split())
+    for action in sub._actions:
+        for option in action.option_strings:
+            assert option in text, f"sot {command} --help does not show {option}"
+    if command in ("curate", "nightly"):
+        assert "87.5% of benign rows" in text  # lm_share's help, which holds a bare %
+
+
 def test_deployment_parameters_agree_with_the_flow_defaults():
     """prefect.yaml may only point inputs at the same demo files by a path relative to the code."""
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
