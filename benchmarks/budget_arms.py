@@ -195,6 +195,7 @@ def lone_rows(rows, emb, ref, seeds, per_draw: int = 10, view=same, cfg=CurateCo
     for seed in seeds:
         parts, anchor_idx, lone = lone_draw(rows, seed, per_draw)
         pool0, responses0 = stack_parts(rows, emb, parts)
+        n_benign = len(parts[0][1])  # the pool's Alpaca rows come first (`stack_parts` keeps the parts' order)
         for h in lone:
             pool, responses = np.vstack([pool0, emb["harmful"][h][None]]), responses0 + [rows["harmful"][h]["output"]]
             protected = refusal_rows(responses)
@@ -203,7 +204,7 @@ def lone_rows(rows, emb, ref, seeds, per_draw: int = 10, view=same, cfg=CurateCo
                 budget = apply_recall(cross_fit(*view(pool, emb["alpaca"][anchor_idx], ref), cfg,
                                                 neighbourhood=neighbourhood), cfg.harmful_recall)
                 dropped = budget.harmful_like & ~protected
-                run[name] = {"lone_dropped": bool(dropped[-1]), "benign_dropped": round(float(dropped[:400].mean()), 4),
+                run[name] = {"lone_dropped": bool(dropped[-1]), "benign_dropped": round(float(dropped[:n_benign].mean()), 4),
                              "lone_budget_score": round(float(budget.budget_score[-1]), 4)}
             runs.append(run)
         print(f"lone rows, draw {seed}: " + json.dumps(summarise_lone(runs)), flush=True)
