@@ -34,7 +34,8 @@ def nightly_recuration(**params) -> dict:
     sources = {**({"pool": run.base_pool} if run.base_pool else {}), "safe_anchor": run.safe_anchor,
                "harmful_ref": run.harmful_ref, **({"refusal_anchor": run.refusal_anchor} if run.refusal_anchor else {})}
     refs = shared_results(ingest_inputs, home)(home, sources, config.encoder, None)
-    pool = accumulate_pool(home, name, refs.get("pool", {}).get("dataset_id"), batch, run.window)
+    base = refs.get("pool", {})
+    pool = accumulate_pool(home, name, base.get("dataset_id"), batch, run.window, base.get("records_id"))
     references = {role: {"source": sources[role], **refs[role]} for role in sources if role != "pool"}
     ids = {"pool": pool["dataset_id"], **{role: r["dataset_id"] for role, r in references.items()}}
     embedded, costs, solved = embed_and_solve(home, ids, config)

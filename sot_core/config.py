@@ -324,7 +324,8 @@ class CurateInputs(StoreOptions):
                          "most like harm, most harmful-like first (0: none). It changes no result."})
     name: str = field(default="default", metadata={
         "help": "Name of the curated dataset in the catalog; also prefixes the artifact keys.", **NAME_RULE})
-    prompt_field: str | None = field(default=None, metadata={"help": "Explicit name of the prompt field in every input."})
+    prompt_field: str | None = field(default=None, metadata={"help": "Explicit name of the prompt field. The pool must have the named fields; "
+        "another input uses them when it has any of them, else its own layout is detected."})
     response_field: str | None = field(default=None, metadata={"help": "Explicit name of the response field."})
     id_field: str | None = field(default=None, metadata={"help": "Explicit name of the id field."})
     input_field: str | None = field(default=None, metadata={"help": "Explicit name of the input field (Alpaca)."})

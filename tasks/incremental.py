@@ -32,12 +32,14 @@ def collect_incoming(home: str, name: str, incoming: str | None, incoming_table:
 
 
 @task(name="accumulate-pool", **retry_policy(retries=1))
-def accumulate_pool(home: str, name: str, base_dataset_id: str | None, batch: dict, window: int | None) -> dict:
+def accumulate_pool(home: str, name: str, base_dataset_id: str | None, batch: dict, window: int | None,
+                    base_records_id: str | None = None) -> dict:
     """The pool to re-solve: base pool + committed batches + this batch (windowed), with the curated
     version of the base pool (`base_version`, None when the base pool was never curated)."""
     store = Store(home)
-    pool = incremental.accumulate_pool(store, name, base_dataset_id,
-                                       batch["batch_dataset_ids"] + [batch["dataset_id"]], window)
+    pool = incremental.accumulate_pool(
+        store, name, base_dataset_id, batch["batch_dataset_ids"] + [batch["dataset_id"]], window, base_records_id,
+        batch.get("batch_records_ids", [None] * len(batch["batch_dataset_ids"])) + [batch.get("records_id")])
     base = incremental.base_version(store, base_dataset_id)
     log().info(f"accumulated pool of '{name}': {pool['n_rows']} rows from {len(pool['parts'])} parts; "
                f"base version {base}")

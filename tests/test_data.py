@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import require_shared
-from sot_core.data import loaders as data_module
+from sot_core.data import hub as hub_module
 from sot_core.data.loaders import FieldMap, load_labels, load_rows, unwrap_alpaca_template
 from sot_core.errors import InputError
-from sot_core.data.schema import ROW_SCHEMA, content_hash
+from sot_core.data.schema import ROW_SCHEMA, LOADED_SCHEMA, content_hash
 
 
 
@@ -91,8 +91,10 @@ FLAT_LAYOUTS = {
 def test_flat_layouts_in_every_format(tmp_path, layout, fmt):
     records, expected = FLAT_LAYOUTS[layout]
     table = load_rows(str(write(tmp_path, fmt, records)))
-    assert table.schema == ROW_SCHEMA
+    assert table.schema == LOADED_SCHEMA and table.schema.names[:5] == ROW_SCHEMA.names
     assert pairs(table) == expected
+    # each row keeps its input record, field names as spelt ("Goal", "QUERY"), for curated_records.jsonl
+    assert [json.loads(r) for r in table.column("record").to_pylist()] == records
     assert table.column("source").to_pylist() == ["data"] * len(expected)
 
 
@@ -174,7 +176,7 @@ def test_local_folder_of_data_files_and_dataset_dict_split(tmp_path, monkeypatch
 
 
 def test_hub_name_offline_fails_fast_with_clear_error(monkeypatch):
-    monkeypatch.setattr(data_module, "_hub_reachable", lambda endpoint, timeout_s=3.0: False)
+    monkeypatch.setattr(hub_module, "_hub_reachable", lambda endpoint, timeout_s=3.0: False)
     with pytest.raises(InputError) as caught:
         load_rows("hf:someone/not-cached-dataset-xyz")
     assert caught.value.path == "hf:someone/not-cached-dataset-xyz"
@@ -440,3 +442,32 @@ def test_real_merged_mixes_unwrap_templates_and_expose_flags():
         assert set(labels.values()) <= {"finetune", "unsafe"} and len(labels) == table.num_rows
         fraction = float(path.stem.split("_p")[-1])
         assert sum(v == "unsafe" for v in labels.values()) == round(fraction * 1000)
+
+
+# ---------------------------------------------------------------- field names beside other inputs
+def test_field_names_apply_to_another_input_only_where_it_has_them(tmp_path):
+    """A chat pool under a field name detection does not know, beside a harmful reference in
+    prompt/response (the bundled one): the names bind the pool, the reference keeps its layout."""
+    from sot_core.curate.pipeline import load_inputs
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", [
+        {"dialogue": [{"role": "user", "content": f"U{i}"}, {"role": "assistant", "content": f"A{i}"}]}
+        for i in range(3)])
+    reference = write_jsonl(tmp_path / "ref.jsonl", [{"prompt": "harm", "response": "sure"}])
+    fields = FieldMap(messages="dialogue")
+    with pytest.raises(InputError, match="field not found") as caught:  # what every input got before
+        load_rows(str(reference), fields=fields)
+    assert caught.value.path == str(reference)
+    tables = load_inputs({"pool": str(pool), "harmful_ref": str(reference)}, {"pool": fields, "harmful_ref": fields})
+    assert pairs(tables["pool"]) == [(f"U{i}", f"A{i}") for i in range(3)]
+    assert pairs(tables["harmful_ref"]) == [("harm", "sure")]
+    # an input that has the named field uses it; one with part of the names is still an error
+    assert pairs(load_rows(str(pool), fields=fields, fields_if_present=True)) == pairs(tables["pool"])
+    partial = FieldMap(prompt="prompt", response="answer")
+    with pytest.raises(InputError, match="field not found") as caught:
+        load_rows(str(reference), fields=partial, fields_if_present=True)
+    assert caught.value.field == "answer"
+    # the pool itself must have the names: a typo is an error, not a quiet fallback to detection
+    with pytest.raises(InputError, match="field not found") as caught:
+        load_inputs({"pool": str(reference)}, {"pool": fields})
+    assert caught.value.path == str(reference) and caught.value.field == "dialogue"

@@ -8,7 +8,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from conftest import DEMO, refusal_rows, write_jsonl
+from conftest import DEMO, read_jsonl, refusal_rows, write_jsonl
 from sot_core.config import CurateConfig
 from sot_core.curate import incremental
 from sot_core.curate.pipeline import load_embeddings
@@ -76,6 +76,10 @@ def test_duckdb_table_watermark(tmp_path):
     con.close()
     second = incremental.stage_batch(store, "t", None, spec)
     assert second["n_new"] == 2 and second["table_watermark"] == 8
+    # each batch's records: the table's rows without the watermark column, remembered by the commit
+    assert second["batch_records_ids"] == [first["records_id"]]
+    assert [json.loads(r) for r in store.get_records(second["records_id"]).column("record").to_pylist()] == [
+        {"prompt": "q 7", "response": "a 7"}, {"prompt": "q 8", "response": "a 8"}]
     with pytest.raises(Exception, match="watermark column"):
         incremental.stage_batch(store, "t", None, spec, watermark_column="arrived")
 
@@ -152,6 +156,11 @@ def test_nightly_flow_embeds_only_new_rows_and_noops_when_quiet(nightly_env):
     second = run(home, incoming, out)
     assert second["counts"]["embedded_now"] == {"pool": 4, "safe_anchor": 0, "harmful_ref": 0}
     assert second["counts"]["pool"] == 44 and second["parent_version"] == first["version"]
+    # the kept rows of both nights come back as the incoming files held them
+    curated, records = (read_jsonl(out / f) for f in ("curated.jsonl", "curated_records.jsonl"))
+    assert [(r.pop("sot_id"), r.pop("sot_weight")) for r in records] == [(c["id"], c["weight"]) for c in curated]
+    written = {f"row question {i}": {"prompt": f"row question {i}", "response": f"answer {i}"} for i in range(44)}
+    assert len(records) == len(curated) > 0 and records == [written[c["prompt"]] for c in curated]
     assert run(home, incoming, out)["status"] == "no-op"
     store = Store(home)
     history = incremental.drift_history(store, "nightly-test")

@@ -38,9 +38,10 @@ import numpy as np
 import pyarrow as pa
 
 from sot_core.curate.pipeline import ingest, load_embeddings, require_responses
-from sot_core.data.loaders import FieldMap, load_rows, rows_from_records
+from sot_core.curate.incoming_table import read_table_rows, rows_from_table
+from sot_core.data.loaders import FieldMap, load_rows
 from sot_core.data.names import check_name
-from sot_core.data.schema import ROW_SCHEMA
+from sot_core.data.schema import RECORD_FIELD, ROW_SCHEMA
 from sot_core.data.store import Store
 from sot_core.embed.composite import pool_centred
 from sot_core.errors import InputError, StoreError
@@ -60,6 +61,8 @@ CREATE TABLE IF NOT EXISTS incoming_batches (
 ALTER TABLE incoming_batches ADD COLUMN IF NOT EXISTS base_version VARCHAR;
 -- the batch's estimated contamination (share of its rows the harmful-row budget drops; issue 14)
 ALTER TABLE incoming_batches ADD COLUMN IF NOT EXISTS contamination DOUBLE;
+-- the batch rows' input records (`Store.put_records`; null for batches committed before records were kept)
+ALTER TABLE incoming_batches ADD COLUMN IF NOT EXISTS records_id VARCHAR;
 """
 
 
@@ -71,6 +74,7 @@ class Watermark:
     files: dict[str, str] = field(default_factory=dict)
     table_value: object = None
     batch_dataset_ids: list[str] = field(default_factory=list)
+    batch_records_ids: list[str | None] = field(default_factory=list)
 
 
 def ensure_tables(store: Store) -> None:
@@ -82,11 +86,13 @@ def read_watermark(store: Store, name: str) -> Watermark:
     """The watermark of `name`: consumed files, the table high-water value and batch datasets."""
     ensure_tables(store)
     rows = store.query(
-        "SELECT seq, dataset_id, files, table_watermark FROM incoming_batches WHERE name = ? ORDER BY seq", [name])
+        "SELECT seq, dataset_id, files, table_watermark, records_id FROM incoming_batches WHERE name = ? ORDER BY seq",
+        [name])
     mark = Watermark()
-    for seq, dataset_id, files, table_value in rows:
+    for seq, dataset_id, files, table_value, records_id in rows:
         mark.seq = seq
         mark.batch_dataset_ids.append(dataset_id)
+        mark.batch_records_ids.append(records_id)
         mark.files.update(json.loads(files or "{}"))
         value = json.loads(table_value) if table_value else None
         if value is not None:
@@ -143,56 +149,6 @@ def only_new_rows(rows: pa.Table, seen: set[str]) -> pa.Table:
     return rows.filter(pa.array([h not in seen for h in rows.column("content_hash").to_pylist()], pa.bool_()))
 
 
-def parse_table_spec(spec: str) -> tuple[str, str]:
-    """`path/to/db.duckdb:table` -> (path, table)."""
-    path, sep, table = spec.rpartition(":")
-    if not sep or not path or not table.replace("_", "").replace(".", "").isalnum():
-        raise InputError(spec, "an incoming table is given as PATH.duckdb:TABLE")
-    return path, table
-
-
-def read_table_rows(spec: str, column: str, after) -> tuple[list[dict], object]:
-    """Rows of a DuckDB table with `column` > `after` (all rows when None), and the new maximum.
-
-    Opened read-only, so the producer must not hold the database open for writing meanwhile
-    (DuckDB allows one writing process per file).
-    """
-    import duckdb
-
-    path, table = parse_table_spec(spec)
-    if not Path(path).exists():
-        raise InputError(path, "the incoming DuckDB database does not exist")
-    try:
-        con = duckdb.connect(path, read_only=True)
-    except duckdb.Error as err:
-        raise StoreError(f"{path}: cannot open the incoming database read-only ({err}); "
-                         "is a producer holding it open for writing?") from None
-    try:
-        cols = [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
-        if column not in cols:
-            raise InputError(spec, f"the table has no watermark column (has {', '.join(cols)})", field=column)
-        where, params = (f'WHERE "{column}" > ?', [after]) if after is not None else ("", [])
-        result = con.execute(f'SELECT * FROM "{table}" {where} ORDER BY "{column}"', params)
-        names = [d[0] for d in result.description]
-        records = [dict(zip(names, r)) for r in result.fetchall()]
-    finally:
-        con.close()
-    high = records[-1][column] if records else after
-    if hasattr(high, "isoformat"):
-        high = high.isoformat()
-    return records, high
-
-
-def _rows_from_records(records: list[dict], column: str, spec: str, fields: FieldMap | None) -> pa.Table:
-    """Canonical rows of table records, validated and given ids exactly as a file of them would be.
-
-    The watermark column is dropped, and a JSON round trip turns database values (timestamps,
-    decimals) into the text a JSONL export of the same rows would hold.
-    """
-    plain = [json.loads(json.dumps({k: v for k, v in r.items() if k != column}, default=str)) for r in records]
-    return rows_from_records(spec, plain, fields=fields, source_name=parse_table_spec(spec)[1])
-
-
 def stage_batch(store: Store, name: str, incoming: str | None, incoming_table: str | None = None,
                 watermark_column: str = "seq", fields: FieldMap | None = None) -> dict:
     """Read everything past the watermark, validate it and store it as one batch dataset.
@@ -218,15 +174,17 @@ def stage_batch(store: Store, name: str, incoming: str | None, incoming_table: s
     if incoming_table:
         records, table_high = read_table_rows(incoming_table, watermark_column, mark.table_value)
         if records:
-            tables.append(_rows_from_records(records, watermark_column, incoming_table, fields))
-    base = {"name": name, "prev_seq": mark.seq, "batch_dataset_ids": mark.batch_dataset_ids}
+            tables.append(rows_from_table(records, watermark_column, incoming_table, fields))
+    base = {"name": name, "prev_seq": mark.seq, "batch_dataset_ids": mark.batch_dataset_ids,
+            "batch_records_ids": mark.batch_records_ids}
     read = dedupe_last(pa.concat_tables(tables)) if tables else None
     rows = only_new_rows(read, seen_hashes(store, mark.batch_dataset_ids)) if read is not None else None
     n_read = read.num_rows if read is not None else 0
     if rows is None or rows.num_rows == 0:
         return {**base, "n_new": 0, "n_read": n_read, "files": {}, "table_watermark": mark.table_value}
     info = ingest(store, f"incoming:{name}#{mark.seq + 1}", rows, "incoming")
-    return {**base, "n_new": rows.num_rows, "n_read": n_read, "dataset_id": info["dataset_id"], "files": files,
+    return {**base, "n_new": rows.num_rows, "n_read": n_read, "dataset_id": info["dataset_id"],
+            "records_id": info["records_id"], "files": files,
             "table_watermark": table_high, "seconds": info["seconds"]}
 
 
@@ -240,16 +198,29 @@ def dedupe_last(rows: pa.Table) -> pa.Table:
 
 
 def accumulate_pool(store: Store, name: str, base_dataset_id: str | None, batch_dataset_ids: list[str],
-                    window: int | None = None) -> dict:
-    """Store the accumulated pool (base, then batches in arrival order; see the module docstring)."""
+                    window: int | None = None, base_records_id: str | None = None,
+                    batch_records_ids: list[str | None] | None = None) -> dict:
+    """Store the accumulated pool (base, then batches in arrival order; see the module docstring), with
+    the parts' input records (`base_records_id`, `batch_records_ids`: one per batch, None where a part
+    has none) carried row for row, so its curated versions can be handed back as the input held them."""
     parts = ([base_dataset_id] if base_dataset_id else []) + list(batch_dataset_ids)
     if not parts:
         raise StoreError(f"nightly '{name}': nothing to curate (no base pool and no batches)")
-    rows = dedupe_last(pa.concat_tables([store.get_rows(d).cast(ROW_SCHEMA) for d in parts]))
+    records = ([base_records_id] if base_dataset_id else []) + list(batch_records_ids or [None] * len(batch_dataset_ids))
+    rows = dedupe_last(pa.concat_tables([_with_records(store, d, r) for d, r in zip(parts, records)]))
     if window is not None and rows.num_rows > window:
         rows = rows.slice(rows.num_rows - window)
     info = ingest(store, f"accumulated:{name}", rows, "pool")
     return {**info, "parts": parts}
+
+
+def _with_records(store: Store, dataset_id: str, records_id: str | None) -> pa.Table:
+    """A stored dataset's rows with their records (null where the store has none for it)."""
+    rows = store.get_rows(dataset_id).select(ROW_SCHEMA.names).cast(ROW_SCHEMA)
+    stored = store.get_records(records_id) if records_id else None
+    ok = stored is not None and stored.column("id").to_pylist() == rows.column("id").to_pylist()
+    column = stored.column(RECORD_FIELD.name) if ok else pa.nulls(rows.num_rows, pa.string())
+    return rows.append_column(RECORD_FIELD, column)
 
 
 def sinkhorn_divergence(x: np.ndarray, y: np.ndarray, eps: float) -> float:
@@ -371,12 +342,12 @@ def commit_batch(store: Store, staged: dict, pool_dataset_id: str, version: str,
                     "but its rows will be picked up again by the next run")
             con.execute(
                 "INSERT INTO incoming_batches (batch_id, name, seq, dataset_id, n_rows, files, table_watermark, "
-                "pool_dataset_id, version, n_embedded, drift_anchor, drift_harmful, base_version, contamination) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "pool_dataset_id, version, n_embedded, drift_anchor, drift_harmful, base_version, contamination, "
+                "records_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [batch_id, staged["name"], seq, staged["dataset_id"], staged["n_new"], json.dumps(staged["files"]),
                  json.dumps(staged["table_watermark"]), pool_dataset_id, version, n_embedded,
                  _finite(drift.get("to_anchor")), _finite(drift.get("to_harmful")), base_version,
-                 _finite(drift.get("contamination"))])
+                 _finite(drift.get("contamination")), staged.get("records_id")])
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")

@@ -37,6 +37,11 @@ SHARD_ROWS, shard_rows = shards.SHARD_ROWS, shards.shard_rows
 
 # Inputs whose responses are the point: the pool is fine-tuning data, the refusal anchor refusals.
 NEEDS_RESPONSES = ("pool", "refusal_anchor")
+# Explicit field names are written for the pool: it must have them. The other inputs take them
+# where they have any of them, else their own layout is detected (a bundled harmful reference).
+FIELD_NAMES_REQUIRED = ("pool",)
+# Inputs whose rows are published (curated_records.jsonl): their input records are stored.
+RECORD_ROLES = ("pool", "incoming")
 
 
 def load_inputs(sources: dict[str, str], fields: dict[str, FieldMap | None] | None = None,
@@ -46,13 +51,14 @@ def load_inputs(sources: dict[str, str], fields: dict[str, FieldMap | None] | No
     The pool and the refusal anchor must have responses: a file of prompts alone (the loaders'
     prompt-only mode, fine for a harmful reference) is refused for them, since curated rows
     without responses teach fine-tuning nothing and an anchor without responses holds no
-    refusals. `labels`, an ``id,label`` file (`sot_core.curate.quality.read_labels`), is read
+    refusals. Explicit field names (`fields`) must fit the pool; the other inputs use them only
+    when they have any of the named fields (`FIELD_NAMES_REQUIRED`). `labels`, an ``id,label`` file (`sot_core.curate.quality.read_labels`), is read
     and checked too, so that a bad one fails before the run stores anything.
     """
     fields = fields or {}
     tables = {}
     for role, source in sources.items():
-        rows = load_rows(source, fields=fields.get(role))
+        rows = load_rows(source, fields=fields.get(role), fields_if_present=role not in FIELD_NAMES_REQUIRED)
         if rows.num_rows == 0:
             raise InputError(source, f"the {role.replace('_', ' ')} has no rows")
         if role in NEEDS_RESPONSES:
@@ -77,13 +83,15 @@ def require_responses(source: str, rows: pa.Table, role: str) -> None:
 
 
 def ingest(store: Store, source: str, rows: pa.Table, role: str) -> dict:
-    """Store validated canonical rows; returns {dataset_id, n_rows, stored}."""
+    """Store validated canonical rows, and the input records of rows that will be published
+    (`RECORD_ROLES`); returns {dataset_id, records_id, n_rows, stored}."""
     start = time.perf_counter()
     dataset_id = dataset_id_of(rows)
     stored = store.put_dataset(dataset_id, rows, name=role, source_uri=str(source))
     failpoint("ingest.after_dataset")
-    return {"role": role, "dataset_id": dataset_id, "n_rows": rows.num_rows, "stored": stored,
-            "seconds": time.perf_counter() - start}
+    records_id = store.put_records(rows) if role in RECORD_ROLES else None
+    return {"role": role, "dataset_id": dataset_id, "records_id": records_id, "n_rows": rows.num_rows,
+            "stored": stored, "seconds": time.perf_counter() - start}
 
 
 @functools.lru_cache(maxsize=4)

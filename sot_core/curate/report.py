@@ -58,6 +58,13 @@ def render_report(s: dict) -> str:
         f"mode={cfg['mode']}, encoder={cfg['encoder']}).",
         "",
     ]
+    cr = s.get("curated_records") or {}
+    if cr.get("file"):
+        lines += [f"The kept rows as the input held them (every field, with `sot_id` and `sot_weight`): "
+                  f"`{cr['file']}`.", ""]
+    elif cr.get("kept_rows_without_record"):
+        lines += [f"No `curated_records.jsonl`: {cr['kept_rows_without_record']} kept rows were stored before "
+                  "input records were kept; curate the pool again from its files to get them.", ""]
     lines += _report_budget(s)
     q = s.get("quality")
     if q:

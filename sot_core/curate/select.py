@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from sot_core.config import CODE_VERSION, REVIEW_ROWS, CurateConfig, config_hash
+from sot_core.curate.export import FILE_NAME as RECORDS_FILE, curated_records_jsonl
 from sot_core.curate.guards import MOSTLY, check_labels_match, check_selection, composition_warnings
 from sot_core.curate.quality import auroc, harmful_kept
 from sot_core.curate.report import render_report
@@ -153,13 +154,21 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
     _write_weights(out_dir / "weights.parquet", ids, weights, score, sel)
     curated = _curated_jsonl(rows, sel.selected, sel.train_weight)
     atomic_write_text(curated, out_dir / "curated.jsonl")
+    records_id = run_info.get("inputs", {}).get("pool", {}).get("records_id")
+    records, missing_records = curated_records_jsonl(rows, store.get_records(records_id) if records_id else None,
+                                                     sel.selected, sel.train_weight)
+    if records is not None:
+        atomic_write_text(records, out_dir / RECORDS_FILE)
+    else:  # no stale copy from an earlier run in this folder
+        (out_dir / RECORDS_FILE).unlink(missing_ok=True)
     review = _write_review(out_dir / "review.jsonl", ids, prompts, responses, rows.column("source").to_pylist(), score,
                            sel, review_rows)
     quality, label = _label_quality(labels, ids, score, sel)
     failpoint("publish.before_record")
     # The random part keeps two identical runs in the same second apart.
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    parent = _record_version(store, version, curated, config, run_info, pool_id, name, len(ids),
+    files = {"curated.jsonl": curated, **({RECORDS_FILE: records} if records is not None else {})}
+    parent = _record_version(store, version, files, config, run_info, pool_id, name, len(ids),
                              int(sel.selected.sum()))
     failpoint("publish.after_record")
     summary = {
@@ -178,6 +187,8 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
         "quality": quality,
         **_selection_summary(sel, ids, prompts, responses, score, label),
         "review": review,
+        "curated_records": {"file": RECORDS_FILE if records is not None else None,
+                            "kept_rows_without_record": missing_records},
     }
     atomic_write_text(json.dumps(summary, indent=2, default=float), out_dir / "run.json")
     atomic_write_text(render_report(summary), out_dir / "report.md")
@@ -360,13 +371,14 @@ def _top_flagged(ids: list[str], prompts: list[str], score: np.ndarray, top: int
     return [{"id": ids[i], "score": float(score[i]), "prompt": prompts[i][:160]} for i in np.argsort(-score)[:top]]
 
 
-def _record_version(store: Store, version: str, curated: str, config: CurateConfig, run_info: dict, pool_id: str,
-                    name: str, n_pool: int, n_selected: int) -> str | None:
-    """Store `curated` as ``curated/<version>/curated.jsonl`` and record the version with its lineage
-    in the store's catalog, in one step; returns its parent (the latest version of `name` before it)."""
+def _record_version(store: Store, version: str, files: dict[str, str], config: CurateConfig, run_info: dict,
+                    pool_id: str, name: str, n_pool: int, n_selected: int) -> str | None:
+    """Store `files` ({name: text}: ``curated.jsonl`` and the records) as ``curated/<version>/`` and record
+    the version with its lineage in the store's catalog, in one step; returns its parent (the latest
+    version of `name` before it)."""
     inputs = run_info.get("inputs", {})
     return store.put_curated_version(
-        version, {"curated.jsonl": curated}, run_id=run_info.get("run_id", version), name=name,
+        version, files, run_id=run_info.get("run_id", version), name=name,
         pool_dataset_id=pool_id,
         anchor_dataset_id=inputs.get("safe_anchor", {}).get("dataset_id"),
         harmful_dataset_id=inputs.get("harmful_ref", {}).get("dataset_id"),

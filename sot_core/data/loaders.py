@@ -1,4 +1,4 @@
-"""Load fine-tuning data from local files into a ROW_SCHEMA table.
+"""Load fine-tuning data from local files into a table of canonical rows (`LOADED_SCHEMA`).
 
 Formats: JSONL (``.jsonl``, ``.ndjson``); JSON (``.json``): a list of objects, an object wrapping
 one list of objects (``{"data": [...]}``) or column lists (``{"instructions": [...], "inputs": []}``);
@@ -38,20 +38,18 @@ Rows are numbered from 1 in errors: the line number for JSONL; the data row numb
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import socket
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 
 from sot_core.data.files import (
     SURROGATE, csv_records, json_records, jsonl_records, not_utf8, parquet_records, printable, read_text, type_name,
 )
+from sot_core.data.hub import hf_records
 from sot_core.data.layouts import ROW_FIELDS, FieldMap, Layout, resolve_layout
-from sot_core.data.schema import ROW_SCHEMA, content_hash
+from sot_core.data.schema import LOADED_SCHEMA, content_hash
 from sot_core.errors import InputError
 
 FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "hf")
@@ -87,8 +85,9 @@ def canonical_prompt(instruction: str, extra: str = "") -> str:
 
 
 def load_rows(source: str, *, fields: FieldMap | None = None, fmt: str | None = None,
-              source_name: str | None = None, split: str = "train") -> pa.Table:
-    """Read a dataset into a table with ROW_SCHEMA (id, prompt, response, source, content_hash).
+              source_name: str | None = None, split: str = "train", fields_if_present: bool = False) -> pa.Table:
+    """Read a dataset into a table with LOADED_SCHEMA: ROW_SCHEMA (id, prompt, response, source,
+    content_hash) and each row's input record as JSON text (``record``).
 
     Parameters
     ----------
@@ -102,6 +101,11 @@ def load_rows(source: str, *, fields: FieldMap | None = None, fmt: str | None = 
         Value of the ``source`` column; defaults to the file name without its extensions.
     split : str
         Split to read from a Hugging Face dataset; ignored for plain files.
+    fields_if_present : bool
+        Apply `fields` only when the rows fill at least one of the named fields, else detect the
+        layout: for inputs read beside the one the names were written for (a bundled harmful
+        reference in prompt/response next to a chat pool). A file with some of the named fields
+        but not all is still an error, naming the missing one.
 
     Returns
     -------
@@ -117,7 +121,11 @@ def load_rows(source: str, *, fields: FieldMap | None = None, fmt: str | None = 
         For any bad input, naming the file, the 1-based row (line number for JSONL, data row
         number for CSV/TSV, item number otherwise) and the field. No data is returned partially.
     """
-    return _load(source, fields or FieldMap(), fmt, source_name, split)[0]
+    records = _read_records(source, fmt, split)
+    fields = fields or FieldMap()
+    if fields_if_present and not _fills_any(records, fields):
+        fields = FieldMap()
+    return _rows(source, records, fields, source_name)
 
 
 def load_labels(source: str, label_field: str, *, id_field: str | None = None, fields: FieldMap | None = None,
@@ -178,12 +186,18 @@ def _load(source: str, fields: FieldMap, fmt: str | None, source_name: str | Non
     return _rows(source, records, fields, source_name), records
 
 
+def _fills_any(records: list[tuple[int, dict]], fields: FieldMap) -> bool:
+    """Whether any row fills (non-null) any field `fields` names."""
+    named = {name.lower() for name in vars(fields).values() if name}
+    return any(record.get(name) is not None for _, record in records for name in named)
+
+
 def _rows(source: str, records: list[tuple[int, dict]], fields: FieldMap, source_name: str | None) -> pa.Table:
-    """The ROW_SCHEMA table of numbered records (see `load_rows` for ids)."""
+    """The LOADED_SCHEMA table of numbered records (see `load_rows` for ids)."""
     if not records:
         raise InputError(source, "the file holds no rows")
     layout, id_key = resolve_layout(source, records, fields)
-    ids, prompts, responses, hashes = [], [], [], []
+    ids, prompts, responses, hashes, originals = [], [], [], [], []
     row_of_id: dict[str, int] = {}
     for row, record in records:
         prompt, response = _extract_pair(source, row, record, layout)
@@ -194,12 +208,13 @@ def _rows(source: str, records: list[tuple[int, dict]], fields: FieldMap, source
         prompts.append(prompt)
         responses.append(response)
         hashes.append(digest)
+        originals.append(_record_json(record))
     response_key = layout.messages or layout.response
     if response_key is not None and not any(responses):
         raise InputError(source, f"the response is empty in every row ({len(responses)} rows); a file of prompts "
                          "alone has no response field", row=records[0][0], field=response_key)
-    columns = [ids, prompts, responses, [source_name or _default_source_name(source)] * len(ids), hashes]
-    return pa.Table.from_arrays([pa.array(c, pa.string()) for c in columns], schema=ROW_SCHEMA)
+    columns = [ids, prompts, responses, [source_name or _default_source_name(source)] * len(ids), hashes, originals]
+    return pa.Table.from_arrays([pa.array(c, pa.string()) for c in columns], schema=LOADED_SCHEMA)
 
 
 def _row_id(source: str, row: int, record: dict, id_key: str | None, digest: str, taken: dict[str, int]) -> str:
@@ -224,13 +239,13 @@ def _read_records(source: str, fmt: str | None, split: str) -> list[tuple[int, d
     if fmt is not None and fmt.lower() not in FORMATS:
         raise InputError(source, f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     if source.startswith("hf:"):
-        return _lowercase_keys(source, _hf_records(source, source[3:], split, hub=True))
+        return _lowercase_keys(source, hf_records(source, source[3:], split, hub=True))
     path = Path(source)
     if not path.exists():
         raise InputError(source, "no such file or folder")
     fmt = (fmt or _format_from_name(source, path)).lower()
     if fmt == "hf":
-        return _lowercase_keys(source, _hf_records(source, source, split, hub=False))
+        return _lowercase_keys(source, hf_records(source, source, split, hub=False))
     if fmt == "parquet":
         return _lowercase_keys(source, parquet_records(source, path))
     text, undecodable = read_text(source, path)
@@ -260,66 +275,10 @@ def _format_from_name(source: str, path: Path) -> str:
                      "pass the format explicitly")
 
 
-def _hf_records(source: str, name: str, split: str, hub: bool) -> list[tuple[int, object]]:
-    if not hub and not any(p.is_file() and not p.name.startswith(".") for p in Path(name).rglob("*")):
-        raise InputError(source, "is a folder with no data files in it; a dataset folder holds what "
-                         "save_to_disk wrote, or .jsonl, .json, .csv or .parquet files")
-    import datasets
-
-    try:
-        with _offline_unless_hub_reachable(check_hub=hub):
-            if not hub and (Path(name) / "dataset_dict.json").exists():  # DatasetDict.save_to_disk
-                splits = datasets.load_from_disk(name)
-                if split not in splits:
-                    raise InputError(source, f"no split {split!r}; the folder has {', '.join(splits)}")
-                dataset = splits[split]
-            elif not hub and (Path(name) / "state.json").exists():  # Dataset.save_to_disk
-                dataset = datasets.load_from_disk(name)
-            else:
-                dataset = datasets.load_dataset(name, split=split)
-    except InputError:
-        raise
-    except Exception as exc:  # datasets raises many unrelated types for the same user mistake
-        hint = ("; without network only datasets already in the local cache load: download it where "
-                "there is network, or pass a local path") if hub else ""
-        reason = " ".join(str(exc).split())  # one line, however the library wrapped it
-        reason = reason if len(reason) <= 300 else reason[:300] + "..."
-        raise InputError(source, f"cannot load the Hugging Face dataset: {type(exc).__name__}: {reason}{hint}") from None
-    return list(enumerate(dataset.to_list(), start=1))
-
-
-@contextlib.contextmanager
-def _offline_unless_hub_reachable(check_hub: bool):
-    """Put the Hub clients in offline mode unless a Hub dataset is wanted and the Hub answers.
-
-    Without network `datasets` retries for about half a minute before failing; offline mode fails
-    at once and still serves the local cache. The flags are module globals read at call time, so
-    they are set for this call only (not thread-safe, like the flags themselves).
-    """
-    import datasets.config
-    import huggingface_hub.constants as hub_constants
-
-    saved = (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE)
-    if not check_hub or saved[0] or not _hub_reachable(hub_constants.ENDPOINT):
-        datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
-
-
-def _hub_reachable(endpoint: str, timeout_s: float = 3.0) -> bool:
-    url = urlsplit(endpoint)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
-        return True
-    except OSError:
-        return False
-
-
 def _lowercase_keys(source: str, records: list[tuple[int, object]]) -> list[tuple[int, dict]]:
     lowered = []
     for row, record in records:
+        original = record
         if _is_chat(record):  # a bare list of turns (e.g. the LLMs-Finetuning-Safety AOA data)
             record = {"messages": record}
         if not isinstance(record, dict):
@@ -331,8 +290,22 @@ def _lowercase_keys(source: str, records: list[tuple[int, object]]) -> list[tupl
                 raise InputError(source, f"fields {keys[key.lower()]!r} and {key!r} differ only in case",
                                  row=row, field=key)
             keys[key.lower()] = key
-        lowered.append((row, {key.lower(): value for key, value in record.items()}))
+        lowered.append((row, _Record({key.lower(): value for key, value in record.items()}, original)))
     return lowered
+
+
+class _Record(dict):
+    """A record with lower-cased field names (what layout detection reads) that remembers the
+    record as the file held it (`original`: field names as spelt, a bare list of turns as a list)."""
+
+    def __init__(self, lowered: dict, original):
+        super().__init__(lowered)
+        self.original = original
+
+
+def _record_json(record: dict) -> str:
+    """The input row as JSON text, for `RECORD_FIELD`; values JSON lacks (timestamps, bytes) as text."""
+    return json.dumps(getattr(record, "original", record), ensure_ascii=False, default=str)
 
 
 # ---------------------------------------------------------------- row extraction

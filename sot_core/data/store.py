@@ -5,6 +5,7 @@ relative to `home`, so a store copied or mounted elsewhere works where it lands:
 
     catalog.duckdb                      datasets, rows, encoders, embeddings, runs, curated versions
     datasets/<dataset_id>.parquet       canonical rows (ROW_SCHEMA)
+    records/<records_id>.parquet        the input records of a dataset's rows (RECORDS_SCHEMA)
     embeddings/<encoder>/<shard>.parquet content_hash + FixedSizeList<float32> vectors
     stages/<stage>/<key>/...            content-addressed outputs of costs and solves
     curated/<version>/                  published curated datasets
@@ -60,10 +61,10 @@ from sot_core.data import recovery
 from sot_core.data.catalog import SCHEMA_SQL, locked_catalog
 from sot_core.data.names import plain_component
 from sot_core.data.parquet import embeddings_table, one_line, read_vectors, write_parquet
-from sot_core.data.schema import ROW_SCHEMA
+from sot_core.data.schema import RECORD_FIELD, RECORDS_SCHEMA, ROW_SCHEMA, records_id_of
 from sot_core.errors import StoreError
 from sot_core.failpoints import failpoint
-from sot_core.io import atomic_write_text, default_home, staged_write, temp_dir
+from sot_core.io import atomic_write, atomic_write_text, default_home, staged_write, temp_dir
 
 
 def slug(text: str) -> str:
@@ -172,7 +173,7 @@ class Store:
                 return False
         path = self.dataset_path(dataset_id)
         # name and source travel in the file too, so `recover` can register it again after a crash
-        table = rows.cast(ROW_SCHEMA).replace_schema_metadata({"sot.name": name, "sot.source_uri": source_uri})
+        table = rows.select(ROW_SCHEMA.names).cast(ROW_SCHEMA).replace_schema_metadata({"sot.name": name, "sot.source_uri": source_uri})
         with staged_write(path, lambda tmp: write_parquet(table, tmp)) as tmp, self._transaction() as con:
             if con.execute("SELECT 1 FROM datasets WHERE dataset_id = ?", [dataset_id]).fetchone():
                 return False  # a concurrent run stored the same content first
@@ -210,6 +211,32 @@ class Store:
             return pq.read_table(path, page_checksum_verification=True)
         except (OSError, pa.ArrowException) as err:
             raise StoreError(self._drop(f"is unreadable ({one_line(err)})", dataset_id=dataset_id)) from None
+
+    # -- input records ----------------------------------------------------------------------
+    def records_path(self, records_id: str) -> Path:
+        """``records/<records_id>.parquet``; `StoreError` for an id that is not a plain file name."""
+        return self.home / "records" / f"{plain_component(records_id, 'records id')}.parquet"
+
+    def put_records(self, rows: pa.Table) -> str | None:
+        """Store the rows' input records (`RECORD_FIELD`) under a content-derived id and return it
+        (None when the rows carry none). Immutable and content-addressed, like embeddings, so no
+        catalog entry: a file present is complete (written under a temp name, then renamed)."""
+        records_id = records_id_of(rows)
+        if records_id is not None and not self.records_path(records_id).exists():
+            table = pa.table([rows.column("id"), rows.column(RECORD_FIELD.name)], schema=RECORDS_SCHEMA)
+            atomic_write(self.records_path(records_id), lambda tmp: write_parquet(table, tmp))
+        return records_id
+
+    def get_records(self, records_id: str) -> pa.Table | None:
+        """The records stored under `records_id` (id, record), or None when the store lacks them. A
+        damaged file is removed (the next ingest of the same rows writes it again): records are an
+        extra output, so losing them must not fail a curation."""
+        path = self.records_path(records_id)
+        try:
+            return pq.read_table(path, page_checksum_verification=True) if path.exists() else None
+        except (OSError, pa.ArrowException):
+            path.unlink(missing_ok=True)
+            return None
 
     # -- embeddings -------------------------------------------------------------------------
     def shard_path(self, shard: str) -> Path:
