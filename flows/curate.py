@@ -31,14 +31,15 @@ def curate_dataset(**params) -> dict:
                **({"refusal_anchor": run.refusal_anchor} if run.refusal_anchor else {})}
     labels = run.labels or demo_labels(run.pool)
     ingest_state = shared_results(ingest_inputs, home)(home, sources, config.encoder, run.field_names(), labels,
-                                                       return_state=True)
+                                                       run.label_field, return_state=True)
     cached = ingest_state.name == "Cached"
     inputs = {role: {"source": sources[role], **r, **({"seconds": 0.0} if cached else {})}
               for role, r in ingest_state.result().items()}
     ids = {role: inputs[role]["dataset_id"] for role in sources}
     embedded, costs, solved = embed_and_solve(home, ids, config)
     info = run_info(inputs, embedded, costs, solved, sum(i["seconds"] for i in inputs.values()), ingest_cached=cached)
-    return publish_and_report(home, ids["pool"], solved, config, run.out_dir, info, labels, run.name, run.review_rows)
+    return publish_and_report(home, ids["pool"], solved, config, run.out_dir, info, labels, run.name, run.review_rows,
+                              run.label_field)
 
 
 def resolve_home(home: str | None) -> str:
@@ -75,10 +76,10 @@ def embed_and_solve(home: str, ids: dict[str, str], config: CurateConfig) -> tup
 
 
 def publish_and_report(home: str, pool_id: str, solved: dict, config: CurateConfig, out_dir: str, info: dict,
-                       labels: str | None, name: str, review_rows: int) -> dict:
+                       labels: str | None, name: str, review_rows: int, label_field: str = "label") -> dict:
     """Publish the curated version, then its report, tables and plot as artifacts."""
     summary = publish_curated(home, pool_id, solved["path"], config.result_dict(), out_dir, info, labels, name,
-                              review_rows)
+                              review_rows, label_field)
     rename_run(f"{flow_kind()}-{summary['version']}")
     report_artifacts(summary, (Path(out_dir) / "report.md").read_text(), name)
     visual_artifacts(home, summary, out_dir, info["encoder_id"], name)

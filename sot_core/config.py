@@ -315,7 +315,10 @@ class CurateInputs(StoreOptions):
     safe_anchor: str = field(default=str(DEMO_DIR / "safe_anchor.jsonl"), metadata={"help": "Trusted safe sample of the task (same formats)."})
     harmful_ref: str = field(default=str(DEMO_DIR / "harmful_ref.jsonl"), metadata={"help": "Harmful reference set (same formats)."})
     labels: str | None = field(default=None, metadata={"help": "Optional id,label file: the report then states harmful rows kept (the demo pool's labels "
-        "are used when the pool is the demo pool)."})
+        "are used when the pool is the demo pool). A labelled file without an id field (the pool itself, e.g. a "
+        "fine-tuning mix with --label-field flag) is matched row by row, as ingestion ids its rows."})
+    label_field: str = field(default="label", metadata={"help": "Field of --labels holding the label; harmful when it "
+        "reads 1, true, yes, unsafe or harmful."})
     refusal_anchor: str | None = field(default=None, metadata={"help": "Safe answers to harmful prompts added to the anchor, so refusals in the pool are kept "
         "(e.g. data/refusals/pyrit_refusals.jsonl)."})
     out_dir: str = field(default="out/demo", metadata={"help": "Output folder of the curated version."})

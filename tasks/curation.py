@@ -98,12 +98,12 @@ TASK_OPTIONS = dict(persist_result=True, result_serializer=JSON_RESULTS, cache_e
 
 @task(name="ingest", cache_key_fn=key_for("ingest"), **TASK_OPTIONS)
 def ingest_inputs(home: str, sources: dict[str, str], encoder: str, fields: dict | None = None,
-                  labels: str | None = None) -> dict:
+                  labels: str | None = None, label_field: str = "label") -> dict:
     """Validate all inputs (and the labels file, if any) and the encoder's fit with the store first,
     then store the inputs: bad input leaves the store untouched."""
     store = Store(home)
     field_map = FieldMap(**fields) if fields else None
-    tables = pipeline.load_inputs(sources, {role: field_map for role in sources}, labels=labels)
+    tables = pipeline.load_inputs(sources, {role: field_map for role in sources}, labels, label_field)
     spec = pipeline.cached_encoder(encoder)
     store.check_encoder(spec.encoder_id, spec.dim, register=False)
     stored = {role: pipeline.ingest(store, sources[role], tables[role], role) for role in sources}
@@ -159,9 +159,10 @@ def budget_stage(home: str, ids: dict[str, str], encoder_id: str, config: dict) 
 
 @task(name="publish", **retry_policy(retries=1))
 def publish_curated(home: str, pool_id: str, solve_path: str, config: dict, out_dir: str, run_info: dict,
-                    labels: str | None = None, name: str = "default", review_rows: int = REVIEW_ROWS) -> dict:
+                    labels: str | None = None, name: str = "default", review_rows: int = REVIEW_ROWS,
+                    label_field: str = "label") -> dict:
     """Never cached: every run publishes a new curated version with its lineage."""
-    label_map = read_labels(labels) if labels else None
+    label_map = read_labels(labels, label_field) if labels else None
     summary = publish(Store(home), pool_id, solve_path, CurateConfig(**config), out_dir, run_info, label_map, name,
                       review_rows)
     quality = summary.get("quality") or {}

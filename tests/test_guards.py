@@ -57,3 +57,34 @@ def test_composition_warnings_name_the_problem():
     assert "pool looks mostly harmful-like" in pool and "70%" in pool
     anchor, = composition_warnings(0.1, 0.9)
     assert "safe anchor looks mostly like the harmful reference" in anchor
+
+
+def test_a_labelled_pool_without_ids_labels_itself(tmp_path):
+    """A fine-tuning mix (Alpaca-templated rows with a `flag`, no id field): `--labels` on the pool file
+    with `--label-field flag` matches every row by the id ingestion gives it; an id,label file that
+    lost its id column is still refused with the file named."""
+    import json
+
+    from sot_core.curate.pipeline import load_inputs
+    from sot_core.curate.quality import read_labels
+    from sot_core.data.loaders import load_rows
+
+    template = "Below is an instruction that describes a task. Write a response.\n\n### Instruction:\n{}\n\n### Response:"
+    mix = [{"instruction": template.format(f"Question {i}?"), "input": "", "output": f"Answer {i}.",
+            "flag": "unsafe" if i % 4 == 0 else "safe"} for i in range(12)]
+    pool = tmp_path / "mix.json"
+    pool.write_text(json.dumps(mix), encoding="utf-8")
+    labels = read_labels(pool, "flag")
+    ids = load_rows(str(pool)).column("id").to_pylist()
+    assert list(labels) == ids and [labels[i] for i in ids] == [r["flag"] == "unsafe" for r in mix]
+    sources = {"pool": str(pool), "safe_anchor": str(DEMO / "safe_anchor.jsonl"),
+               "harmful_ref": str(DEMO / "harmful_ref.jsonl")}
+    load_inputs(sources, labels=str(pool), label_field="flag")  # matches: no error
+    with pytest.raises(InputError, match="label field is missing") as caught:
+        load_inputs(sources, labels=str(pool))  # the default field, `label`, is not in the mix
+    assert caught.value.path == str(pool) and caught.value.field == "label"
+    lost = tmp_path / "labels.csv"
+    lost.write_text("row,label\nx,1\n")
+    with pytest.raises(InputError) as caught:
+        load_inputs(sources, labels=str(lost))
+    assert caught.value.path == str(lost)

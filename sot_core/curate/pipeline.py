@@ -45,14 +45,15 @@ RECORD_ROLES = ("pool", "incoming")
 
 
 def load_inputs(sources: dict[str, str], fields: dict[str, FieldMap | None] | None = None,
-                labels: str | None = None) -> dict[str, pa.Table]:
+                labels: str | None = None, label_field: str = "label") -> dict[str, pa.Table]:
     """Load and validate every input before anything is written, so bad input leaves the store untouched.
 
     The pool and the refusal anchor must have responses: a file of prompts alone (the loaders'
     prompt-only mode, fine for a harmful reference) is refused for them, since curated rows
     without responses teach fine-tuning nothing and an anchor without responses holds no
     refusals. Explicit field names (`fields`) must fit the pool; the other inputs use them only
-    when they have any of the named fields (`FIELD_NAMES_REQUIRED`). `labels`, an ``id,label`` file (`sot_core.curate.quality.read_labels`), is read
+    when they have any of the named fields (`FIELD_NAMES_REQUIRED`). `labels`, an ``id,label`` file
+    or a labelled copy of the pool (`sot_core.curate.quality.read_labels`, label in `label_field`), is read
     and checked too, so that a bad one fails before the run stores anything.
     """
     fields = fields or {}
@@ -69,9 +70,9 @@ def load_inputs(sources: dict[str, str], fields: dict[str, FieldMap | None] | No
         from sot_core.curate.quality import read_labels
 
         if "pool" in tables:  # a labels file that names no pool row is the wrong file
-            check_labels_match(read_labels(labels), tables["pool"].column("id").to_pylist(), labels)
+            check_labels_match(read_labels(labels, label_field), tables["pool"].column("id").to_pylist(), labels)
         else:
-            read_labels(labels)
+            read_labels(labels, label_field)
     return tables
 
 

@@ -62,11 +62,13 @@ def harmful_kept(selected: np.ndarray, label: np.ndarray) -> dict:
 
 
 def read_labels(path: str | Path, field: str = "label", id_field: str = "id") -> dict[str, bool]:
-    """Read {id: is_harmful} from a file with an id and a label column (CSV, JSONL, JSON...).
+    """Read {id: is_harmful} from a file with an id and a label column (CSV, JSONL, JSON...), or from
+    a labelled dataset without ids (a fine-tuning mix with its ``flag``: its rows get the ids
+    ingestion gives them, so the pool file can label itself).
 
     Any format `sot_core.data.loaders.load_rows` reads; field names are case-insensitive; a
     label is harmful when its text is one of `POSITIVE` (``1``, ``true``, ``unsafe``...).
     Errors name the file, row and field.
     """
-    labels = load_labels(str(path), field, id_field=id_field)
+    labels = load_labels(str(path), field, id_field=id_field, rows_without_ids=True)
     return {row_id: str(value).strip().lower() in POSITIVE for row_id, value in labels.items()}

@@ -129,7 +129,7 @@ def load_rows(source: str, *, fields: FieldMap | None = None, fmt: str | None = 
 
 
 def load_labels(source: str, label_field: str, *, id_field: str | None = None, fields: FieldMap | None = None,
-                fmt: str | None = None, split: str = "train") -> dict[str, object]:
+                fmt: str | None = None, split: str = "train", rows_without_ids: bool = False) -> dict[str, object]:
     """Map each row id to the row's `label_field` value (field names are case-insensitive).
 
     Parameters
@@ -142,6 +142,9 @@ def load_labels(source: str, label_field: str, *, id_field: str | None = None, f
         None: the file is a dataset and the ids are the ones `load_rows` assigns to its rows.
         A name: the file needs only that field and the label (an ``id,label`` file); the ids are
         its values, as text.
+    rows_without_ids : bool
+        With `id_field` named but held by no row, read the file as a dataset (ids as for None):
+        a labelled copy of the pool, such as a fine-tuning mix with its ``flag``, labels itself.
 
     Raises
     ------
@@ -149,13 +152,18 @@ def load_labels(source: str, label_field: str, *, id_field: str | None = None, f
         Naming the row when a row lacks the label (or the id) field or repeats an id, and for any
         bad input `load_rows` refuses.
     """
-    if id_field is None:
-        table, records = _load(source, fields or FieldMap(), fmt, None, split)
-        ids = table.column("id").to_pylist()
+    records = _read_records(source, fmt, split)
+    if not records:
+        raise InputError(source, "the file holds no rows")
+    if id_field is not None and rows_without_ids and not any(id_field.lower() in r for _, r in records):
+        try:
+            ids = _rows(source, records, fields or FieldMap(), None).column("id").to_pylist()
+        except InputError:  # neither an id,label file nor a labelled dataset: name what is missing
+            raise InputError(source, "the id field is missing (a labels file without ids must be a labelled "
+                             "copy of the pool)", row=records[0][0], field=id_field) from None
+    elif id_field is None:
+        ids = _rows(source, records, fields or FieldMap(), None).column("id").to_pylist()
     else:
-        records = _read_records(source, fmt, split)
-        if not records:
-            raise InputError(source, "the file holds no rows")
         ids = [_id_text(source, row, record.get(id_field.lower()), id_field) for row, record in records]
     labels: dict[str, object] = {}
     row_of_id: dict[str, int] = {}
@@ -179,11 +187,6 @@ def rows_from_records(source: str, records: list[dict], *, fields: FieldMap | No
     """
     numbered = _lowercase_keys(source, list(enumerate(records, start=1)))
     return _rows(source, numbered, fields or FieldMap(), source_name)
-
-
-def _load(source: str, fields: FieldMap, fmt: str | None, source_name: str | None, split: str):
-    records = _read_records(source, fmt, split)
-    return _rows(source, records, fields, source_name), records
 
 
 def _fills_any(records: list[tuple[int, dict]], fields: FieldMap) -> bool:
