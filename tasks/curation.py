@@ -85,6 +85,7 @@ def run_info(inputs: dict, embedded: dict, costs: dict, solved: dict, ingest_sec
                                                       ("solve", solved["cached"])) if cached],
         "solver": solved["diagnostics"],
         **({"budget_path": solved["budget"]["path"]} if solved.get("budget") else {}),
+        "costs_path": costs["path"],
         **extra,
     }
 
@@ -163,6 +164,10 @@ def publish_curated(home: str, pool_id: str, solve_path: str, config: dict, out_
                     label_field: str = "label") -> dict:
     """Never cached: every run publishes a new curated version with its lineage."""
     label_map = read_labels(labels, label_field) if labels else None
+    outside = pipeline.anchor_fit(Store(home), run_info.get("costs_path"), pool_id,
+                                  run_info["inputs"]["safe_anchor"]["dataset_id"], run_info["encoder_id"],
+                                  config.get("lm_share"))
+    run_info = {**run_info, "pool_outside_anchor": outside}
     summary = publish(Store(home), pool_id, solve_path, CurateConfig(**config), out_dir, run_info, label_map, name,
                       review_rows)
     quality = summary.get("quality") or {}

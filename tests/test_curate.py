@@ -48,6 +48,7 @@ def test_demo_writes_the_contract_files(demo_run):
     info = json.loads((run / "run.json").read_text())
     assert {"ingest", "embed", "costs", "solve", "select"} <= set(info["stage_seconds"])
     assert info["solver"]["outer_iterations"] > 0 and info["solver"]["objective_trace"]
+    assert info["pool_outside_anchor"] < 0.5 and info["warnings"] == []  # the demo's anchor is of its own task
     assert "Harmful" in (run / "report.md").read_text() or "harmful" in (run / "report.md").read_text()
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from sot_core.curate.guards import MIN_SELECTED, SelectionError, check_selection, composition_warnings
 from sot_core.errors import InputError
-from tests.conftest import DEMO
+from tests.conftest import DEMO, require_shared
 from tests.test_cli_process import SMALL
 
 
@@ -88,3 +88,48 @@ def test_a_labelled_pool_without_ids_labels_itself(tmp_path):
     with pytest.raises(InputError) as caught:
         load_inputs(sources, labels=str(lost))
     assert caught.value.path == str(lost)
+
+
+def brute_force_outside(pool, anchor, q=0.1):
+    import numpy as np
+
+    nearest_other = [max(float(anchor[j] @ anchor[k]) for k in range(len(anchor)) if k != j) for j in range(len(anchor))]
+    cut = np.quantile(nearest_other, q)
+    return sum(max(float(x @ y) for y in anchor) < cut for x in pool) / len(pool)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_outside_anchor_share_matches_brute_force_across_blocks(seed):
+    import numpy as np
+
+    from sot_core.curate.guards import outside_anchor_share
+
+    rng = np.random.default_rng(seed)
+    unit = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    centre = rng.normal(size=16)
+    anchor = unit(centre + rng.normal(size=(12, 16)))
+    pool = unit(np.vstack([centre + rng.normal(size=(40, 16)), -centre + rng.normal(size=(25, 16))]))
+    expected = brute_force_outside(pool, anchor)
+    assert outside_anchor_share(pool, anchor, block=7) == pytest.approx(expected)  # blocks of 7: a ragged last one
+    assert outside_anchor_share(pool, anchor) == pytest.approx(expected)
+    # a pool drawn like the anchor sits mostly inside; a pool around the opposite centre entirely outside
+    assert outside_anchor_share(pool[:40], anchor) < 0.5 < outside_anchor_share(pool[40:], anchor) == 1.0
+    assert outside_anchor_share(pool, anchor[:1]) is None and outside_anchor_share(pool[:0], anchor) is None
+
+
+def test_an_anchor_of_another_task_is_named_in_a_warning():
+    """Real rows through MiniLM: Alpaca instructions against the bundled GSM8K anchor sit outside it,
+    the demo's own GSM8K pool inside; only the first is warned about."""
+    from sot_core.curate.guards import composition_warnings, outside_anchor_share
+    from sot_core.data.loaders import load_rows
+    from sot_core.embed import get_encoder
+
+    encoder = get_encoder("minilm")
+    embed = lambda t: encoder.encode(t.column("prompt").to_pylist(), t.column("response").to_pylist())  # noqa: E731
+    anchor = embed(load_rows(str(DEMO / "safe_anchor.jsonl")))
+    alpaca = embed(load_rows(str(require_shared("alpaca_en_demo/alpaca_en_demo.json"))).slice(0, 200))
+    demo = embed(load_rows(str(DEMO / "pool.jsonl")).slice(0, 200))
+    other, own = outside_anchor_share(alpaca, anchor), outside_anchor_share(demo, anchor)
+    assert other > 0.9 and own < 0.3
+    assert any("unlike the safe anchor" in w for w in composition_warnings(0.1, 0.0, other))
+    assert composition_warnings(0.1, 0.0, own) == []

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from sot_core.config import CurateConfig, config_hash
+from sot_core.curate.guards import outside_anchor_share
 from sot_core.data.loaders import FieldMap, load_rows
 from sot_core.data.schema import dataset_id_of
 from sot_core.data.store import Store
@@ -26,7 +27,7 @@ from sot_core.embed.composite import pool_centred
 from sot_core.embed.encoders import get_encoder
 from sot_core.errors import InputError
 from sot_core.failpoints import failpoint
-from sot_core.io import atomic_dir
+from sot_core.io import atomic_dir, atomic_write_text
 
 # Dense costs up to this many entries (80 MB in float32); kNN-sparse above it.
 DENSE_LIMIT = 20_000_000
@@ -121,6 +122,10 @@ def load_embeddings(store: Store, dataset_id: str, encoder_id: str) -> np.ndarra
     return store.get_embeddings(rows.column("content_hash").to_pylist(), encoder_id)
 
 
+# The costs stage's measure of how well the anchor covers the pool (`guards.outside_anchor_share`).
+ANCHOR_FIT = "anchor_fit.json"
+
+
 def build_costs(store: Store, pool_id: str, anchor_id: str, harmful_id: str, encoder_id: str, knn: int | None,
                 refusal_id: str | None = None, lm_share: float | None = None) -> dict:
     """Cosine costs pool x anchor and pool x harmful via FAISS; dense when small, kNN-sparse when large.
@@ -143,6 +148,7 @@ def build_costs(store: Store, pool_id: str, anchor_id: str, harmful_id: str, enc
             lm_share=lm_share)
         _clear_incomplete(out)
         with atomic_dir(out, keep_if="done") as tmp:  # a killed run leaves a temp folder, never half a stage
+            (tmp / ANCHOR_FIT).write_text(json.dumps({"pool_outside_anchor": outside_anchor_share(pool, anchor)}))
             for name, ref in (("anchor", anchor), ("harmful", harmful)):
                 if name == "anchor" and refusal_id:
                     (tmp / "anchor_parts.json").write_text(json.dumps({"task": len(ref), "refusal": len(refusals[0])}))
@@ -162,6 +168,21 @@ def build_costs(store: Store, pool_id: str, anchor_id: str, harmful_id: str, enc
             (tmp / "done").write_text(key)
     failpoint("costs.done")
     return {"cost_key": key, "path": str(out), "seconds": time.perf_counter() - start}
+
+
+def anchor_fit(store: Store, costs_path: str | None, pool_id: str, anchor_id: str, encoder_id: str,
+               lm_share: float | None = None) -> float | None:
+    """`guards.outside_anchor_share` of the pool: from the costs stage's `ANCHOR_FIT` file, or, for a
+    stage built before the guard, measured now from the stored vectors (and written there)."""
+    path = Path(costs_path) / ANCHOR_FIT if costs_path else None
+    if path is not None and path.exists():
+        return json.loads(path.read_text())["pool_outside_anchor"]
+    pool, anchor = pool_centred(encoder_id, *(load_embeddings(store, d, encoder_id) for d in (pool_id, anchor_id)),
+                                lm_share=lm_share)
+    outside = outside_anchor_share(pool, anchor)
+    if path is not None and path.parent.is_dir():
+        atomic_write_text(json.dumps({"pool_outside_anchor": outside}), path)
+    return outside
 
 
 def _clear_incomplete(out: Path) -> None:

@@ -185,7 +185,7 @@ def publish(store: Store, pool_id: str, solve_path: str, config: CurateConfig, o
         "cached_stages": run_info.get("cached_stages", []),
         "solver": run_info.get("solver", {}),
         "quality": quality,
-        **_selection_summary(sel, ids, prompts, responses, score, label),
+        **_selection_summary(sel, ids, prompts, responses, score, label, run_info.get("pool_outside_anchor")),
         "review": review,
         "curated_records": {"file": RECORDS_FILE if records is not None else None,
                             "kept_rows_without_record": missing_records},
@@ -252,14 +252,15 @@ def _write_review(path: Path, ids: list, prompts: list, responses: list, sources
 
 
 def _selection_summary(sel: Selection, ids: list[str], prompts: list[str], responses: list[str],
-                       score: np.ndarray, label: np.ndarray | None) -> dict:
+                       score: np.ndarray, label: np.ndarray | None, outside_anchor: float | None = None) -> dict:
     """The run summary's entries about the selection: refusals, budget, warnings, top flagged rows."""
     budget = sel.budget
     return {
         "refusals": count_refusals(responses, sel.selected, label),
         "budget": budget_summary(budget, sel.applied),
         "warnings": composition_warnings(*(None, None) if budget is None else
-                                         (budget.contamination, budget.anchor_harmful_share)),
+                                         (budget.contamination, budget.anchor_harmful_share), outside_anchor),
+        "pool_outside_anchor": outside_anchor,
         "top_flagged": _top_flagged(ids, prompts, score),
     }
 
