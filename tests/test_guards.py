@@ -127,8 +127,8 @@ def test_an_anchor_of_another_task_is_named_in_a_warning():
     encoder = get_encoder("minilm")
     embed = lambda t: encoder.encode(t.column("prompt").to_pylist(), t.column("response").to_pylist())  # noqa: E731
     anchor = embed(load_rows(str(DEMO / "safe_anchor.jsonl")))
-    alpaca = embed(load_rows(str(require_shared("alpaca_en_demo/alpaca_en_demo.json"))).slice(0, 200))
-    demo = embed(load_rows(str(DEMO / "pool.jsonl")).slice(0, 200))
+    alpaca = embed(load_rows(str(require_shared("alpaca_en_demo/alpaca_en_demo.json"))).slice(0, 100))
+    demo = embed(load_rows(str(DEMO / "pool.jsonl")).slice(0, 100))
     other, own = outside_anchor_share(alpaca, anchor), outside_anchor_share(demo, anchor)
     assert other > 0.9 and own < 0.3
     assert any("unlike the safe anchor" in w for w in composition_warnings(0.1, 0.0, other))
