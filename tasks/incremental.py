@@ -39,7 +39,7 @@ def accumulate_pool(home: str, name: str, base_dataset_id: str | None, batch: di
     store = Store(home)
     pool = incremental.accumulate_pool(
         store, name, base_dataset_id, batch["batch_dataset_ids"] + [batch["dataset_id"]], window, base_records_id,
-        batch.get("batch_records_ids", [None] * len(batch["batch_dataset_ids"])) + [batch.get("records_id")])
+        batch["batch_records_ids"] + [batch["records_id"]])
     base = incremental.base_version(store, base_dataset_id)
     log().info(f"accumulated pool of '{name}': {pool['n_rows']} rows from {len(pool['parts'])} parts; "
                f"base version {base}")

@@ -19,7 +19,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from sot_core.data.schema import RECORD_FIELD
+from sot_core.data.schema import aligned_records
 
 FILE_NAME = "curated_records.jsonl"
 
@@ -35,13 +35,14 @@ def curated_records_jsonl(rows: pa.Table, records: pa.Table | None, selected: np
     """
     kept = np.flatnonzero(selected)
     take = pa.array(kept, pa.int64())
-    ids = rows.column("id").take(take).to_pylist()
-    if records is None or records.column("id").to_pylist() != rows.column("id").to_pylist():
+    column = aligned_records(records, rows)
+    if column is None:
         return None, len(kept)
-    values = records.column(RECORD_FIELD.name).take(take).to_pylist()
+    values = column.take(take).to_pylist()
     missing = sum(r is None for r in values)
     if missing:
         return None, missing
+    ids = rows.column("id").take(take).to_pylist()
     lines = []
     for row_id, record, weight in zip(ids, values, train_weight[kept]):
         value = json.loads(record)  # written by the loaders with json.dumps: data, never code

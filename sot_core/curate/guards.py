@@ -59,12 +59,9 @@ def check_labels_match(labels: dict[str, bool], ids: list[str], source: str = "l
 def outside_anchor_share(pool: np.ndarray, anchor: np.ndarray, block: int = 65536) -> float | None:
     r"""Share of pool rows farther from every anchor row than most anchor rows are from each other.
 
-    With :math:`a_j = \max_{k 
-e j} \langle y_j, y_k 
-angle` each anchor row's similarity to its
+    With :math:`a_j = \max_{k \ne j} \langle y_j, y_k \rangle` each anchor row's similarity to its
     nearest other anchor row and :math:`q` their `ANCHOR_QUANTILE` quantile, the share of pool rows
-    :math:`x` with :math:`\max_j \langle x, y_j 
-angle < q`. A pool drawn like the anchor gives about
+    :math:`x` with :math:`\max_j \langle x, y_j \rangle < q`. A pool drawn like the anchor gives about
     `ANCHOR_QUANTILE` (0.05-0.17 on the shared task mixes and general pools with their own anchors);
     a pool of another task about 1 (0.99-1.00 against the bundled GSM8K anchor). Harmful rows sit
     outside too, so a pool with harm reads higher by up to its contamination.

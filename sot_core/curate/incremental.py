@@ -41,7 +41,7 @@ from sot_core.curate.pipeline import ingest, load_embeddings, require_responses
 from sot_core.curate.incoming_table import read_table_rows, rows_from_table
 from sot_core.data.loaders import FieldMap, load_rows
 from sot_core.data.names import check_name
-from sot_core.data.schema import RECORD_FIELD, ROW_SCHEMA
+from sot_core.data.schema import RECORD_FIELD, ROW_SCHEMA, aligned_records
 from sot_core.data.store import Store
 from sot_core.embed.composite import pool_centred
 from sot_core.errors import InputError, StoreError
@@ -217,10 +217,8 @@ def accumulate_pool(store: Store, name: str, base_dataset_id: str | None, batch_
 def _with_records(store: Store, dataset_id: str, records_id: str | None) -> pa.Table:
     """A stored dataset's rows with their records (null where the store has none for it)."""
     rows = store.get_rows(dataset_id).select(ROW_SCHEMA.names).cast(ROW_SCHEMA)
-    stored = store.get_records(records_id) if records_id else None
-    ok = stored is not None and stored.column("id").to_pylist() == rows.column("id").to_pylist()
-    column = stored.column(RECORD_FIELD.name) if ok else pa.nulls(rows.num_rows, pa.string())
-    return rows.append_column(RECORD_FIELD, column)
+    column = aligned_records(store.get_records(records_id) if records_id else None, rows)
+    return rows.append_column(RECORD_FIELD, pa.nulls(rows.num_rows, pa.string()) if column is None else column)
 
 
 def sinkhorn_divergence(x: np.ndarray, y: np.ndarray, eps: float) -> float:

@@ -155,14 +155,16 @@ def load_labels(source: str, label_field: str, *, id_field: str | None = None, f
     records = _read_records(source, fmt, split)
     if not records:
         raise InputError(source, "the file holds no rows")
-    if id_field is not None and rows_without_ids and not any(id_field.lower() in r for _, r in records):
+    fallback = id_field is not None and rows_without_ids and not any(id_field.lower() in r for _, r in records)
+    if id_field is None or fallback:
         try:
             ids = _rows(source, records, fields or FieldMap(), None).column("id").to_pylist()
-        except InputError:  # neither an id,label file nor a labelled dataset: name what is missing
+        except InputError:
+            if not fallback:
+                raise
+            # neither an id,label file nor a labelled dataset: name what is missing
             raise InputError(source, "the id field is missing (a labels file without ids must be a labelled "
                              "copy of the pool)", row=records[0][0], field=id_field) from None
-    elif id_field is None:
-        ids = _rows(source, records, fields or FieldMap(), None).column("id").to_pylist()
     else:
         ids = [_id_text(source, row, record.get(id_field.lower()), id_field) for row, record in records]
     labels: dict[str, object] = {}

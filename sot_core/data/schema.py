@@ -48,6 +48,14 @@ def dataset_id_of(rows: pa.Table) -> str:
     return "ds-" + digest(lines, n=20)
 
 
+def aligned_records(stored: pa.Table | None, rows: pa.Table) -> pa.ChunkedArray | None:
+    """The record column of `stored` (a records file: id, record) when it holds `rows`' ids in their
+    order, else None (no records, or records of other rows)."""
+    if stored is None or stored.column("id").to_pylist() != rows.column("id").to_pylist():
+        return None
+    return stored.column(RECORD_FIELD.name)
+
+
 def records_id_of(rows: pa.Table) -> str | None:
     """Content-derived id of the rows' records (None when no row has one).
 
